@@ -1,0 +1,159 @@
+"""`mtl-ray` command line: a thin shell over the Python API.
+
+Each command calls one API function that returns a result object with `to_json()` (the `--json`
+summary), `render()` (the human summary) and `exit_code`. A `UserError` becomes one line on stderr
+and exit 2; with `--json -` the human summary goes to stderr so stdout stays valid JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Protocol
+
+from mtl_ray import __version__
+from mtl_ray.errors import UserError
+
+
+class Result(Protocol):
+    exit_code: int
+
+    def to_json(self) -> dict: ...
+
+    def render(self) -> str: ...
+
+
+def _task_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _label_rate(text: str) -> tuple[str, float]:
+    task, sep, frac = text.partition("=")
+    try:
+        value = float(frac)
+    except ValueError:
+        value = -1.0
+    if not sep or not task or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TASK=FRACTION with FRACTION in [0, 1]")
+    return task, value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
+
+
+def _cmd_synth(args: argparse.Namespace) -> Result:
+    from mtl_ray.synth import synthesize
+
+    rates: dict[str, float] = {}
+    for task, frac in args.label_rate:
+        if task in rates:
+            raise UserError(f"--label-rate {task}: given twice")
+        rates[task] = frac
+    return synthesize(
+        args.out, args.n, shards=args.shards, image_size=args.image_size, tasks=args.tasks,
+        extra_tasks=args.extra_tasks, label_rates=rates, encoding=args.encoding, seed=args.seed,
+        val_fraction=args.val_fraction,
+    )
+
+
+def _cmd_convert(args: argparse.Namespace) -> Result:
+    from mtl_ray.convert import convert
+
+    return convert(
+        args.src, args.out, image_column=args.image_column, tasks=args.tasks, labels_csv=args.labels_csv,
+        file_column=args.file_column, positive=args.positive, negative=args.negative, missing=args.missing,
+        image_size=args.image_size, encoding=args.encoding, strict=args.strict, report=args.report,
+        shards=args.shards,
+    )
+
+
+def _cmd_validate(args: argparse.Namespace) -> Result:
+    from mtl_ray.validate import validate
+
+    return validate(args.path, full=args.full, image_column=args.image_column)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtl-ray", description="Multi-task learning on images with Ray, PyTorch and MLflow.")
+    parser.add_argument("--version", action="version", version=f"mtl-ray {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(sub, name: str, help: str, handler: Callable[[argparse.Namespace], Result]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", metavar="FILE", help="write the summary as JSON to FILE ('-' = stdout)")
+        p.set_defaults(handler=handler)
+        return p
+
+    data = commands.add_parser("data", help="create, convert and check Parquet image shards").add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    p = command(data, "synth", "write procedural driving scenes as shards (tasks: pedestrian, car, stop_sign, traffic_light)", _cmd_synth)
+    p.add_argument("out", metavar="OUT", help="output directory or s3://bucket/prefix")
+    p.add_argument("--n", type=_positive_int, required=True, help="number of images")
+    p.add_argument("--shards", type=_positive_int, help="number of Parquet files (default: by size, see docs/format.md)")
+    p.add_argument("--image-size", type=_positive_int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--tasks", type=_task_list, help="comma-separated subset of the scene tasks (default: all four seed tasks)")
+    p.add_argument("--extra-tasks", type=int, default=0, metavar="M", help="add M derived tasks (counts, relations, conjunctions), at most 100")
+    p.add_argument("--label-rate", type=_label_rate, action="append", default=[], metavar="TASK=FRAC", help="fraction of training rows that carry TASK's label (repeatable; val keeps all labels)")
+    p.add_argument("--encoding", choices=["png", "jpeg", "raw"], default="raw", help="image encoding (default raw pixels)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of rows in the fully labeled val split (default 0.2)")
+
+    p = command(data, "convert", "convert an image folder + CSV/JSONL labels, or any Parquet dataset, into mtl-ray shards", _cmd_convert)
+    p.add_argument("src", metavar="SRC", help="image folder, or Parquet file/directory (Hugging Face exports included)")
+    p.add_argument("out", metavar="OUT", help="output directory or s3://bucket/prefix")
+    p.add_argument("--image-column", help="image column of a Parquet source (default: image)")
+    p.add_argument("--tasks", type=_task_list, help="comma-separated label columns to keep (default: every label-like column)")
+    p.add_argument("--labels-csv", metavar="F", help="CSV or JSONL label file for an image folder (one row per image)")
+    p.add_argument("--file-column", help="column of the label file naming the image file (default: first of file, filename, image, path)")
+    p.add_argument("--positive", action="append", default=[], metavar="V", help="extra label value meaning positive (repeatable)")
+    p.add_argument("--negative", action="append", default=[], metavar="V", help="extra label value meaning negative (repeatable)")
+    p.add_argument("--missing", action="append", default=[], metavar="V", help="extra label value meaning unknown (repeatable)")
+    p.add_argument("--image-size", type=_positive_int, help="resize every image to S×S")
+    p.add_argument("--encoding", choices=["png", "jpeg", "raw"], default="png", help="output encoding (raw needs one image size)")
+    p.add_argument("--shards", type=_positive_int, help="number of output Parquet files")
+    p.add_argument("--strict", action="store_true", help="fail on the first unreadable row instead of skipping it")
+    p.add_argument("--report", metavar="F", help="where to list skipped rows (default: OUT/_skipped.jsonl when any)")
+
+    p = command(data, "validate", "check shards: schema across files, image decode, per-task label table", _cmd_validate)
+    p.add_argument("path", metavar="PATH", help="directory, Parquet file, or s3://bucket/prefix")
+    p.add_argument("--full", action="store_true", help="decode every image (default: a sample per shard)")
+    p.add_argument("--image-column", help="image column when shards carry no mtl_ray metadata (default: image)")
+    return parser
+
+
+def _write_json(summary: dict, target: str) -> None:
+    text = json.dumps(summary, indent=2, sort_keys=False)
+    if target == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        with open(target, "w") as f:
+            f.write(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    human = sys.stderr if args.json == "-" else sys.stdout
+    try:
+        result = args.handler(args)
+        print(result.render(), file=human)
+        if args.json:
+            _write_json(result.to_json(), args.json)
+        return result.exit_code
+    except UserError as exc:
+        print(f"mtl-ray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mtl-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Where shards live: local directories or `s3://bucket/prefix`, behind one pyarrow filesystem.
+
+pyarrow's S3 filesystem ignores `AWS_ENDPOINT_URL`, so the endpoint of an S3-compatible server
+(MinIO, moto, Ceph) is applied here explicitly. Credentials come from the usual AWS variables,
+which pyarrow reads itself; they are never logged or put into messages.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from mtl_ray.errors import UserError
+
+PARQUET_SUFFIX = ".parquet"
+
+
+def is_s3(path: str) -> bool:
+    return path.startswith("s3://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem honouring `AWS_ENDPOINT_URL` and `AWS_DEFAULT_REGION`."""
+    kwargs: dict = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        url = urlparse(endpoint)
+        kwargs["endpoint_override"] = url.netloc or url.path
+        kwargs["scheme"] = url.scheme or "https"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """Split a user PATH into a filesystem and the path inside it."""
+    if is_s3(path):
+        rest = path[len("s3://"):].strip("/")
+        if not rest:
+            raise UserError(f"{path}: expected s3://bucket/prefix")
+        return s3_filesystem(), rest
+    if "://" in path:
+        raise UserError(f"{path}: unsupported scheme; expected a local path or s3://bucket/prefix")
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def _check_bucket(fs: pafs.FileSystem, path: str, shown: str) -> None:
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot reach S3 bucket {bucket!r}: {_first_line(exc)}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{shown}: S3 bucket {bucket!r} does not exist")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def display(file: str, root: str, user_path: str) -> str:
+    """How to name `file` (found under `root`, which the user called `user_path`) in messages."""
+    if file == root:
+        return user_path
+    return user_path.rstrip("/") + "/" + posixpath.relpath(file, root)
+
+
+def list_shards(path: str) -> tuple[pafs.FileSystem, list[str], list[str]]:
+    """All Parquet files under PATH (any depth), sorted; also the other files found there.
+
+    Returns (filesystem, parquet paths, ignored paths). A PATH that is a single `.parquet` file is
+    accepted. Missing paths, empty directories and a non-Parquet file given directly are errors.
+    """
+    fs, inner = resolve(path)
+    if is_s3(path):
+        _check_bucket(fs, inner, path)
+    try:
+        info = fs.get_file_info(inner)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {_first_line(exc)}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{path}: no such file or directory")
+    if info.type == pafs.FileType.File:
+        if not inner.endswith(PARQUET_SUFFIX):
+            raise UserError(f"{path}: not a Parquet file (expected a directory of *.parquet shards or a .parquet file)")
+        return fs, [inner], []
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot list: {_first_line(exc)}") from None
+    files = [e.path for e in entries if e.type == pafs.FileType.File]
+    shards = sorted(p for p in files if p.endswith(PARQUET_SUFFIX))
+    ignored = sorted(p for p in files if not p.endswith(PARQUET_SUFFIX))
+    if not shards:
+        raise UserError(f"{path}: no *.parquet shards found" + (f" ({len(ignored)} other files)" if ignored else " (empty directory)"))
+    return fs, shards, ignored
+
+
+def prepare_output(path: str) -> tuple[pafs.FileSystem, str]:
+    """Resolve an output PATH and make sure it can be written (the S3 bucket must already exist)."""
+    fs, inner = resolve(path)
+    if is_s3(path):
+        _check_bucket(fs, inner, path)
+    else:
+        info = fs.get_file_info(inner)
+        if info.type == pafs.FileType.File:
+            raise UserError(f"{path}: exists and is a file; expected a directory")
+        fs.create_dir(inner, recursive=True)
+    return fs, inner
