@@ -81,6 +81,15 @@ def _cmd_validate(args: argparse.Namespace) -> Result:
     return validate(args.path, full=args.full, image_column=args.image_column)
 
 
+def _cmd_train(args: argparse.Namespace) -> Result:
+    from mtl_ray import config
+    from mtl_ray.train import fit
+
+    overrides = {"backbone": args.backbone, "epochs": args.epochs, "workers": args.workers, "gpu": args.gpu or None}
+    cfg = config.load(config.TrainConfig, args.config, overrides)
+    return fit(args.data, val=args.val, config=cfg, storage_path=args.storage, name=args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtl-ray", description="Multi-task learning on images with Ray, PyTorch and MLflow.")
     parser.add_argument("--version", action="version", version=f"mtl-ray {__version__}")
@@ -126,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="directory, Parquet file, or s3://bucket/prefix")
     p.add_argument("--full", action="store_true", help="decode every image (default: a sample per shard)")
     p.add_argument("--image-column", help="image column when shards carry no mtl_ray metadata (default: image)")
+
+    p = command(commands, "train", "train one multi-task model with Ray Train (resumes a run of the same --name)", _cmd_train)
+    p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
+    p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
+    p.add_argument("--config", metavar="F", help="YAML file with TrainConfig keys (flags override it)")
+    p.add_argument("--backbone", help="backbone name (default s; see docs/models.md)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--workers", type=_positive_int, help="Ray Train workers (default 2 on CPU, 1 per GPU with --gpu)")
+    p.add_argument("--gpu", action="store_true", help="train on GPUs (fails fast if the cluster has none)")
+    p.add_argument("--storage", metavar="PATH", help="where checkpoints go: directory or s3://bucket/prefix (default ./mtl-ray-runs)")
+    p.add_argument("--name", metavar="RUN", help="run name; rerunning a name resumes from its last checkpoint")
     return parser
 
 
@@ -146,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         print(result.render(), file=human)
         if args.json:
             _write_json(result.to_json(), args.json)
+        if result.exit_code != 0:
+            for problem in result.to_json().get("problems", []):
+                print(f"mtl-ray: error: {problem}", file=sys.stderr)
         return result.exit_code
     except UserError as exc:
         print(f"mtl-ray: error: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mtl_ray.errors import UserError
 
@@ -265,8 +265,11 @@ def decode_one(data: bytes, *, where: str = "", row: int = 0, size: int | None =
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im)
-    except Exception as exc:  # Pillow raises many types for bad bytes; all mean "not an image"
-        raise UserError(f"{where}: row {row}: cannot decode image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'bad data'})") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{where}: row {row}: cannot decode image (not an image format Pillow reads)") from None
+    except Exception as exc:  # Pillow raises many types for truncated or damaged data
+        detail = str(exc).splitlines()[0] if str(exc) else "damaged data"
+        raise UserError(f"{where}: row {row}: cannot decode image ({type(exc).__name__}: {detail})") from None
 
 
 def _raw_view(arr: pa.Array, shape: tuple[int, int, int]) -> np.ndarray:

@@ -103,3 +103,15 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (start-up costs ~10 s)."""
+    import ray
+
+    from mtl_ray.train import ensure_ray
+
+    ensure_ray()
+    yield ray
+    ray.shutdown()

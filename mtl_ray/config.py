@@ -1,0 +1,84 @@
+"""Run configuration: pydantic models loaded from YAML, with errors that name the offending key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mtl_ray.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainConfig(Strict):
+    """One training run: model, optimisation, and how many Ray Train workers."""
+
+    backbone: str = "s"
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    loss_reduction: Literal["seed", "labeled", "per_task"] = "seed"
+    image_size: int | None = Field(None, ge=8, description="resize images to S×S; default: the shards' size")
+    workers: int | None = Field(None, ge=1, description="Ray Train workers; default: 1 per GPU with --gpu, else 2")
+    gpu: bool = False
+    cpus_per_worker: float | None = Field(None, gt=0, description="default: leave at least 1 CPU to Ray Data")
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept on storage")
+    max_failures: int = Field(0, ge=0, description="worker-group restarts before the run fails")
+    seed: int = 0
+
+
+def _location(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    key = _location(first)
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}"
+    return f"{source}: key {key!r}: {first['msg']} (got {first.get('input')!r})"
+
+
+def parse(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate a mapping into `model`, turning the first validation error into a one-line UserError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_one_line(exc, source)) from None
+
+
+def load_yaml(path: str | None) -> dict[str, Any]:
+    """A YAML mapping from `path` ({} for None)."""
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def load(model: type[M], path: str | None, overrides: dict[str, Any] | None = None) -> M:
+    """Config from YAML, then CLI overrides on top (overrides equal to None keep the file's value)."""
+    merged = {**load_yaml(path), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return parse(model, merged, path or "config")

@@ -1,0 +1,87 @@
+"""Ray Data pipelines from shards to training batches.
+
+Shards are read with `read_parquet`, filtered to one split, and — only when the images are encoded
+or need resizing — decoded once in Ray Data tasks into raw pixels. Training workers then turn each
+Arrow batch into tensors with a zero-copy view (`ShardCollate`), so the per-batch Python path on the
+workers is the same small one for every encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from mtl_ray import format as fmt_mod
+from mtl_ray.format import ShardFormat
+
+DECODE_BATCH_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Source:
+    """Which rows of which shards: the shard files, their format and an optional split to keep."""
+
+    fs: pafs.FileSystem
+    paths: tuple[str, ...]
+    fmt: ShardFormat
+    split: str | None = None
+    has_split_column: bool = True
+
+
+def decoded_format(fmt: ShardFormat, size: int) -> ShardFormat:
+    """The format of batches after decoding: raw RGB pixels at size×size."""
+    return replace(fmt, encoding="raw", shape=(size, size, 3))
+
+
+def needs_decode(fmt: ShardFormat, size: int) -> bool:
+    return fmt.encoding != "raw" or tuple(fmt.shape) != (size, size, 3)
+
+
+class DecodeToRaw:
+    """Ray Data batch function: encoded (or other-sized) images → raw size×size RGB pixels."""
+
+    def __init__(self, fmt: ShardFormat, size: int):
+        self.fmt = fmt
+        self.out = decoded_format(fmt, size)
+        self.size = size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        images = fmt_mod.decode_images(batch.column(self.fmt.image_column), self.fmt, self.size, where="decode")
+        column = fmt_mod.encode_images(images, self.out)
+        return batch.set_column(batch.schema.get_field_index(self.fmt.image_column), self.fmt.image_column, column)
+
+
+def read(source: Source, size: int) -> "ray.data.Dataset":  # noqa: F821 - ray imported lazily by callers
+    """A Ray Dataset of `source`'s rows with raw size×size images and the task label columns."""
+    import ray.data
+    from ray.data.expressions import col
+
+    fmt = source.fmt
+    columns = [fmt.image_column, *fmt.tasks]
+    ds = ray.data.read_parquet(list(source.paths), filesystem=source.fs)
+    if source.split is not None and source.has_split_column:
+        keep = col(fmt_mod.SPLIT_COLUMN) == source.split
+        if source.split == "train":
+            keep = keep | col(fmt_mod.SPLIT_COLUMN).is_null()
+        ds = ds.filter(expr=keep)
+    ds = ds.select_columns(columns)
+    if needs_decode(fmt, size):
+        ds = ds.map_batches(DecodeToRaw(fmt, size), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
+    return ds
+
+
+class ShardCollate(ArrowBatchCollateFn):
+    """Arrow batch of raw pixels + label columns → {"image": uint8 [N,H,W,3], "labels": float32 [N,T]}."""
+
+    def __init__(self, fmt: ShardFormat):
+        self.fmt = fmt
+
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        images = fmt_mod.decode_images(batch.column(self.fmt.image_column), self.fmt)
+        labels = fmt_mod.labels(batch, self.fmt.tasks)
+        return {"image": torch.from_numpy(np.array(images)), "labels": torch.from_numpy(labels)}

@@ -1,0 +1,53 @@
+"""Per-task validation metrics over known labels only, computed with scikit-learn.
+
+Every value is a plain Python float/int or None so results go straight into JSON. A task whose
+known labels hold a single class has no AUROC (None) — it is not an error, just undefined — and a
+task with no known label has no metrics at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+THRESHOLD = 0.5
+
+
+def task_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
+    """AUROC, accuracy and F1 (positive class, threshold 0.5) of one task, and n_labeled.
+
+    `probs` and `targets` are 1-D; NaN targets are unknown and left out. F1 is 0.0 when neither
+    labels nor predictions hold a positive (sklearn's `zero_division=0`, without its warning).
+    """
+    known = ~np.isnan(targets)
+    y = targets[known].astype(np.int64)
+    p = probs[known]
+    n = int(y.size)
+    if n == 0:
+        return {"auroc": None, "accuracy": None, "f1": None, "n_labeled": 0}
+    pred = (p >= THRESHOLD).astype(np.int64)
+    return {
+        "auroc": float(roc_auc_score(y, p)) if np.unique(y).size == 2 else None,
+        "accuracy": float(accuracy_score(y, pred)),
+        "f1": float(f1_score(y, pred, zero_division=0.0)),
+        "n_labeled": n,
+    }
+
+
+def evaluate(probs: np.ndarray, targets: np.ndarray, tasks: Sequence[str]) -> dict[str, dict]:
+    """{task: {auroc, accuracy, f1, n_labeled}} from probabilities [N, T] and targets [N, T] (NaN = unknown)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape != targets.shape or probs.shape[1] != len(tasks):
+        raise ValueError(
+            f"probs {probs.shape} and targets {targets.shape} must both be [N, {len(tasks)}] for tasks {list(tasks)}"
+        )
+    return {task: task_metrics(probs[:, j], targets[:, j]) for j, task in enumerate(tasks)}
+
+
+def mean_auroc(per_task: Mapping[str, Mapping]) -> float | None:
+    """Mean AUROC over the tasks that have one; None if none has."""
+    values = [m["auroc"] for m in per_task.values() if m["auroc"] is not None]
+    return float(np.mean(values)) if values else None

@@ -1,0 +1,325 @@
+"""Distributed multi-task training with Ray Train V2.
+
+Numbered like Ray's `train_tune_interop.py`:
+1. `worker_loop` runs on every Ray Train worker: DDP model, streamed batches, masked loss,
+   validation on rank 0, and one `ray.train.report` (metrics + checkpoint) per epoch.
+2. `fit` is the driver: it validates the shards before Ray starts, sizes resources so Ray Data
+   always keeps CPU, builds the `TorchTrainer` and turns its `Result` into a `TrainResult`.
+Rerunning `fit` with the same `name` and `storage` resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mtl_ray import dataset, storage
+from mtl_ray.config import TrainConfig
+from mtl_ray.errors import UserError
+from mtl_ray.format import ShardFormat
+from mtl_ray.validate import ValidationReport, validate
+
+CHECKPOINT_FILE = "model.pt"
+META_FILE = "meta.json"
+MIN_CPUS_PER_WORKER = 0.25
+DEFAULT_STORAGE = "mtl-ray-runs"
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+def save_checkpoint(directory: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, meta: dict) -> None:
+    """Model (and optimizer) state in `model.pt`; tasks, backbone, config and metrics in `meta.json`."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None, "epoch": meta["epoch"]}
+    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+    with open(os.path.join(directory, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_checkpoint(directory: str) -> tuple[dict, dict]:
+    """(torch state, meta) of a checkpoint directory written by `save_checkpoint`."""
+    state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    with open(os.path.join(directory, META_FILE)) as f:
+        meta = json.load(f)
+    return state, meta
+
+
+# ---- 1. the worker loop ---------------------------------------------------------------------
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def predict_batches(model: torch.nn.Module, batches, device: torch.device, autocast: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and targets over an iterable of {"image", "labels"} batches."""
+    from mtl_ray.models import to_input
+
+    model.eval()
+    probs, targets = [], []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        for batch in batches:
+            logits = model(to_input(batch["image"].to(device, non_blocking=True), channels_last=True))
+            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+            targets.append(batch["labels"].numpy())
+    return np.concatenate(probs), np.concatenate(targets)
+
+
+def worker_loop(config: dict) -> None:
+    """Train on this worker's stream of the `train` dataset; rank 0 validates and checkpoints."""
+    import ray.train
+    import ray.train.torch
+
+    from mtl_ray.losses import masked_bce
+    from mtl_ray.metrics import evaluate, mean_auroc
+    from mtl_ray.models import build, to_input
+
+    cfg = TrainConfig(**config["train"])
+    fmt = ShardFormat(**config["batch_format"])
+    tasks = list(fmt.tasks)
+    torch.set_num_threads(config["torch_threads"])
+    torch.manual_seed(cfg.seed)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+
+    model = build(cfg.backbone, len(tasks), channels_last=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as d:
+            state, _ = load_checkpoint(d)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"]
+    model = ray.train.torch.prepare_model(model)
+    collate = dataset.ShardCollate(fmt)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        seen, loss_sum, batches = 0, 0.0, 0
+        started = time.perf_counter()
+        for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, device=device):
+            x = to_input(batch["image"], channels_last=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                logits = model(x)
+            loss = masked_bce(logits, batch["labels"], reduction=cfg.loss_reduction)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(x)
+            loss_sum += float(loss.detach())
+            batches += 1
+        elapsed = time.perf_counter() - started
+        total_seen, total_loss, total_batches = _all_reduce_sum([seen, loss_sum, batches])
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(total_batches, 1),
+            "train_images_per_s": total_seen / max(elapsed, 1e-9),
+        }
+        if rank == 0:
+            probs, targets = predict_batches(_unwrap(model), val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 256), collate_fn=collate), device, autocast=on_gpu)
+            per_task = evaluate(probs, targets, tasks)
+            metrics.update({"mean_auroc": mean_auroc(per_task), "val": per_task})
+            with tempfile.TemporaryDirectory() as d:
+                meta = {"epoch": epoch + 1, "tasks": tasks, "backbone": cfg.backbone, "config": cfg.model_dump(),
+                        "image": {"size": fmt.shape[0], "channels": 3}, "metrics": metrics}
+                save_checkpoint(d, _unwrap(model), optimizer, meta)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+# ---- 2. the driver --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How many Ray Train workers, with how many CPUs/GPUs each, and torch threads per worker."""
+
+    workers: int
+    cpus_per_worker: float
+    use_gpu: bool
+    torch_threads: int
+    data_cpus: float
+
+
+def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
+    """Size workers so the request fits the cluster and at least one CPU stays free for Ray Data.
+
+    On a 2-CPU machine two CPU workers get 0.5 CPU each: whole-CPU workers would take every CPU and
+    Ray Data's read/decode tasks would never be scheduled (the run hangs; Ray issue 29662).
+    """
+    cpus = float(cluster.get("CPU", 0))
+    gpus = float(cluster.get("GPU", 0))
+    if cfg.gpu:
+        workers = cfg.workers or max(1, int(gpus))
+        if gpus < workers:
+            raise UserError(f"--gpu: {workers} training worker(s) need {workers} GPU(s) but the Ray cluster has {gpus:g}")
+    else:
+        workers = cfg.workers or 2
+    data_cpus = 1.0 if cpus < 8 else max(1.0, cpus * 0.25)
+    if cfg.cpus_per_worker is not None:
+        per_worker = cfg.cpus_per_worker
+    else:
+        per_worker = min(1.0 if not cfg.gpu else max(1.0, (cpus - data_cpus) / workers), (cpus - data_cpus) / workers)
+    need = workers * max(per_worker, MIN_CPUS_PER_WORKER) + data_cpus
+    if per_worker < MIN_CPUS_PER_WORKER or need > cpus + 1e-9:
+        raise UserError(
+            f"--workers {workers}: the Ray cluster has {cpus:g} CPUs; {workers} workers need at least "
+            f"{workers * MIN_CPUS_PER_WORKER:g} ({MIN_CPUS_PER_WORKER:g} each) plus {data_cpus:g} for Ray Data"
+        )
+    return ResourcePlan(workers, round(per_worker, 3), cfg.gpu, max(1, int(per_worker)), data_cpus)
+
+
+@dataclass
+class TrainResult:
+    """What one run produced: final validation metrics, the checkpoint, and throughput."""
+
+    name: str
+    tasks: list[str]
+    epochs: int
+    val: dict[str, dict]
+    mean_auroc: float | None
+    checkpoint: str | None
+    train_images_per_s: float
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    exit_code: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "tasks": self.tasks, "epochs": self.epochs, "val": self.val,
+            "mean_auroc": self.mean_auroc, "checkpoint": self.checkpoint,
+            "train_images_per_s": self.train_images_per_s, "seconds": self.seconds, "history": self.history,
+        }
+
+    def render(self) -> str:
+        def num(v: float | None, fmt: str = ".3f") -> str:
+            return "-" if v is None else format(v, fmt)
+
+        head = ["task", "auroc", "accuracy", "f1", "n_labeled"]
+        rows = [[t, num(m["auroc"]), num(m["accuracy"]), num(m["f1"]), str(m["n_labeled"])] for t, m in self.val.items()]
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+        table = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head] + rows]
+        return "\n".join([
+            f"run {self.name}: {self.epochs} epochs, {len(self.tasks)} tasks, {self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s",
+            *table,
+            f"mean_auroc {num(self.mean_auroc)}",
+            f"checkpoint {self.checkpoint}",
+        ])
+
+
+def _select_sources(data: str, val: str | None, train_report: ValidationReport) -> tuple[dataset.Source, dataset.Source]:
+    """Train rows (split train or unassigned) and validation rows (--val, or the data's val split)."""
+    fmt = train_report.fmt
+    has_split = _has_split_column(train_report)
+    train_rows = sum(train_report.splits.get(s, {}).get("rows", 0) for s in ("train", "unassigned"))
+    if train_rows == 0:
+        raise UserError(f"{data}: no training rows (split 'train' or unassigned)")
+    train_src = dataset.Source(train_report.fs, tuple(train_report.paths), fmt, "train", has_split)
+    if val is None:
+        if train_report.splits.get("val", {}).get("rows", 0) == 0:
+            raise UserError(f"{data}: empty validation split: no rows with split 'val'; add some or pass --val PATH")
+        return train_src, dataset.Source(train_report.fs, tuple(train_report.paths), fmt, "val", has_split)
+    val_report = validate(val)
+    val_report.raise_if_unusable()
+    if list(val_report.fmt.tasks) != list(fmt.tasks):
+        raise UserError(f"{val}: validation tasks {list(val_report.fmt.tasks)} differ from training tasks {list(fmt.tasks)} ({data})")
+    val_rows = val_report.splits.get("val", {}).get("rows", 0)
+    split = "val" if val_rows else None
+    if val_report.rows == 0:
+        raise UserError(f"{val}: empty validation data")
+    return train_src, dataset.Source(val_report.fs, tuple(val_report.paths), val_report.fmt, split, _has_split_column(val_report))
+
+
+def _has_split_column(report: ValidationReport) -> bool:
+    return any(s in report.splits for s in ("train", "val", "test"))
+
+
+def ensure_ray() -> None:
+    """Join the Ray cluster this process belongs to, or start a quiet local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, configure_logging=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def _storage(path: str | None) -> tuple[str, object | None, str]:
+    """(storage_path, storage_filesystem, display prefix) for RunConfig."""
+    path = path or DEFAULT_STORAGE
+    if storage.is_s3(path):
+        fs, inner = storage.resolve(path)
+        return inner, fs, "s3://"
+    return os.path.abspath(path), None, ""
+
+
+def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None, storage_path: str | None = None, name: str | None = None) -> TrainResult:
+    """Train one multi-task model on the shards at `data`; resume if `name` already has checkpoints."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg = config or TrainConfig()
+    report = validate(data)
+    report.raise_if_unusable()
+    train_src, val_src = _select_sources(data, val, report)
+    size = cfg.image_size or (report.fmt.shape[0] if report.fmt.shape else 64)
+
+    ensure_ray()
+    plan = plan_resources(cfg, ray.cluster_resources())
+    run_name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_dir, storage_fs, shown = _storage(storage_path)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "train": cfg.model_dump(),
+            "batch_format": _format_kwargs(dataset.decoded_format(report.fmt, size)),
+            "torch_threads": plan.torch_threads,
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage_dir, storage_filesystem=storage_fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets={"train": dataset.read(train_src, size), "val": dataset.read(val_src, size)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - started
+    if result.error:
+        raise result.error
+    metrics = result.metrics or {}
+    history = [dict(m) for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])]
+    checkpoint = f"{shown}{result.checkpoint.path}" if result.checkpoint else None
+    return TrainResult(
+        name=run_name, tasks=list(report.fmt.tasks), epochs=int(metrics.get("epoch", 0)), val=metrics.get("val", {}),
+        mean_auroc=metrics.get("mean_auroc"), checkpoint=checkpoint,
+        train_images_per_s=float(metrics.get("train_images_per_s", 0.0)), seconds=seconds, history=history,
+    )
+
+
+def _format_kwargs(fmt: ShardFormat) -> dict:
+    return {"tasks": list(fmt.tasks), "encoding": fmt.encoding, "shape": list(fmt.shape), "image_column": fmt.image_column}
