@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from mtl_ray import format as fmt_mod
@@ -81,7 +80,9 @@ class ShardCollate(ArrowBatchCollateFn):
     def __init__(self, fmt: ShardFormat):
         self.fmt = fmt
 
-    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: pa.Table) -> dict:
+        import torch  # here, not at module level: Ray Data tasks import this module and never need torch
+
         images = fmt_mod.decode_images(batch.column(self.fmt.image_column), self.fmt)
         labels = fmt_mod.labels(batch, self.fmt.tasks)
         return {"image": torch.from_numpy(np.array(images)), "labels": torch.from_numpy(labels)}

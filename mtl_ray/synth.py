@@ -8,10 +8,12 @@ beside pedestrians, lit windows and lamp posts beside traffic lights, car-colour
 buildings beside cars. Objects shrink with distance and hide behind nearer objects or the image
 edge; an object counts as visible when at least `VISIBLE_FRACTION` of it shows.
 
-Speed comes from painting palette indices, not colours: every object is a cached sprite of part
-numbers stamped into a uint8 canvas, and each part gets its own palette entry. One canvas is then
-both the picture (one gather through the palette, which also carries brightness jitter and pixel
-noise) and the visibility map (a bincount of entries), with no per-pixel Python.
+Speed comes from painting palette indices, not colours, a batch of scenes at a time with no
+per-pixel or per-object numpy calls: object parameters are drawn per kind for the whole batch,
+every object is a cached sprite of part numbers, and each part of each object gets its own entry
+in its scene's palette. All sprite pixels are scattered into one uint8 canvas at once; the canvas
+is then both the picture (one gather through the palettes, which also carry brightness jitter and
+pixel noise) and the visibility map (a bincount of entries).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from mtl_ray.storage import prepare_output
 
 SEED_TASKS = ("pedestrian", "car", "stop_sign", "traffic_light")
 MAX_EXTRA_TASKS = 100
-MIN_IMAGE_SIZE = 16
+MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 512
 VISIBLE_FRACTION = 0.4
 
@@ -59,7 +61,8 @@ _CAR_COLOURS = _table((200, 30, 30), (40, 70, 190), (235, 235, 235), (165, 168, 
 _CAR_RED, _CAR_BLUE, _CAR_WHITE = 0, 1, 2
 _LAMP_COLOURS = _table((255, 40, 30), (255, 175, 30), (40, 230, 90))  # red, amber, green, top to bottom
 _SKINS = _table((250, 215, 180), (205, 150, 110), (140, 95, 65), (95, 62, 42))
-_SHIRTS = _table((210, 40, 40), (40, 80, 200), (40, 150, 70), (230, 200, 50), (240, 240, 240), (30, 30, 30), (240, 130, 40), (150, 60, 160))
+_SHIRTS = _table((210, 40, 40), (40, 80, 200), (40, 150, 70), (230, 200, 50), (240, 240, 240), (30, 30, 30), (240, 130, 40),
+                 (150, 60, 160))
 _TROUSERS = _table((30, 40, 90), (25, 25, 25), (90, 90, 95), (100, 70, 45))
 _POLE_COLOURS = _table((130, 130, 135), (75, 78, 80), (45, 80, 50), (60, 70, 120), (200, 170, 40))
 _WALLS = _table((150, 145, 140), (175, 150, 120), (120, 90, 75), (200, 190, 170), (95, 100, 110))
@@ -221,7 +224,8 @@ def _refuse_stale_shards(fs: pafs.FileSystem, root: str, out: str, names: set[st
 # ---- scene rendering ------------------------------------------------------------------------
 
 def render_scenes(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` scenes from `rng`: uint8 images [n, size, size, 3] and bool labels [n, len(_ALL_TASKS)]."""
+    """`n` scenes from `rng`: uint8 images [n, size, size, 3] and bool labels [n, T], T being the
+    seed tasks followed by every derived task in `extra_task_names` order."""
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     truth = np.empty((n, len(_ALL_TASKS)), dtype=bool)
     batch = max(1, min(256, (1 << 20) // (size * size)))
@@ -262,7 +266,8 @@ def _background(rng: np.random.Generator, count: int, size: int) -> tuple[np.nda
     road = np.stack([horizon, far_x, near_x, far_half, near_half, sidewalk, lane, r[:, 7]], axis=1)
 
     palette = np.zeros((count, _PALETTE, 3), dtype=np.float32)
-    skies = np.array([[[70, 130, 210], [175, 205, 235]], [[150, 160, 175], [205, 208, 212]], [[85, 85, 150], [240, 165, 115]]], dtype=np.float32)
+    skies = np.array([[[70, 130, 210], [175, 205, 235]], [[150, 160, 175], [205, 208, 212]], [[85, 85, 150], [240, 165, 115]]],
+                     dtype=np.float32)  # top and horizon colour of a clear, an overcast and a dusk sky
     sky = skies[np.searchsorted([0.5, 0.8], r[:, 8])]  # day, overcast, dusk: 50, 30, 20 %
     sky = sky * (0.9 + 0.2 * r[:, 9])[:, None, None]
     mix = (np.arange(_SKY_BANDS, dtype=np.float32) + 0.5) / _SKY_BANDS
@@ -321,7 +326,7 @@ class _Spawned(NamedTuple):
     x: np.ndarray
     keys: list[tuple]
     colours: np.ndarray
-    code: np.ndarray
+    code: np.ndarray  # car: colour index; traffic light: lit lamp; pedestrian: on the road; building: lit windows
     lit_count: np.ndarray | None = None  # buildings: how many windows are lit (0-4)
     lit_spots: np.ndarray | None = None  # buildings: [m, 4, 2] window (row, column) as fractions of the grid
 
@@ -412,7 +417,8 @@ def _sign(site: _Site, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Centre x, face size, pole length and the usual three colours (red face, white, pole) of signs."""
     d = _px(10 * site.s * site.f * (0.85 + 0.3 * u[:, 2]), 6)
     pole = np.round(d * (1.6 + 0.8 * u[:, 3])).astype(np.intp)
-    colours = np.stack([_shade(_fixed(_SIGN_RED, len(u)), u[:, 4], 0.25), _fixed(_WHITE, len(u)), _choose(_POLE_COLOURS[:2], u[:, 5])], axis=1)
+    face = _shade(_fixed(_SIGN_RED, len(u)), u[:, 4], 0.25)
+    colours = np.stack([face, _fixed(_WHITE, len(u)), _choose(_POLE_COLOURS[:2], u[:, 5])], axis=1)
     return _kerb(site, u[:, 0], u[:, 1]), d, pole, colours
 
 
@@ -463,7 +469,7 @@ def _spawn_box(site: _Site, u: np.ndarray) -> _Spawned:
 _SPAWNS: tuple[tuple[int, tuple[float, ...], tuple[float, float] | None, Callable[[_Site, np.ndarray], _Spawned]], ...] = (
     (BUILDING, (0.15, 0.35, 0.6, 0.85), None, _spawn_building),
     (TREE, (0.45, 0.8), (0.05, 0.9), _spawn_tree),
-    (CAR, (0.46, 0.74, 0.9), (0.08, 1.08), _spawn_car),
+    (CAR, (0.48, 0.75, 0.9), (0.08, 1.08), _spawn_car),
     (PED, (0.45, 0.75, 0.92), (0.1, 1.05), _spawn_pedestrian),
     (STOP, (0.5, 0.93), (0.25, 1.05), _spawn_stop_sign),
     (LIGHT, (0.5, 0.93), (0.25, 1.05), _spawn_traffic_light),
@@ -478,7 +484,8 @@ _DRAWS = 20  # uniforms per object; the building spawner uses the most
 def _place_objects(rng: np.random.Generator, road: np.ndarray, size: int) -> _Placed:
     """Draw every scene's objects, kind by kind for the whole batch, and order them for painting."""
     count = len(road)
-    columns: dict[str, list] = {k: [] for k in ("scene", "kind", "x", "row", "t", "code", "entries", "colours", "keys", "lit_count", "lit_spots")}
+    names = ("scene", "kind", "x", "row", "t", "code", "entries", "colours", "keys", "lit_count", "lit_spots")
+    columns: dict[str, list] = {k: [] for k in names}
     for kind, cumulative, depth, spawn in _SPAWNS:
         scene = np.repeat(np.arange(count), np.searchsorted(cumulative, rng.random(count), side="right"))
         u = rng.random((len(scene), _DRAWS + 1))
@@ -525,17 +532,16 @@ def _paint(canvas: np.ndarray, placed: _Placed, palette: np.ndarray, size: int) 
     used = np.arange(_MAX_PARTS) < placed.entries[:, None]
     palette.reshape(-1, 3)[(placed.first[:, None] + np.arange(_MAX_PARTS))[used]] = placed.colours[used]
     sprites = [_SPRITES[kind](*key) for kind, key in zip(placed.kind.tolist(), placed.keys)]
-    height, width, anchor, key_parts, area, rows, cols, margin, step, pane = np.array([sp[:10] for sp in sprites], dtype=np.intp).reshape(-1, 10).T
+    numbers = np.array([sp[:10] for sp in sprites], dtype=np.intp).reshape(-1, 10).T
+    height, width, anchor, key_parts, area, rows, cols, margin, step, pane = numbers
     top = np.round(placed.row).astype(np.intp) - height
     left = np.round(placed.x).astype(np.intp) - anchor
     entry = placed.first % _PALETTE
     if sprites:
         pixels = np.concatenate([sp.pixels for sp in sprites], axis=1)
         counts = np.array([sp.pixels.shape[1] for sp in sprites])
-        def spread(v: np.ndarray) -> np.ndarray:
-            return np.repeat(v.astype(np.int32), counts)
-
-        _scatter(canvas, spread(placed.scene), pixels[0] + spread(top), pixels[1] + spread(left), pixels[2] + spread(entry - 1))
+        scene, dy, dx, base = (np.repeat(v.astype(np.int32), counts) for v in (placed.scene, top, left, entry - 1))
+        _scatter(canvas, scene, pixels[0] + dy, pixels[1] + dx, pixels[2] + base)
     lit_owner, lit_k = np.nonzero(np.arange(4) < placed.lit_count[:, None])
     if len(lit_owner):
         spot, b = placed.lit_spots[lit_owner, lit_k], lit_owner
@@ -607,8 +613,8 @@ def _centred(parts: np.ndarray, mask: np.ndarray, top: int, value: int) -> None:
     region[mask] = value
 
 
-def _bar(parts: np.ndarray, top: int, bottom: int, width: int, value: int, shift: int = 0) -> None:
-    left = (parts.shape[1] - width) // 2 + shift
+def _bar(parts: np.ndarray, top: int, bottom: int, width: int, value: int) -> None:
+    left = (parts.shape[1] - width) // 2
     parts[top:bottom, left:left + width] = value
 
 
@@ -755,9 +761,9 @@ _SPRITES: dict[int, Callable[..., _Sprite]] = {
 class _Summary:
     """Per scene and object kind, what the visible objects look like: [scenes, kinds] arrays."""
 
-    def __init__(self, scenes: int, placed: _Placed, shown: np.ndarray, at_edge: np.ndarray, visible: np.ndarray):
+    def __init__(self, scenes: int, size: int, placed: _Placed, shown: np.ndarray, at_edge: np.ndarray, visible: np.ndarray):
         slot = (placed.scene * _KINDS + placed.kind)[visible]
-        x, t, code = placed.x[visible], placed.t[visible], placed.code[visible]
+        x, t, code = placed.x[visible] / size, placed.t[visible], placed.code[visible]
 
         def tally(where: np.ndarray | None = None) -> np.ndarray:
             chosen = slot if where is None else slot[where]
@@ -788,7 +794,7 @@ def _labels(shown_pixels: np.ndarray, area: np.ndarray, at_edge: np.ndarray, pla
     """
     shown = shown_pixels / np.maximum(area, 1)
     visible = (shown >= VISIBLE_FRACTION) & (shown_pixels >= 4 * (size / 64) ** 2)
-    summary = _Summary(count, placed, shown, at_edge, visible)
+    summary = _Summary(count, size, placed, shown, at_edge, visible)
     return np.stack([rule(summary) for _, rule in _RULES], axis=1)
 
 

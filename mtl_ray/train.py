@@ -100,14 +100,15 @@ def worker_loop(config: dict) -> None:
 
     model = build(cfg.backbone, len(tasks), channels_last=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch = 0
+    start_epoch, history = 0, []
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as d:
-            state, _ = load_checkpoint(d)
+            state, meta = load_checkpoint(d)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
+        start_epoch, history = state["epoch"], meta["history"]
+    first_epoch = start_epoch + 1
     model = ray.train.torch.prepare_model(model)
     collate = dataset.ShardCollate(fmt)
     train_shard = ray.train.get_dataset_shard("train")
@@ -139,9 +140,11 @@ def worker_loop(config: dict) -> None:
             probs, targets = predict_batches(_unwrap(model), val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 256), collate_fn=collate), device, autocast=on_gpu)
             per_task = evaluate(probs, targets, tasks)
             metrics.update({"mean_auroc": mean_auroc(per_task), "val": per_task})
+            history.append(metrics)
             with tempfile.TemporaryDirectory() as d:
-                meta = {"epoch": epoch + 1, "tasks": tasks, "backbone": cfg.backbone, "config": cfg.model_dump(),
-                        "image": {"size": fmt.shape[0], "channels": 3}, "metrics": metrics}
+                meta = {"epoch": epoch + 1, "first_epoch": first_epoch, "tasks": tasks, "backbone": cfg.backbone,
+                        "config": cfg.model_dump(), "image": {"size": fmt.shape[0], "channels": 3},
+                        "metrics": metrics, "history": history}
                 save_checkpoint(d, _unwrap(model), optimizer, meta)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
@@ -196,9 +199,10 @@ class TrainResult:
     name: str
     tasks: list[str]
     epochs: int
+    first_epoch: int
     val: dict[str, dict]
     mean_auroc: float | None
-    checkpoint: str | None
+    checkpoint: str
     train_images_per_s: float
     seconds: float
     history: list[dict] = field(default_factory=list)
@@ -206,7 +210,7 @@ class TrainResult:
 
     def to_json(self) -> dict:
         return {
-            "name": self.name, "tasks": self.tasks, "epochs": self.epochs, "val": self.val,
+            "name": self.name, "tasks": self.tasks, "epochs": self.epochs, "first_epoch": self.first_epoch, "val": self.val,
             "mean_auroc": self.mean_auroc, "checkpoint": self.checkpoint,
             "train_images_per_s": self.train_images_per_s, "seconds": self.seconds, "history": self.history,
         }
@@ -220,7 +224,7 @@ class TrainResult:
         widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
         table = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head] + rows]
         return "\n".join([
-            f"run {self.name}: {self.epochs} epochs, {len(self.tasks)} tasks, {self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s",
+            f"run {self.name}: epochs {self.first_epoch}-{self.epochs}, {len(self.tasks)} tasks, {self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s",
             *table,
             f"mean_auroc {num(self.mean_auroc)}",
             f"checkpoint {self.checkpoint}",
@@ -263,6 +267,9 @@ def ensure_ray() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # Ray 2.60's Parquet reader V2 lists files and reads footers in a task on every epoch: 2-9 s
+    # before the first batch here, against 0.15-0.4 s with V1 (docs/benchmarks.md).
+    ctx.use_datasource_v2 = False
 
 
 def _storage(path: str | None) -> tuple[str, object | None, str]:
@@ -311,13 +318,13 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
     seconds = time.perf_counter() - started
     if result.error:
         raise result.error
-    metrics = result.metrics or {}
-    history = [dict(m) for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])]
-    checkpoint = f"{shown}{result.checkpoint.path}" if result.checkpoint else None
+    with result.checkpoint.as_directory() as d:
+        _, meta = load_checkpoint(d)
+    metrics = meta["metrics"]
     return TrainResult(
-        name=run_name, tasks=list(report.fmt.tasks), epochs=int(metrics.get("epoch", 0)), val=metrics.get("val", {}),
-        mean_auroc=metrics.get("mean_auroc"), checkpoint=checkpoint,
-        train_images_per_s=float(metrics.get("train_images_per_s", 0.0)), seconds=seconds, history=history,
+        name=run_name, tasks=meta["tasks"], epochs=meta["epoch"], first_epoch=meta["first_epoch"], val=metrics["val"],
+        mean_auroc=metrics["mean_auroc"], checkpoint=f"{shown}{result.checkpoint.path}",
+        train_images_per_s=metrics["train_images_per_s"], seconds=seconds, history=meta["history"],
     )
 
 

@@ -1,0 +1,96 @@
+"""End-to-end training on a real local Ray: learning, resume, S3 storage, and bad input.
+
+These are the slow tests (one Ray instance for the session, tiny synthetic data).
+"""
+
+import os
+
+import pyarrow.fs as pafs
+import pytest
+
+from mtl_ray.synth import SEED_TASKS, synthesize
+from mtl_ray.train import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenes") / "shards"
+    synthesize(str(out), 2000, seed=0)
+    return str(out)
+
+
+def test_two_workers_three_epochs_learn_the_seed_tasks(ray_session, cli, scenes, tmp_path):
+    res = cli("train", "--data", scenes, "--epochs", 3, "--workers", 2, "--storage", tmp_path / "runs", "--name", "learn", "--json", "-")
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["tasks"] == list(SEED_TASKS)
+    assert out["epochs"] == 3 and out["first_epoch"] == 1
+    assert [h["epoch"] for h in out["history"]] == [1, 2, 3]
+    assert set(out["val"]) == set(SEED_TASKS)
+    for metrics in out["val"].values():
+        assert metrics["n_labeled"] > 300
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert out["mean_auroc"] >= 0.8, out["val"]
+    assert out["train_images_per_s"] > 0
+    state, meta = load_checkpoint(out["checkpoint"])
+    assert meta["tasks"] == list(SEED_TASKS) and meta["backbone"] == "s" and meta["epoch"] == 3
+    assert state["model"]["heads.weight"].shape[0] == len(SEED_TASKS)
+    assert "mean_auroc" in res.err  # the human summary goes to stderr with --json -
+
+
+def test_rerun_with_same_name_resumes_from_last_checkpoint(ray_session, cli, scenes, tmp_path):
+    first = cli("train", "--data", scenes, "--epochs", 1, "--storage", tmp_path / "runs", "--name", "resume", "--json", "-")
+    assert first.code == 0, first.err
+    assert first.json()["epochs"] == 1
+    second = cli("train", "--data", scenes, "--epochs", 2, "--storage", tmp_path / "runs", "--name", "resume", "--json", "-")
+    assert second.code == 0, second.err
+    out = second.json()
+    assert out["first_epoch"] == 2 and out["epochs"] == 2
+    assert [h["epoch"] for h in out["history"]] == [1, 2]
+    assert out["history"][0] == first.json()["history"][0]
+
+
+def test_reads_shards_from_and_checkpoints_to_s3(ray_session, cli, s3, tmp_path):
+    bucket = s3.bucket()
+    synthesize(f"s3://{bucket}/scenes", 600, seed=3)
+    res = cli("train", "--data", f"s3://{bucket}/scenes", "--epochs", 1, "--storage", f"s3://{bucket}/runs", "--name", "on-s3", "--json", "-")
+    assert res.code == 0, res.err
+    checkpoint = res.json()["checkpoint"]
+    assert checkpoint.startswith(f"s3://{bucket}/runs/on-s3/")
+    from mtl_ray.storage import s3_filesystem
+
+    files = s3_filesystem().get_file_info(pafs.FileSelector(checkpoint[len("s3://"):]))
+    assert {os.path.basename(f.path) for f in files} >= {"model.pt", "meta.json"}
+
+
+def test_validation_tasks_must_match_training_tasks(ray_session, cli, scenes, tmp_path):
+    other = tmp_path / "other"
+    synthesize(str(other), 50, tasks=["car", "pedestrian"], seed=1)
+    res = cli("train", "--data", scenes, "--val", other)
+    assert res.code == 2
+    assert "validation tasks ['car', 'pedestrian'] differ from training tasks" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+
+
+def test_empty_validation_split_is_an_error(ray_session, cli, tmp_path):
+    data = tmp_path / "noval"
+    synthesize(str(data), 40, val_fraction=0.0, seed=2)
+    res = cli("train", "--data", data)
+    assert res.code == 2
+    assert "empty validation split" in res.err and str(data) in res.err
+
+
+def test_invalid_shards_fail_before_ray_starts(cli, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "part-0.parquet").write_bytes(b"not parquet at all")
+    res = cli("train", "--data", bad)
+    assert res.code == 2
+    assert "part-0.parquet" in res.err and "not a readable Parquet file" in res.err
+
+
+def test_unplaceable_requests_fail_fast(ray_session, cli, scenes):
+    res = cli("train", "--data", scenes, "--workers", 64)
+    assert res.code == 2 and "--workers 64: the Ray cluster has" in res.err
+    res = cli("train", "--data", scenes, "--gpu")
+    assert res.code == 2 and "--gpu:" in res.err and "GPU(s)" in res.err
