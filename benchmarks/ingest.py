@@ -24,14 +24,13 @@ import torch
 
 from mtl_ray import format as F
 from mtl_ray.config import TrainConfig
-from mtl_ray.losses import masked_bce
-from mtl_ray.models import build, to_input
+from mtl_ray.models import build
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
-from mtl_ray.train import fit
+from mtl_ray.train import fit, train_step
 
 
-def plain_epoch(fs, paths: list[str], tasks: list[str], model, optimizer, batch_size: int) -> float:
+def plain_epoch(fs, paths: list[str], tasks: list[str], model, optimizer, batch_size: int, device: torch.device = torch.device("cpu")) -> float:
     """One epoch over the train rows, pyarrow batches straight into torch; returns images/s."""
     seen = 0
     started = time.perf_counter()
@@ -43,12 +42,10 @@ def plain_epoch(fs, paths: list[str], tasks: list[str], model, optimizer, batch_
             if batch.num_rows == 0:
                 continue
             images = torch.from_numpy(np.array(F.decode_images(batch.column(fmt.image_column), fmt)))
-            labels = torch.from_numpy(F.labels(batch, tasks))
-            loss = masked_bce(model(to_input(images, channels_last=True)), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, images, torch.from_numpy(F.labels(batch, tasks)), device)
             seen += batch.num_rows
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return seen / (time.perf_counter() - started)
 
 

@@ -24,7 +24,7 @@ class TrainConfig(Strict):
 
     backbone: str = "s"
     epochs: int = Field(3, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1, description="per worker; small batches give more steps on small data")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     loss_reduction: Literal["seed", "labeled", "per_task"] = "seed"

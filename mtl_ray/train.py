@@ -80,14 +80,29 @@ def predict_batches(model: torch.nn.Module, batches, device: torch.device, autoc
     return np.concatenate(probs), np.concatenate(targets)
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               device: torch.device, reduction: str = "seed") -> torch.Tensor:
+    """One optimisation step: uint8 images moved as bytes, normalised on the device, bf16 on GPU."""
+    from mtl_ray.losses import masked_bce
+    from mtl_ray.models import to_input
+
+    x = to_input(images.to(device, non_blocking=True), channels_last=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(x)
+    loss = masked_bce(logits, labels.to(device, non_blocking=True), reduction=reduction)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def worker_loop(config: dict) -> None:
     """Train on this worker's stream of the `train` dataset; rank 0 validates and checkpoints."""
     import ray.train
     import ray.train.torch
 
-    from mtl_ray.losses import masked_bce
     from mtl_ray.metrics import evaluate, mean_auroc
-    from mtl_ray.models import build, to_input
+    from mtl_ray.models import build
 
     cfg = TrainConfig(**config["train"])
     fmt = ShardFormat(**config["batch_format"])
@@ -119,15 +134,9 @@ def worker_loop(config: dict) -> None:
         seen, loss_sum, batches = 0, 0.0, 0
         started = time.perf_counter()
         for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, device=device):
-            x = to_input(batch["image"], channels_last=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-                logits = model(x)
-            loss = masked_bce(logits, batch["labels"], reduction=cfg.loss_reduction)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(x)
-            loss_sum += float(loss.detach())
+            loss = train_step(model, optimizer, batch["image"], batch["labels"], device, cfg.loss_reduction)
+            seen += len(batch["image"])
+            loss_sum += float(loss)
             batches += 1
         elapsed = time.perf_counter() - started
         total_seen, total_loss, total_batches = _all_reduce_sum([seen, loss_sum, batches])

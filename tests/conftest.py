@@ -66,15 +66,19 @@ def _moto_server(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture
-def s3(_moto_server, monkeypatch) -> S3Server:
-    """Points the AWS variables of this test (and its subprocesses) at the local moto_server."""
-    env = {
-        "AWS_ENDPOINT_URL": _moto_server,
+def _s3_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+@pytest.fixture
+def s3(_moto_server, monkeypatch) -> S3Server:
+    """Points the AWS variables of this test (and its subprocesses) at the local moto_server."""
+    env = _s3_env(_moto_server)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return S3Server(endpoint=_moto_server, env=env)
@@ -106,12 +110,23 @@ def cli(capsys):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole test session (start-up costs ~10 s)."""
+def ray_session(_moto_server):
+    """One local Ray instance for the whole test session (start-up costs ~10 s).
+
+    Its worker processes inherit the environment at start, so the moto_server credentials are set
+    first: Ray tasks that read or checkpoint to s3:// then find them as on a real cluster.
+    """
     import ray
 
     from mtl_ray.train import ensure_ray
 
+    saved = {k: os.environ.get(k) for k in _s3_env(_moto_server)}
+    os.environ.update(_s3_env(_moto_server))
     ensure_ray()
     yield ray
     ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
