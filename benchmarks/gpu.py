@@ -26,18 +26,19 @@ from mtl_ray.models import build
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
 from mtl_ray.train import fit, train_step
+from mtl_ray.weighting import get as get_weighting
 
 
-def ceiling(model, optimizer, batch_size: int, size: int, tasks: int, device: torch.device, steps: int) -> float:
+def ceiling(model, optimizer, weighting, batch_size: int, size: int, tasks: int, device: torch.device, steps: int) -> float:
     """Images/s with inputs already on the GPU: the most any input pipeline could deliver."""
     images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 2, (batch_size, tasks), device=device).float()
     for _ in range(5):
-        train_step(model, optimizer, images, labels, device)
+        train_step(model, optimizer, weighting, images, labels, device)
     torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, images, labels, device)
+        train_step(model, optimizer, weighting, images, labels, device)
     torch.cuda.synchronize()
     return steps * batch_size / (time.perf_counter() - started)
 
@@ -63,8 +64,9 @@ def main() -> int:
         tasks = list(F.shard_format(F.open_shard(fs, paths[0], paths[0]), paths[0]).tasks)
         model = build(args.backbone, len(tasks), channels_last=True).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        top = ceiling(model, optimizer, args.batch_size, args.image_size, len(tasks), device, steps=200)
-        plain = max(plain_epoch(fs, paths, tasks, model, optimizer, args.batch_size, device) for _ in range(args.epochs))
+        weighting = get_weighting("equal", len(tasks))
+        top = ceiling(model, optimizer, weighting, args.batch_size, args.image_size, len(tasks), device, steps=200)
+        plain = max(plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size, device) for _ in range(args.epochs))
         cfg = TrainConfig(backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs, workers=1, gpu=True)
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="gpu-bench")
         ours = max(h["train_images_per_s"] for h in result.history)

@@ -28,9 +28,10 @@ from mtl_ray.models import build
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
 from mtl_ray.train import fit, train_step
+from mtl_ray.weighting import get as get_weighting
 
 
-def plain_epoch(fs, paths: list[str], tasks: list[str], model, optimizer, batch_size: int, device: torch.device = torch.device("cpu")) -> float:
+def plain_epoch(fs, paths: list[str], tasks: list[str], model, optimizer, weighting, batch_size: int, device: torch.device = torch.device("cpu")) -> float:
     """One epoch over the train rows, pyarrow batches straight into torch; returns images/s."""
     seen = 0
     started = time.perf_counter()
@@ -42,7 +43,7 @@ def plain_epoch(fs, paths: list[str], tasks: list[str], model, optimizer, batch_
             if batch.num_rows == 0:
                 continue
             images = torch.from_numpy(np.array(F.decode_images(batch.column(fmt.image_column), fmt)))
-            train_step(model, optimizer, images, torch.from_numpy(F.labels(batch, tasks)), device)
+            train_step(model, optimizer, weighting, images, torch.from_numpy(F.labels(batch, tasks)), device)
             seen += batch.num_rows
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -69,7 +70,8 @@ def main() -> int:
         torch.manual_seed(0)
         model = build(args.backbone, len(tasks), channels_last=True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        plain = max(plain_epoch(fs, paths, tasks, model, optimizer, args.batch_size) for _ in range(args.epochs))
+        weighting = get_weighting("equal", len(tasks))
+        plain = max(plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size) for _ in range(args.epochs))
 
         cfg = TrainConfig(backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs, workers=1, cpus_per_worker=float(args.threads))
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="ingest-bench")

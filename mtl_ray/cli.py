@@ -85,7 +85,8 @@ def _cmd_train(args: argparse.Namespace) -> Result:
     from mtl_ray import config
     from mtl_ray.train import fit
 
-    overrides = {"backbone": args.backbone, "epochs": args.epochs, "workers": args.workers, "gpu": args.gpu or None}
+    overrides = {"backbone": args.backbone, "epochs": args.epochs, "workers": args.workers, "gpu": args.gpu or None,
+                 "weighting": {"name": args.weighting} if args.weighting else None}
     cfg = config.load(config.TrainConfig, args.config, overrides)
     return fit(args.data, val=args.val, config=cfg, storage_path=args.storage, name=args.name)
 
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
     p.add_argument("--config", metavar="F", help="YAML file with TrainConfig keys (flags override it)")
     p.add_argument("--backbone", help="backbone name (default s; see docs/models.md)")
+    p.add_argument("--weighting", metavar="NAME", help="task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad (parameters via --config)")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--workers", type=_positive_int, help="Ray Train workers (default 2 on CPU, 1 per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="train on GPUs (fails fast if the cluster has none)")

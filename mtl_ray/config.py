@@ -19,6 +19,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class WeightingConfig(BaseModel):
+    """`weighting: {name: gradnorm, alpha: 1.5}`: a method name plus that method's parameters.
+
+    The parameters are checked against the method by `mtl_ray.weighting.get` (which lists the
+    valid ones) before Ray starts.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "equal"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class TrainConfig(Strict):
     """One training run: model, optimisation, and how many Ray Train workers."""
 
@@ -28,6 +43,7 @@ class TrainConfig(Strict):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     loss_reduction: Literal["seed", "labeled", "per_task"] = "seed"
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     image_size: int | None = Field(None, ge=8, description="resize images to S×S; default: the shards' size")
     workers: int | None = Field(None, ge=1, description="Ray Train workers; default: 1 per GPU with --gpu, else 2")
     gpu: bool = False

@@ -40,10 +40,29 @@ def _weights(task_weights: Sequence[float] | torch.Tensor | None, num_tasks: int
     return weights
 
 
+def task_terms(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "seed") -> torch.Tensor:
+    """Each task's additive share of the masked loss → [T], so that for any weights w
+    `masked_bce(logits, targets, w, reduction) == (w * task_terms(logits, targets, reduction)).sum()`.
+
+    Task j's term is the sum of its known BCE terms divided by the reduction's denominator: the
+    batch size m ("seed"), the number of known entries in the batch ("labeled"), or task j's own
+    number of known labels ("per_task"). A task with no known label gets 0 with zero gradient.
+    Weighting methods (`mtl_ray.weighting`) combine these terms.
+    """
+    if reduction not in REDUCTIONS:
+        raise UserError(f"loss reduction {reduction!r}: expected one of {', '.join(REDUCTIONS)}")
+    bce, known = _masked_terms(logits, targets)
+    sums = bce.sum(dim=0)
+    if reduction == "seed":
+        return sums / max(bce.shape[0], 1)
+    if reduction == "labeled":
+        return sums / known.sum().clamp_min(1)
+    return sums / known.sum(dim=0).clamp_min(1)
+
+
 def per_task_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean BCE over the known labels of each task → [T]; 0 for a task with no known label."""
-    bce, known = _masked_terms(logits, targets)
-    return bce.sum(dim=0) / known.sum(dim=0).clamp_min(1)
+    return task_terms(logits, targets, reduction="per_task")
 
 
 def masked_bce(
@@ -62,13 +81,5 @@ def masked_bce(
       known label contributes 0.
     The result is float32 whatever the logits' dtype (e.g. bf16 under autocast).
     """
-    if reduction not in REDUCTIONS:
-        raise UserError(f"loss reduction {reduction!r}: expected one of {', '.join(REDUCTIONS)}")
-    if reduction == "per_task":
-        losses = per_task_losses(logits, targets)
-        return (losses * _weights(task_weights, losses.shape[0], losses.device)).sum()
-    bce, known = _masked_terms(logits, targets)
-    total = (bce * _weights(task_weights, bce.shape[1], bce.device)).sum()
-    if reduction == "seed":
-        return total / max(bce.shape[0], 1)
-    return total / known.sum().clamp_min(1)
+    terms = task_terms(logits, targets, reduction)
+    return (terms * _weights(task_weights, terms.shape[0], terms.device)).sum()

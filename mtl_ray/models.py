@@ -175,6 +175,11 @@ def torchvision_available() -> bool:
     return True
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def available() -> list[str]:
     """Backbone names that can be built in this environment."""
     return [n for n in BACKBONES if n not in TORCHVISION_BACKBONES or torchvision_available()]

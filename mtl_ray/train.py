@@ -10,8 +10,8 @@ Rerunning `fit` with the same `name` and `storage` resumes from the last checkpo
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -25,6 +25,8 @@ from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
 from mtl_ray.format import ShardFormat
 from mtl_ray.validate import ValidationReport, validate
+from mtl_ray.weighting import Weighting, distributed_mean, known_tasks
+from mtl_ray.weighting import get as get_weighting
 
 CHECKPOINT_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -34,9 +36,9 @@ DEFAULT_STORAGE = "mtl-ray-runs"
 
 # ---- checkpoints ----------------------------------------------------------------------------
 
-def save_checkpoint(directory: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, meta: dict) -> None:
-    """Model (and optimizer) state in `model.pt`; tasks, backbone, config and metrics in `meta.json`."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None, "epoch": meta["epoch"]}
+def save_checkpoint(directory: str, model: torch.nn.Module, weighting: Weighting, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+    """Model, weighting and optimizer state in `model.pt`; tasks, backbone, config and metrics in `meta.json`."""
+    state = {"model": model.state_dict(), "weighting": weighting.state_dict(), "optimizer": optimizer.state_dict(), "epoch": meta["epoch"]}
     torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
     with open(os.path.join(directory, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)
@@ -51,10 +53,6 @@ def load_checkpoint(directory: str) -> tuple[dict, dict]:
 
 
 # ---- 1. the worker loop ---------------------------------------------------------------------
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
     import torch.distributed as dist
@@ -80,20 +78,42 @@ def predict_batches(model: torch.nn.Module, batches, device: torch.device, autoc
     return np.concatenate(probs), np.concatenate(targets)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               device: torch.device, reduction: str = "seed") -> torch.Tensor:
-    """One optimisation step: uint8 images moved as bytes, normalised on the device, bf16 on GPU."""
-    from mtl_ray.losses import masked_bce
+def _all_reduce_gradients(model: torch.nn.Module) -> None:
+    """Average `.grad` over workers by hand, for steps that ran under DDP's `no_sync()`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weighting: Weighting, images: torch.Tensor,
+               labels: torch.Tensor, device: torch.device, reduction: str = "seed") -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: uint8 images moved as bytes, normalised on the device, bf16 on GPU.
+
+    The weighting method turns the per-task loss terms into gradients. Methods that edit gradients
+    (GradNorm, PCGrad) run under DDP's `no_sync()` and the gradients are averaged here instead.
+    Returns the weighted loss and the per-task terms, detached.
+    """
+    from mtl_ray.losses import task_terms
     from mtl_ray.models import to_input
 
     x = to_input(images.to(device, non_blocking=True), channels_last=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(x)
-    loss = masked_bce(logits, labels.to(device, non_blocking=True), reduction=reduction)
+    labels = labels.to(device, non_blocking=True)
+    by_hand = weighting.manipulates_gradients and isinstance(model, torch.nn.parallel.DistributedDataParallel)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with model.no_sync() if by_hand else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+        terms = task_terms(logits, labels, reduction)
+        loss = weighting.backward(terms, known_tasks(labels), model)
+    if by_hand:
+        _all_reduce_gradients(model)
     optimizer.step()
-    return loss.detach()
+    return loss, terms.detach()
 
 
 def worker_loop(config: dict) -> None:
@@ -102,7 +122,7 @@ def worker_loop(config: dict) -> None:
     import ray.train.torch
 
     from mtl_ray.metrics import evaluate, mean_auroc
-    from mtl_ray.models import build
+    from mtl_ray.models import build, unwrap
 
     cfg = TrainConfig(**config["train"])
     fmt = ShardFormat(**config["batch_format"])
@@ -114,13 +134,18 @@ def worker_loop(config: dict) -> None:
     on_gpu = device.type == "cuda"
 
     model = build(cfg.backbone, len(tasks), channels_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weighting = get_weighting(cfg.weighting.name, len(tasks), distributed_mean, **cfg.weighting.params()).to(device)
+    groups = [{"params": list(model.parameters())}]
+    if list(weighting.parameters()):
+        groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history = 0, []
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as d:
             state, meta = load_checkpoint(d)
         model.load_state_dict(state["model"])
+        weighting.load_state_dict(state["weighting"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], meta["history"]
     first_epoch = start_epoch + 1
@@ -132,21 +157,25 @@ def worker_loop(config: dict) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         seen, loss_sum, batches = 0, 0.0, 0
+        terms_sum = torch.zeros(len(tasks), device=device)
         started = time.perf_counter()
         for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, device=device):
-            loss = train_step(model, optimizer, batch["image"], batch["labels"], device, cfg.loss_reduction)
+            loss, terms = train_step(model, optimizer, weighting, batch["image"], batch["labels"], device, cfg.loss_reduction)
             seen += len(batch["image"])
             loss_sum += float(loss)
+            terms_sum += terms
             batches += 1
         elapsed = time.perf_counter() - started
         total_seen, total_loss, total_batches = _all_reduce_sum([seen, loss_sum, batches])
+        weighting.epoch_end(terms_sum / max(batches, 1))
         metrics = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(total_batches, 1),
             "train_images_per_s": total_seen / max(elapsed, 1e-9),
+            "task_weights": dict(zip(tasks, weighting.weights())),
         }
         if rank == 0:
-            probs, targets = predict_batches(_unwrap(model), val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 256), collate_fn=collate), device, autocast=on_gpu)
+            probs, targets = predict_batches(unwrap(model), val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 256), collate_fn=collate), device, autocast=on_gpu)
             per_task = evaluate(probs, targets, tasks)
             metrics.update({"mean_auroc": mean_auroc(per_task), "val": per_task})
             history.append(metrics)
@@ -154,7 +183,7 @@ def worker_loop(config: dict) -> None:
                 meta = {"epoch": epoch + 1, "first_epoch": first_epoch, "tasks": tasks, "backbone": cfg.backbone,
                         "config": cfg.model_dump(), "image": {"size": fmt.shape[0], "channels": 3},
                         "metrics": metrics, "history": history}
-                save_checkpoint(d, _unwrap(model), optimizer, meta)
+                save_checkpoint(d, unwrap(model), weighting, optimizer, meta)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -290,6 +319,15 @@ def _storage(path: str | None) -> tuple[str, object | None, str]:
     return os.path.abspath(path), None, ""
 
 
+def check_model_config(cfg: TrainConfig, num_tasks: int) -> None:
+    """Backbone and weighting errors surface here, before Ray starts, not inside a worker."""
+    from mtl_ray.models import available
+
+    if cfg.backbone not in available():
+        raise UserError(f"unknown backbone {cfg.backbone!r}: available are {', '.join(available())}")
+    get_weighting(cfg.weighting.name, num_tasks, **cfg.weighting.params())
+
+
 def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None, storage_path: str | None = None, name: str | None = None) -> TrainResult:
     """Train one multi-task model on the shards at `data`; resume if `name` already has checkpoints."""
     import ray
@@ -301,6 +339,7 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
     report.raise_if_unusable()
     train_src, val_src = _select_sources(data, val, report)
     size = cfg.image_size or (report.fmt.shape[0] if report.fmt.shape else 64)
+    check_model_config(cfg, len(report.fmt.tasks))
 
     ensure_ray()
     plan = plan_resources(cfg, ray.cluster_resources())

@@ -94,3 +94,26 @@ def test_unplaceable_requests_fail_fast(ray_session, cli, scenes):
     assert res.code == 2 and "--workers 64: the Ray cluster has" in res.err
     res = cli("train", "--data", scenes, "--gpu")
     assert res.code == 2 and "--gpu:" in res.err and "GPU(s)" in res.err
+
+
+def test_gradient_editing_weighting_trains_under_ddp(ray_session, cli, scenes, tmp_path):
+    config = tmp_path / "gradnorm.yaml"
+    config.write_text("weighting: {name: gradnorm, alpha: 1.0}\n")
+    res = cli("train", "--data", scenes, "--epochs", 1, "--workers", 2, "--config", config, "--storage", tmp_path / "runs", "--json", "-")
+    assert res.code == 0, res.err
+    weights = res.json()["history"][0]["task_weights"]
+    assert list(weights) == list(SEED_TASKS)
+    assert all(w > 0 for w in weights.values())
+    assert sum(weights.values()) == pytest.approx(len(SEED_TASKS), rel=1e-3)
+    assert res.json()["mean_auroc"] is not None
+
+
+def test_bad_weighting_is_named_before_training(cli, scenes, tmp_path):
+    res = cli("train", "--data", scenes, "--weighting", "nope")
+    assert res.code == 2 and "unknown weighting 'nope': available are equal, static" in res.err
+    config = tmp_path / "dwa.yaml"
+    config.write_text("weighting: {name: dwa, alpha: 1}\n")
+    res = cli("train", "--data", scenes, "--config", config)
+    assert res.code == 2 and "weighting 'dwa': unknown parameter 'alpha'; valid: temperature" in res.err
+    res = cli("train", "--data", scenes, "--backbone", "huge")
+    assert res.code == 2 and "unknown backbone 'huge'" in res.err
