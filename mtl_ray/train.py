@@ -313,10 +313,10 @@ def ensure_ray() -> None:
 def _storage(path: str | None) -> tuple[str, object | None, str]:
     """(storage_path, storage_filesystem, display prefix) for RunConfig."""
     path = path or DEFAULT_STORAGE
+    fs, inner = storage.prepare_output(path)
     if storage.is_s3(path):
-        fs, inner = storage.resolve(path)
         return inner, fs, "s3://"
-    return os.path.abspath(path), None, ""
+    return inner, None, ""
 
 
 def check_model_config(cfg: TrainConfig, num_tasks: int) -> None:
@@ -340,11 +340,11 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
     train_src, val_src = _select_sources(data, val, report)
     size = cfg.image_size or (report.fmt.shape[0] if report.fmt.shape else 64)
     check_model_config(cfg, len(report.fmt.tasks))
+    storage_dir, storage_fs, shown = _storage(storage_path)
 
     ensure_ray()
     plan = plan_resources(cfg, ray.cluster_resources())
     run_name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage_dir, storage_fs, shown = _storage(storage_path)
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={

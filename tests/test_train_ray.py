@@ -117,3 +117,8 @@ def test_bad_weighting_is_named_before_training(cli, scenes, tmp_path):
     assert res.code == 2 and "weighting 'dwa': unknown parameter 'alpha'; valid: temperature" in res.err
     res = cli("train", "--data", scenes, "--backbone", "huge")
     assert res.code == 2 and "unknown backbone 'huge'" in res.err
+
+
+def test_missing_storage_bucket_is_named(cli, s3, scenes):
+    res = cli("train", "--data", scenes, "--storage", "s3://no-such-bucket-here/runs")
+    assert res.code == 2 and "S3 bucket 'no-such-bucket-here' does not exist" in res.err
