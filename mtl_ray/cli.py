@@ -81,14 +81,37 @@ def _cmd_validate(args: argparse.Namespace) -> Result:
     return validate(args.path, full=args.full, image_column=args.image_column)
 
 
-def _cmd_train(args: argparse.Namespace) -> Result:
+def _train_config(args: argparse.Namespace):
     from mtl_ray import config
-    from mtl_ray.train import fit
 
     overrides = {"backbone": args.backbone, "epochs": args.epochs, "workers": args.workers, "gpu": args.gpu or None,
                  "weighting": {"name": args.weighting} if args.weighting else None}
-    cfg = config.load(config.TrainConfig, args.config, overrides)
-    return fit(args.data, val=args.val, config=cfg, storage_path=args.storage, name=args.name)
+    return config.load(config.TrainConfig, args.config, overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> Result:
+    from mtl_ray.train import fit
+
+    return fit(args.data, val=args.val, config=_train_config(args), storage_path=args.storage, name=args.name)
+
+
+def _cmd_compare(args: argparse.Namespace) -> Result:
+    from mtl_ray.compare import compare
+
+    return compare(args.data, val=args.val, config=_train_config(args), control=args.control, plots=args.plots,
+                   storage_path=args.storage, focus=args.focus)
+
+
+def _training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
+    p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
+    p.add_argument("--config", metavar="F", help="YAML file with TrainConfig keys (flags override it)")
+    p.add_argument("--backbone", help="backbone name (default s; see docs/models.md)")
+    p.add_argument("--weighting", metavar="NAME", help="task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad (parameters via --config)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--workers", type=_positive_int, help="Ray Train workers (default 2 on CPU, 1 per GPU with --gpu)")
+    p.add_argument("--gpu", action="store_true", help="train on GPUs (fails fast if the cluster has none)")
+    p.add_argument("--storage", metavar="PATH", help="where checkpoints go: directory or s3://bucket/prefix (default ./mtl-ray-runs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,16 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", help="image column when shards carry no mtl_ray metadata (default: image)")
 
     p = command(commands, "train", "train one multi-task model with Ray Train (resumes a run of the same --name)", _cmd_train)
-    p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
-    p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
-    p.add_argument("--config", metavar="F", help="YAML file with TrainConfig keys (flags override it)")
-    p.add_argument("--backbone", help="backbone name (default s; see docs/models.md)")
-    p.add_argument("--weighting", metavar="NAME", help="task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad (parameters via --config)")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--workers", type=_positive_int, help="Ray Train workers (default 2 on CPU, 1 per GPU with --gpu)")
-    p.add_argument("--gpu", action="store_true", help="train on GPUs (fails fast if the cluster has none)")
-    p.add_argument("--storage", metavar="PATH", help="where checkpoints go: directory or s3://bucket/prefix (default ./mtl-ray-runs)")
+    _training_flags(p)
     p.add_argument("--name", metavar="RUN", help="run name; rerunning a name resumes from its last checkpoint")
+
+    p = command(commands, "compare", "multi-task model vs one single-task network per task, same backbone and epochs", _cmd_compare)
+    _training_flags(p)
+    p.add_argument("--control", choices=["shuffle"], help="also retrain the multi-task model with the other tasks' labels shuffled")
+    p.add_argument("--focus", metavar="TASK", help="the task the shuffle control keeps (default: the one with the fewest labels)")
+    p.add_argument("--plots", metavar="DIR", help="write metrics.png, curves.png and task_weights.png here")
     return parser
 
 

@@ -8,6 +8,8 @@ workers is the same small one for every encoding.
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,6 +32,11 @@ class Source:
     fmt: ShardFormat
     split: str | None = None
     has_split_column: bool = True
+    labeled_only: bool = False
+    """Keep only rows with at least one known label among `fmt.tasks` (single-task baselines)."""
+    shuffle: tuple[str, ...] = ()
+    """Label columns to permute across rows (Caruana's control: same label rates, no signal)."""
+    seed: int = 0
 
 
 def decoded_format(fmt: ShardFormat, size: int) -> ShardFormat:
@@ -68,10 +75,29 @@ def read(source: Source, size: int) -> "ray.data.Dataset":  # noqa: F821 - ray i
         if source.split == "train":
             keep = keep | col(fmt_mod.SPLIT_COLUMN).is_null()
         ds = ds.filter(expr=keep)
+    if source.labeled_only:
+        known = [col(t).is_not_null() for t in fmt.tasks]
+        ds = ds.filter(expr=functools.reduce(operator.or_, known))
     ds = ds.select_columns(columns)
+    if source.shuffle:
+        ds = ds.map_batches(ShuffleLabels(source.shuffle, source.seed), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
     if needs_decode(fmt, size):
         ds = ds.map_batches(DecodeToRaw(fmt, size), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
     return ds
+
+
+class ShuffleLabels:
+    """Ray Data batch function: one random row permutation applied to the given label columns."""
+
+    def __init__(self, columns: tuple[str, ...], seed: int):
+        self.columns = columns
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        order = pa.array(self.rng.permutation(batch.num_rows))
+        for name in self.columns:
+            batch = batch.set_column(batch.schema.get_field_index(name), name, batch.column(name).take(order))
+        return batch
 
 
 class ShardCollate(ArrowBatchCollateFn):

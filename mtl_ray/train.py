@@ -15,7 +15,8 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -236,6 +237,7 @@ class TrainResult:
 
     name: str
     tasks: list[str]
+    params: int
     epochs: int
     first_epoch: int
     val: dict[str, dict]
@@ -248,7 +250,7 @@ class TrainResult:
 
     def to_json(self) -> dict:
         return {
-            "name": self.name, "tasks": self.tasks, "epochs": self.epochs, "first_epoch": self.first_epoch, "val": self.val,
+            "name": self.name, "tasks": self.tasks, "params": self.params, "epochs": self.epochs, "first_epoch": self.first_epoch, "val": self.val,
             "mean_auroc": self.mean_auroc, "checkpoint": self.checkpoint,
             "train_images_per_s": self.train_images_per_s, "seconds": self.seconds, "history": self.history,
         }
@@ -328,18 +330,34 @@ def check_model_config(cfg: TrainConfig, num_tasks: int) -> None:
     get_weighting(cfg.weighting.name, num_tasks, **cfg.weighting.params())
 
 
-def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None, storage_path: str | None = None, name: str | None = None) -> TrainResult:
-    """Train one multi-task model on the shards at `data`; resume if `name` already has checkpoints."""
+def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None, storage_path: str | None = None,
+        name: str | None = None, tasks: Sequence[str] | None = None, labeled_only: bool = False,
+        shuffle_labels: Sequence[str] = ()) -> TrainResult:
+    """Train one multi-task model on the shards at `data`; resume if `name` already has checkpoints.
+
+    `tasks` trains on a subset of the data's tasks (one task = a single-task baseline) and
+    `labeled_only` keeps only rows where one of them is known; `shuffle_labels` permutes those
+    tasks' training labels across rows (the shuffle control of `mtl-ray compare`).
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from mtl_ray.models import build
 
     cfg = config or TrainConfig()
     report = validate(data)
     report.raise_if_unusable()
     train_src, val_src = _select_sources(data, val, report)
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in report.fmt.tasks]
+        if unknown:
+            raise UserError(f"{data}: no task {unknown[0]!r}; tasks are {', '.join(report.fmt.tasks)}")
+        train_src = replace(train_src, fmt=replace(train_src.fmt, tasks=tuple(tasks)))
+        val_src = replace(val_src, fmt=replace(val_src.fmt, tasks=tuple(tasks)))
+    train_src = replace(train_src, labeled_only=labeled_only, shuffle=tuple(shuffle_labels), seed=cfg.seed)
     size = cfg.image_size or (report.fmt.shape[0] if report.fmt.shape else 64)
-    check_model_config(cfg, len(report.fmt.tasks))
+    check_model_config(cfg, len(train_src.fmt.tasks))
     storage_dir, storage_fs, shown = _storage(storage_path)
 
     ensure_ray()
@@ -349,7 +367,7 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
         worker_loop,
         train_loop_config={
             "train": cfg.model_dump(),
-            "batch_format": _format_kwargs(dataset.decoded_format(report.fmt, size)),
+            "batch_format": _format_kwargs(dataset.decoded_format(train_src.fmt, size)),
             "torch_threads": plan.torch_threads,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}),
@@ -370,7 +388,8 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
         _, meta = load_checkpoint(d)
     metrics = meta["metrics"]
     return TrainResult(
-        name=run_name, tasks=meta["tasks"], epochs=meta["epoch"], first_epoch=meta["first_epoch"], val=metrics["val"],
+        name=run_name, tasks=meta["tasks"], params=sum(p.numel() for p in build(cfg.backbone, len(meta["tasks"])).parameters()),
+        epochs=meta["epoch"], first_epoch=meta["first_epoch"], val=metrics["val"],
         mean_auroc=metrics["mean_auroc"], checkpoint=f"{shown}{result.checkpoint.path}",
         train_images_per_s=metrics["train_images_per_s"], seconds=seconds, history=meta["history"],
     )
