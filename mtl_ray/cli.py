@@ -102,6 +102,12 @@ def _cmd_compare(args: argparse.Namespace) -> Result:
                    storage_path=args.storage, focus=args.focus)
 
 
+def _cmd_advise(args: argparse.Namespace) -> Result:
+    from mtl_ray.advise import advise
+
+    return advise(args.data, rows=args.rows, steps=args.steps)
+
+
 def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
@@ -169,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", choices=["shuffle"], help="also retrain the multi-task model with the other tasks' labels shuffled")
     p.add_argument("--focus", metavar="TASK", help="the task the shuffle control keeps (default: the one with the fewest labels)")
     p.add_argument("--plots", metavar="DIR", help="write metrics.png, curves.png and task_weights.png here")
+
+    p = command(commands, "advise", "measure the three conditions for multi-task learning: shared features, data amounts, capacity", _cmd_advise)
+    p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
+    p.add_argument("--rows", type=_positive_int, default=1024, help="rows sampled for the probes (default 1024)")
+    p.add_argument("--steps", type=_positive_int, default=60, help="training steps per probe (default 60)")
     return parser
 
 

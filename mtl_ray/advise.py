@@ -1,0 +1,185 @@
+"""`mtl-ray advise`: the three conditions under which multi-task learning pays off, measured.
+
+1. **shared_features** — tasks share low-level features: after a short multi-task probe, the
+   cosine between the tasks' gradients on the shared trunk (positive: they pull it the same way).
+2. **data_amounts** — the other tasks together hold much more data than the task you care about:
+   labeled counts per task and how many labels the other tasks add (from the validator's table).
+3. **capacity** — the shared network must be big enough: for the task with the fewest labels,
+   the multi-task minus single-task AUROC gap in short probes with a small and a bigger
+   backbone. "yes" means size matters here (the gap grows with the bigger backbone).
+
+The probes train in this process on a sample of the shards (no Ray): they are a quick reading,
+not a verdict; `mtl-ray compare` is the full measurement.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mtl_ray import format as F
+from mtl_ray.errors import UserError
+from mtl_ray.losses import task_terms
+from mtl_ray.metrics import evaluate
+from mtl_ray.models import build
+from mtl_ray.train import train_step
+from mtl_ray.validate import ValidationReport, validate
+from mtl_ray.weighting import get as get_weighting
+
+PROBE_ROWS = 1024
+PROBE_STEPS = 60
+PROBE_BATCH = 32
+SMALL, BIG = "xs", "m"
+MANY_MORE = 5.0
+"""Other tasks' labels per own label from which the data-amount condition holds."""
+
+
+def load_sample(report: ValidationReport, split: str, rows: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `rows` rows of one split (train includes unassigned rows) as uint8 images and labels."""
+    fmt = report.fmt
+    images, labels, have = [], [], 0
+    for shard in report.shards:
+        pf = F.open_shard(report.fs, shard.path, shard.name)
+        names = pf.schema_arrow.names
+        columns = [fmt.image_column, *fmt.tasks] + ([F.SPLIT_COLUMN] if F.SPLIT_COLUMN in names else [])
+        for batch in pf.iter_batches(batch_size=256, columns=columns):
+            if F.SPLIT_COLUMN in names:
+                values = batch.column(F.SPLIT_COLUMN).to_pylist()
+                keep = [v == split or (split == "train" and v is None) for v in values]
+                batch = batch.filter(keep)
+            if batch.num_rows == 0:
+                continue
+            images.append(F.decode_images(batch.column(fmt.image_column), fmt, size, where=shard.name))
+            labels.append(F.labels(batch, fmt.tasks, where=shard.name))
+            have += batch.num_rows
+            if have >= rows:
+                break
+        if have >= rows:
+            break
+    if not have:
+        raise UserError(f"{report.path}: no rows in split {split!r} to probe")
+    return torch.from_numpy(np.concatenate(images)[:rows]), torch.from_numpy(np.concatenate(labels)[:rows])
+
+
+def probe_fit(backbone: str, images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int = 0) -> torch.nn.Module:
+    """A few steps of plain in-process training (equal weighting) on rows with any known label."""
+    torch.manual_seed(seed)
+    rows = ~torch.isnan(labels).all(dim=1)
+    images, labels = images[rows], labels[rows]
+    model = build(backbone, labels.shape[1], channels_last=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    weighting = get_weighting("equal", labels.shape[1])
+    order = torch.randperm(len(images))
+    model.train()
+    for step in range(steps):
+        idx = order[(step * PROBE_BATCH) % len(order):][:PROBE_BATCH]
+        train_step(model, optimizer, weighting, images[idx], labels[idx], torch.device("cpu"), "per_task")
+    return model.eval()
+
+
+def _auroc(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, column: int) -> float | None:
+    from mtl_ray.models import to_input
+
+    with torch.no_grad():
+        probs = torch.sigmoid(model(to_input(images, channels_last=True))).numpy()
+    return evaluate(probs[:, [column]], labels[:, [column]].numpy(), ["t"])["t"]["auroc"]
+
+
+def gradient_cosines(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tasks: list[str]) -> dict[str, float]:
+    """Pairwise cosine of per-task gradients on the shared trunk, for tasks with known labels."""
+    from mtl_ray.models import to_input
+
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
+    terms = task_terms(model(to_input(images, channels_last=True)), labels, "per_task")
+    known = (~torch.isnan(labels)).any(dim=0)
+    grads = {}
+    for j, task in enumerate(tasks):
+        if known[j]:
+            g = torch.autograd.grad(terms[j], shared, retain_graph=True, allow_unused=True)
+            grads[task] = torch.cat([(torch.zeros_like(p) if x is None else x).reshape(-1) for p, x in zip(shared, g)])
+    return {f"{a}~{b}": float(torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0))
+            for a, b in itertools.combinations(grads, 2)}
+
+
+def data_amounts(labeled: dict[str, int]) -> dict[str, dict]:
+    """Per task: own labels, the other tasks' labels, and their ratio."""
+    total = sum(labeled.values())
+    return {t: {"labeled": n, "others_labeled": total - n, "ratio": (total - n) / n if n else None} for t, n in labeled.items()}
+
+
+@dataclass
+class Advice:
+    """Verdict and evidence per condition, and what to do about it."""
+
+    conditions: dict[str, dict]
+    recommendation: str
+    exit_code: int = 0
+
+    def to_json(self) -> dict:
+        return {"conditions": self.conditions, "recommendation": self.recommendation}
+
+    def render(self) -> str:
+        lines = [f"{name:<16} {c['verdict']:<4} {c['summary']}" for name, c in self.conditions.items()]
+        return "\n".join(lines + [f"recommendation: {self.recommendation}"])
+
+
+def advise(data: str, *, rows: int = PROBE_ROWS, steps: int = PROBE_STEPS, size: int | None = None) -> Advice:
+    """Measure the three conditions on the shards at `data` (see the module docstring)."""
+    report = validate(data)
+    report.raise_if_unusable()
+    tasks = list(report.fmt.tasks)
+    if len(tasks) < 2:
+        raise UserError(f"{data}: one task only; multi-task learning needs at least two")
+    size = size or (report.fmt.shape[0] if report.fmt.shape else 64)
+    train_split = "train" if "train" in report.splits else "unassigned"
+    labeled = {t: report.splits[train_split]["tasks"][t]["labeled"] for t in tasks}
+    focus = min(labeled, key=labeled.get)
+
+    amounts = data_amounts(labeled)
+    ratio = amounts[focus]["ratio"] or 0.0
+    data_verdict = "yes" if ratio >= MANY_MORE else "weak" if ratio >= 1 else "no"
+
+    images, labels = load_sample(report, train_split, rows, size)
+    val_split = "val" if "val" in report.splits else train_split
+    val_images, val_labels = load_sample(report, val_split, rows // 2, size)
+    probe = probe_fit(SMALL, images, labels, steps)
+    cosines = gradient_cosines(probe, val_images[:256], val_labels[:256], tasks)
+    mean_cos = float(np.mean(list(cosines.values()))) if cosines else 0.0
+    shared_verdict = "yes" if mean_cos > 0.05 else "weak" if mean_cos > -0.05 else "no"
+
+    j = tasks.index(focus)
+    gaps = {}
+    for backbone in (SMALL, BIG):
+        mtl = _auroc(probe_fit(backbone, images, labels, steps), val_images, val_labels, j)
+        stl = _auroc(probe_fit(backbone, images, labels[:, [j]], steps), val_images, val_labels[:, [j]], 0)
+        gaps[backbone] = {"mtl_auroc": mtl, "stl_auroc": stl, "gap": None if mtl is None or stl is None else mtl - stl}
+    small_gap, big_gap = gaps[SMALL]["gap"], gaps[BIG]["gap"]
+    capacity_verdict = "yes" if small_gap is not None and big_gap is not None and big_gap > small_gap + 0.01 else "no"
+
+    conditions = {
+        "shared_features": {"verdict": shared_verdict, "evidence": {"mean_cosine": mean_cos, "pairs": cosines},
+                            "summary": f"mean gradient cosine between tasks on the shared trunk {mean_cos:+.3f}"},
+        "data_amounts": {"verdict": data_verdict, "evidence": {"focus": focus, "tasks": amounts},
+                         "summary": f"{focus} has {labeled[focus]:,} labels; the other tasks add {amounts[focus]['others_labeled']:,} ({ratio:.1f}x)"},
+        "capacity": {"verdict": capacity_verdict, "evidence": {"focus": focus, "probes": gaps, "steps": steps},
+                     "summary": f"{focus}: multi-task minus single-task AUROC {_fmt(small_gap)} with {SMALL}, {_fmt(big_gap)} with {BIG}"},
+    }
+    return Advice(conditions, _recommend(shared_verdict, data_verdict, capacity_verdict, focus))
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.3f}"
+
+
+def _recommend(shared: str, amounts: str, capacity: str, focus: str) -> str:
+    if shared == "no":
+        return "tasks pull the shared trunk apart: train separate networks, or check with mtl-ray compare"
+    if amounts == "no":
+        return f"{focus} already has as many labels as the other tasks together: expect little from sharing; confirm with mtl-ray compare"
+    advice = f"multi-task learning is likely to help {focus}; confirm with mtl-ray compare --control shuffle"
+    if capacity == "yes":
+        advice += f" and prefer a backbone of at least {BIG}"
+    return advice

@@ -1,0 +1,56 @@
+"""`mtl-ray advise`: the three conditions, measured on small synthetic data."""
+
+import pytest
+
+from mtl_ray.advise import data_amounts, gradient_cosines
+from mtl_ray.models import build
+from mtl_ray.synth import synthesize
+
+
+def test_data_amounts_counts_what_the_other_tasks_add():
+    out = data_amounts({"a": 10, "b": 90, "c": 0})
+    assert out["a"] == {"labeled": 10, "others_labeled": 90, "ratio": 9.0}
+    assert out["b"]["ratio"] == pytest.approx(10 / 90)
+    assert out["c"]["ratio"] is None
+
+
+def test_gradient_cosine_of_identical_tasks_is_one():
+    import torch
+
+    torch.manual_seed(0)
+    model = build("xs", 2)
+    with torch.no_grad():
+        model.heads.weight[1] = model.heads.weight[0]
+        model.heads.bias[1] = model.heads.bias[0]
+    images = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+    y = torch.randint(0, 2, (16, 1)).float()
+    cos = gradient_cosines(model, images, torch.cat([y, y], dim=1), ["a", "b"])
+    assert cos["a~b"] == pytest.approx(1.0, abs=1e-5)
+    cos = gradient_cosines(model, images, torch.cat([y, 1 - y], dim=1), ["a", "b"])
+    assert cos["a~b"] < 0.99
+
+
+def test_advise_reports_three_conditions(cli, tmp_path):
+    data = tmp_path / "scenes"
+    synthesize(str(data), 400, label_rates={"traffic_light": 0.1}, seed=7)
+    res = cli("advise", "--data", data, "--rows", 128, "--steps", 4, "--json", "-")
+    assert res.code == 0, res.err
+    out = res.json()
+    assert set(out["conditions"]) == {"shared_features", "data_amounts", "capacity"}
+    for condition in out["conditions"].values():
+        assert condition["verdict"] in ("yes", "weak", "no")
+        assert condition["evidence"]
+    amounts = out["conditions"]["data_amounts"]["evidence"]
+    assert amounts["focus"] == "traffic_light"
+    assert amounts["tasks"]["traffic_light"]["ratio"] > 5
+    assert out["conditions"]["data_amounts"]["verdict"] == "yes"
+    assert len(out["conditions"]["shared_features"]["evidence"]["pairs"]) == 6
+    assert set(out["conditions"]["capacity"]["evidence"]["probes"]) == {"xs", "m"}
+    assert out["recommendation"]
+
+
+def test_advise_needs_two_tasks(cli, tmp_path):
+    data = tmp_path / "one"
+    synthesize(str(data), 40, tasks=["car"], seed=8)
+    res = cli("advise", "--data", data)
+    assert res.code == 2 and "one task only" in res.err
