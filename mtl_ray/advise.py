@@ -18,6 +18,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from mtl_ray import format as F
@@ -25,6 +26,7 @@ from mtl_ray.errors import UserError
 from mtl_ray.losses import task_terms
 from mtl_ray.metrics import evaluate
 from mtl_ray.models import build
+from mtl_ray.text import number
 from mtl_ray.train import train_step
 from mtl_ray.validate import ValidationReport, validate
 from mtl_ray.weighting import get as get_weighting
@@ -47,9 +49,7 @@ def load_sample(report: ValidationReport, split: str, rows: int, size: int) -> t
         columns = [fmt.image_column, *fmt.tasks] + ([F.SPLIT_COLUMN] if F.SPLIT_COLUMN in names else [])
         for batch in pf.iter_batches(batch_size=256, columns=columns):
             if F.SPLIT_COLUMN in names:
-                values = batch.column(F.SPLIT_COLUMN).to_pylist()
-                keep = [v == split or (split == "train" and v is None) for v in values]
-                batch = batch.filter(keep)
+                batch = batch.filter(pc.fill_null(pc.equal(batch.column(F.SPLIT_COLUMN), split), split == "train"))
             if batch.num_rows == 0:
                 continue
             images.append(F.decode_images(batch.column(fmt.image_column), fmt, size, where=shard.name))
@@ -165,13 +165,9 @@ def advise(data: str, *, rows: int = PROBE_ROWS, steps: int = PROBE_STEPS, size:
         "data_amounts": {"verdict": data_verdict, "evidence": {"focus": focus, "tasks": amounts},
                          "summary": f"{focus} has {labeled[focus]:,} labels; the other tasks add {amounts[focus]['others_labeled']:,} ({ratio:.1f}x)"},
         "capacity": {"verdict": capacity_verdict, "evidence": {"focus": focus, "probes": gaps, "steps": steps},
-                     "summary": f"{focus}: multi-task minus single-task AUROC {_fmt(small_gap)} with {SMALL}, {_fmt(big_gap)} with {BIG}"},
+                     "summary": f"{focus}: multi-task minus single-task AUROC {number(small_gap, '+.3f')} with {SMALL}, {number(big_gap, '+.3f')} with {BIG}"},
     }
     return Advice(conditions, _recommend(shared_verdict, data_verdict, capacity_verdict, focus))
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:+.3f}"
 
 
 def _recommend(shared: str, amounts: str, capacity: str, focus: str) -> str:

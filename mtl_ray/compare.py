@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
+from mtl_ray.text import number, table
 from mtl_ray.train import TrainResult, fit
 from mtl_ray.validate import validate
 
@@ -76,21 +77,17 @@ class CompareResult:
         return out
 
     def render(self) -> str:
-        def num(v: float | None, fmt: str = ".3f") -> str:
-            return "-" if v is None else format(v, fmt)
-
         head = ["task", "mtl auroc", "stl auroc", "Δ %"] + (["control auroc"] if self.control else [])
         rows = []
         for t in self.tasks:
             m, s = self.mtl.val[t][METRIC], self.stl[t].val[t][METRIC]
-            row = [t, num(m), num(s), num(delta_m({t: self.mtl.val[t]}, {t: self.stl[t].val[t]}), "+.1f")]
+            row = [t, number(m), number(s), number(delta_m({t: self.mtl.val[t]}, {t: self.stl[t].val[t]}), "+.1f")]
             if self.control:
-                row.append(num(self.control.val[t][METRIC]) + (" (focus)" if t == self.focus else " (shuffled)"))
+                row.append(number(self.control.val[t][METRIC]) + (" (focus)" if t == self.focus else " (shuffled)"))
             rows.append(row)
-        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head] + rows]
+        lines = table(head, rows)
         dm = self.delta_m_pct
-        lines.append(f"Δm {num(dm, '+.1f')} % ({'multi-task wins' if dm and dm > 0 else 'single-task wins' if dm is not None else 'no metric'})")
+        lines.append(f"Δm {number(dm, '+.1f')} % ({'multi-task wins' if dm and dm > 0 else 'single-task wins' if dm is not None else 'no metric'})")
         stl_seconds = sum(r.seconds for r in self.stl.values())
         stl_params = sum(r.params for r in self.stl.values())
         lines.append(f"multi-task: 1 network, {self.mtl.params:,} parameters, {self.mtl.seconds:.0f} s; "

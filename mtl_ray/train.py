@@ -25,6 +25,7 @@ from mtl_ray import dataset, storage
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
 from mtl_ray.format import ShardFormat
+from mtl_ray.text import number, table
 from mtl_ray.validate import ValidationReport, validate
 from mtl_ray.weighting import Weighting, distributed_mean, known_tasks
 from mtl_ray.weighting import get as get_weighting
@@ -126,7 +127,7 @@ def worker_loop(config: dict) -> None:
     from mtl_ray.models import build, unwrap
 
     cfg = TrainConfig(**config["train"])
-    fmt = ShardFormat(**config["batch_format"])
+    fmt: ShardFormat = config["batch_format"]
     tasks = list(fmt.tasks)
     torch.set_num_threads(config["torch_threads"])
     torch.manual_seed(cfg.seed)
@@ -256,17 +257,12 @@ class TrainResult:
         }
 
     def render(self) -> str:
-        def num(v: float | None, fmt: str = ".3f") -> str:
-            return "-" if v is None else format(v, fmt)
-
         head = ["task", "auroc", "accuracy", "f1", "n_labeled"]
-        rows = [[t, num(m["auroc"]), num(m["accuracy"]), num(m["f1"]), str(m["n_labeled"])] for t, m in self.val.items()]
-        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-        table = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head] + rows]
+        rows = [[t, number(m["auroc"]), number(m["accuracy"]), number(m["f1"]), str(m["n_labeled"])] for t, m in self.val.items()]
         return "\n".join([
             f"run {self.name}: epochs {self.first_epoch}-{self.epochs}, {len(self.tasks)} tasks, {self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s",
-            *table,
-            f"mean_auroc {num(self.mean_auroc)}",
+            *table(head, rows),
+            f"mean_auroc {number(self.mean_auroc)}",
             f"checkpoint {self.checkpoint}",
         ])
 
@@ -367,7 +363,7 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
         worker_loop,
         train_loop_config={
             "train": cfg.model_dump(),
-            "batch_format": _format_kwargs(dataset.decoded_format(train_src.fmt, size)),
+            "batch_format": dataset.decoded_format(train_src.fmt, size),
             "torch_threads": plan.torch_threads,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}),
@@ -394,6 +390,3 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
         train_images_per_s=metrics["train_images_per_s"], seconds=seconds, history=meta["history"],
     )
 
-
-def _format_kwargs(fmt: ShardFormat) -> dict:
-    return {"tasks": list(fmt.tasks), "encoding": fmt.encoding, "shape": list(fmt.shape), "image_column": fmt.image_column}

@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mtl_ray.errors import UserError
+from mtl_ray.text import table
 from mtl_ray.format import SPLIT_COLUMN, SPLITS, ShardFormat, decode_images, image_bytes, labels, open_shard, shard_format
 from mtl_ray.storage import display, list_shards, resolve
 
@@ -132,12 +133,7 @@ class ValidationReport:
             rate = f"{c['labeled'] / c['rows']:.1%}" if c["rows"] else "-"
             per_split = [f"{v['tasks'][task]['labeled']:,}" for v in self.splits.values()]
             body.append([task, f"{c['rows']:,}", f"{c['labeled']:,}", f"{c['positive']:,}", rate] + per_split)
-        widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
-
-        def row(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-        return "\n".join(row(r) for r in [head] + body)
+        return "\n".join(table(head, body))
 
 
 def validate(path: str, *, full: bool = False, image_column: str | None = None) -> ValidationReport:
