@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from mtl_ray import __version__
 from mtl_ray.errors import UserError
@@ -108,6 +110,26 @@ def _cmd_advise(args: argparse.Namespace) -> Result:
     return advise(args.data, rows=args.rows, steps=args.steps)
 
 
+def _cmd_tune(args: argparse.Namespace) -> Result:
+    from mtl_ray import config
+    from mtl_ray.tune import tune
+
+    cfg = config.load(config.TuneConfig, args.config)
+    return tune(args.data, val=args.val, config=cfg, source=args.config, name=args.name, storage_path=args.storage)
+
+
+def _cmd_register(args: argparse.Namespace) -> Result:
+    from mtl_ray.registry import register
+
+    return register(args.run, args.checkpoint, name=args.name, alias=args.alias)
+
+
+def _cmd_predict(args: argparse.Namespace) -> Result:
+    from mtl_ray.registry import predict
+
+    return predict(args.model, data=args.data, images=args.images, limit=args.limit)
+
+
 def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
@@ -176,6 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focus", metavar="TASK", help="the task the shuffle control keeps (default: the one with the fewest labels)")
     p.add_argument("--plots", metavar="DIR", help="write metrics.png, curves.png and task_weights.png here")
 
+    p = command(commands, "tune", "Ray Tune over backbone, weighting and lr; every trial tracked in MLflow; the best registered", _cmd_tune)
+    p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
+    p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
+    p.add_argument("--config", required=True, metavar="F", help="YAML with train, search, scheduler, tracking and registry keys (docs/tune.md)")
+    p.add_argument("--name", metavar="NAME", help="tune job name (default tune-DATE-TIME); trials' Train runs are NAME-TRIAL_ID")
+    p.add_argument("--storage", metavar="PATH", help="where checkpoints go: directory or s3://bucket/prefix (default: config storage, else ./mtl-ray-runs)")
+
+    p = command(commands, "register", "register a checkpoint as a model version; the alias moves only if mean_auroc beats the current one", _cmd_register)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_ID", help="an MLflow run of a tune trial (its mtl_ray.checkpoint tag)")
+    source.add_argument("--checkpoint", metavar="URI", help="a checkpoint directory or s3:// URI")
+    p.add_argument("--name", default="mtl-ray", help="registered model name (default mtl-ray)")
+    p.add_argument("--alias", default="champion", help="the gated alias (default champion)")
+
+    p = command(commands, "predict", "per-task probabilities from a registered (or any pyfunc) model", _cmd_predict)
+    p.add_argument("--model", required=True, metavar="URI", help="e.g. models:/mtl-ray@champion, models:/mtl-ray/3, runs:/ID/model")
+    p.add_argument("--data", metavar="PATH", help="shards to score (instead of image files)")
+    p.add_argument("--limit", type=_positive_int, help="score at most this many rows of --data")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+
     p = command(commands, "advise", "measure the three conditions for multi-task learning: shared features, data amounts, capacity", _cmd_advise)
     p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
     p.add_argument("--rows", type=_positive_int, default=1024, help="rows sampled for the probes (default 1024)")
@@ -194,6 +236,7 @@ def _write_json(summary: dict, target: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury the one-line errors
     human = sys.stderr if args.json == "-" else sys.stdout
     try:
         result = args.handler(args)

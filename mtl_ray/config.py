@@ -98,3 +98,51 @@ def load(model: type[M], path: str | None, overrides: dict[str, Any] | None = No
     """Config from YAML, then CLI overrides on top (overrides equal to None keep the file's value)."""
     merged = {**load_yaml(path), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return parse(model, merged, path or "config")
+
+
+class SchedulerConfig(Strict):
+    """ASHA early stopping (`asha`, the default) or none (`fifo`: every trial runs all epochs)."""
+
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs every trial gets before ASHA may stop it")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps the top 1/reduction_factor at each rung")
+    max_epochs: int | None = Field(None, ge=1, description="default: train.epochs")
+
+
+class TrackingConfig(Strict):
+    """Where MLflow runs go; `uri` defaults to MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."""
+
+    uri: str | None = None
+    experiment: str = "mtl-ray"
+
+
+class RegistryConfig(Strict):
+    """The registered model the best trial becomes a version of, and its gated alias."""
+
+    name: str = "mtl-ray"
+    alias: str = "champion"
+    enabled: bool = Field(True, description="register the best trial's checkpoint")
+
+
+class TuneConfig(Strict):
+    """`mtl-ray tune`: fixed training settings, the search space over them, and how to search.
+
+    `search` maps TrainConfig keys to a list of values (a grid axis; a categorical choice with
+    Optuna) or to one distribution `{loguniform: [low, high]}`, `{uniform: [low, high]}`,
+    `{randint: [low, high]}`, `{choice: [...]}`. Weighting choices are method names or
+    `{name: ..., <param>: ...}` mappings, so static weight vectors are searchable too.
+    """
+
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: dict[str, Any] = Field(default_factory=dict)
+    search_alg: Literal["grid", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; optuna: number of trials")
+    metric: str = "mean_auroc"
+    mode: Literal["max", "min"] | None = None
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster fits")
+    trial_max_failures: int = Field(0, ge=0, description="restarts of a failed trial (it resumes from its checkpoint)")
+    storage: str | None = None
+    name: str | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)

@@ -62,7 +62,7 @@ class DecodeToRaw:
         return batch.set_column(batch.schema.get_field_index(self.fmt.image_column), self.fmt.image_column, column)
 
 
-def read(source: Source, size: int) -> "ray.data.Dataset":  # noqa: F821 - ray imported lazily by callers
+def read(source: Source, size: int) -> ray.data.Dataset:  # noqa: F821 - ray imported lazily by callers
     """A Ray Dataset of `source`'s rows with raw size×size images and the task label columns."""
     import ray.data
     from ray.data.expressions import col

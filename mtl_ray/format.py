@@ -349,7 +349,7 @@ class ShardWriter:
         self._writer.close()
         self._sink.close()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc) -> None:

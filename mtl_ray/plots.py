@@ -7,10 +7,10 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen before pyplot loads
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from mtl_ray.compare import METRIC, CompareResult  # noqa: E402
+from mtl_ray.compare import METRIC, CompareResult
 
 
 def comparison_plots(result: CompareResult, directory: str) -> list[str]:

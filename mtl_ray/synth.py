@@ -19,9 +19,10 @@ pixel noise) and the visibility map (a bincount of entries).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable, ClassVar, NamedTuple
+from functools import cache
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -589,19 +590,19 @@ def _finish(parts: np.ndarray, key_parts: int, grid: tuple[int, int, int, int, i
                    *grid, np.stack([ys, xs, values]).astype(np.int32))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pane(pane: int) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.nonzero(np.ones((pane, pane), dtype=bool))
     return ys, xs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _disk(d: int) -> np.ndarray:
     c = (np.arange(d) + 0.5 - d / 2) ** 2
     return c[:, None] + c[None, :] <= (d / 2) ** 2
 
 
-@lru_cache(maxsize=None)
+@cache
 def _octagon(d: int) -> np.ndarray:
     c = np.abs(np.arange(d) + 0.5 - d / 2)
     return c[:, None] + c[None, :] <= d / 2 * 1.35
@@ -618,7 +619,7 @@ def _bar(parts: np.ndarray, top: int, bottom: int, width: int, value: int) -> No
     parts[top:bottom, left:left + width] = value
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pedestrian_sprite(h: int, striding: int) -> _Sprite:
     """Head (1), shirt with arms (2), two legs (3)."""
     head = max(2, round(0.22 * h))
@@ -638,7 +639,7 @@ def _pedestrian_sprite(h: int, striding: int) -> _Sprite:
     return _finish(parts, 3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _car_sprite(w: int, hatchback: int) -> _Sprite:
     """Body and cabin (1), windows (2), two wheels (3)."""
     wheel = max(3, round(0.24 * w))
@@ -659,7 +660,7 @@ def _car_sprite(w: int, hatchback: int) -> _Sprite:
     return _finish(parts, 3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stop_sprite(d: int, pole: int) -> _Sprite:
     """Red octagon (1) with a white bar (2) on a pole (3)."""
     parts = np.zeros((d + pole, d), dtype=np.uint8)
@@ -671,7 +672,7 @@ def _stop_sprite(d: int, pole: int) -> _Sprite:
     return _finish(parts, 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _round_sign_sprite(d: int, pole: int, ring: bool) -> _Sprite:
     """Red disk (1), white centre (2) when it is a ring sign, on a pole (3)."""
     parts = np.zeros((d + pole, d), dtype=np.uint8)
@@ -683,7 +684,7 @@ def _round_sign_sprite(d: int, pole: int, ring: bool) -> _Sprite:
     return _finish(parts, 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _light_sprite(w: int, pole: int, lit: int) -> _Sprite:
     """Dark box (1), unlit lamps (2), the lit lamp (3), pole (4)."""
     margin = max(1, round(0.15 * w))
@@ -698,7 +699,7 @@ def _light_sprite(w: int, pole: int, lit: int) -> _Sprite:
     return _finish(parts, 3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pole_sprite(h: int, w: int, cap: bool) -> _Sprite:
     """A bare pole (1), sometimes with a wider cap."""
     parts = np.zeros((h, w + 2 if cap else w), dtype=np.uint8)
@@ -708,7 +709,7 @@ def _pole_sprite(h: int, w: int, cap: bool) -> _Sprite:
     return _finish(parts, 1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lamp_post_sprite(w: int, pole: int) -> _Sprite:
     """Lamp head (1) with a bright lamp (2) under it, on a pole (3)."""
     head = max(2, round(0.4 * w))
@@ -719,7 +720,7 @@ def _lamp_post_sprite(w: int, pole: int) -> _Sprite:
     return _finish(parts, 3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tree_sprite(d: int, trunk_w: int, trunk_h: int) -> _Sprite:
     """Round canopy (1) on a trunk (2)."""
     parts = np.zeros((d + trunk_h, d), dtype=np.uint8)
@@ -728,7 +729,7 @@ def _tree_sprite(d: int, trunk_w: int, trunk_h: int) -> _Sprite:
     return _finish(parts, 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _box_sprite(w: int, h: int, banded: bool) -> _Sprite:
     """A plain box in a car colour (1), sometimes with a darker band (2)."""
     parts = np.ones((h, w), dtype=np.uint8)
@@ -737,7 +738,7 @@ def _box_sprite(w: int, h: int, banded: bool) -> _Sprite:
     return _finish(parts, 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _building_sprite(w: int, h: int, step: int, pane: int) -> _Sprite:
     """A wall (1) with a grid of dark windows (2); lit windows are painted over it per building."""
     parts = np.ones((h, w), dtype=np.uint8)

@@ -11,7 +11,6 @@ Rerunning `fit` with the same `name` and `storage` resumes from the last checkpo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from mtl_ray import dataset, storage
+from mtl_ray import checkpoint, dataset, storage
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
 from mtl_ray.format import ShardFormat
@@ -30,28 +29,8 @@ from mtl_ray.validate import ValidationReport, validate
 from mtl_ray.weighting import Weighting, distributed_mean, known_tasks
 from mtl_ray.weighting import get as get_weighting
 
-CHECKPOINT_FILE = "model.pt"
-META_FILE = "meta.json"
 MIN_CPUS_PER_WORKER = 0.25
 DEFAULT_STORAGE = "mtl-ray-runs"
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-
-def save_checkpoint(directory: str, model: torch.nn.Module, weighting: Weighting, optimizer: torch.optim.Optimizer, meta: dict) -> None:
-    """Model, weighting and optimizer state in `model.pt`; tasks, backbone, config and metrics in `meta.json`."""
-    state = {"model": model.state_dict(), "weighting": weighting.state_dict(), "optimizer": optimizer.state_dict(), "epoch": meta["epoch"]}
-    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
-    with open(os.path.join(directory, META_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
-
-
-def load_checkpoint(directory: str) -> tuple[dict, dict]:
-    """(torch state, meta) of a checkpoint directory written by `save_checkpoint`."""
-    state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-    with open(os.path.join(directory, META_FILE)) as f:
-        meta = json.load(f)
-    return state, meta
 
 
 # ---- 1. the worker loop ---------------------------------------------------------------------
@@ -145,7 +124,7 @@ def worker_loop(config: dict) -> None:
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as d:
-            state, meta = load_checkpoint(d)
+            state, meta = checkpoint.load(d)
         model.load_state_dict(state["model"])
         weighting.load_state_dict(state["weighting"])
         optimizer.load_state_dict(state["optimizer"])
@@ -185,7 +164,7 @@ def worker_loop(config: dict) -> None:
                 meta = {"epoch": epoch + 1, "first_epoch": first_epoch, "tasks": tasks, "backbone": cfg.backbone,
                         "config": cfg.model_dump(), "image": {"size": fmt.shape[0], "channels": 3},
                         "metrics": metrics, "history": history}
-                save_checkpoint(d, unwrap(model), weighting, optimizer, meta)
+                checkpoint.save(d, unwrap(model), weighting, optimizer, meta)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -295,11 +274,24 @@ def _has_split_column(report: ValidationReport) -> bool:
 
 
 def ensure_ray() -> None:
-    """Join the Ray cluster this process belongs to, or start a quiet local one."""
+    """Join the Ray cluster this process belongs to, or start a quiet local one.
+
+    The local one keeps the dashboard's HTTP server (on 127.0.0.1): Ray Train's placement-group
+    cleaner asks the state API whether a run's controller is alive, and a Tune trial that ASHA
+    stops kills its controller before it can release its workers' CPUs; without that API they
+    stay reserved and the next trial waits forever.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, configure_logging=True)
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR", log_to_driver=False, configure_logging=True)
+    configure_data()
+
+
+def configure_data() -> None:
+    """This process's Ray Data settings; each process that builds datasets (a Tune trial too) calls it."""
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -308,13 +300,14 @@ def ensure_ray() -> None:
     ctx.use_datasource_v2 = False
 
 
-def _storage(path: str | None) -> tuple[str, object | None, str]:
-    """(storage_path, storage_filesystem, display prefix) for RunConfig."""
+def run_storage(path: str | None) -> tuple[str, object | None, str]:
+    """(storage_path, storage_filesystem, display prefix) for RunConfig; local paths made absolute,
+    because Tune runs trial drivers in directories of their own."""
     path = path or DEFAULT_STORAGE
     fs, inner = storage.prepare_output(path)
     if storage.is_s3(path):
         return inner, fs, "s3://"
-    return inner, None, ""
+    return os.path.abspath(inner), None, ""
 
 
 def check_model_config(cfg: TrainConfig, num_tasks: int) -> None:
@@ -324,6 +317,71 @@ def check_model_config(cfg: TrainConfig, num_tasks: int) -> None:
     if cfg.backbone not in available():
         raise UserError(f"unknown backbone {cfg.backbone!r}: available are {', '.join(available())}")
     get_weighting(cfg.weighting.name, num_tasks, **cfg.weighting.params())
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A run's validated inputs: where train and validation rows come from, and the image size."""
+
+    data: str
+    train: dataset.Source
+    val: dataset.Source
+    size: int
+
+
+def prepare(data: str, *, val: str | None = None, image_size: int | None = None, tasks: Sequence[str] | None = None,
+            labeled_only: bool = False, shuffle_labels: Sequence[str] = (), seed: int = 0) -> Inputs:
+    """Validate the shards before Ray starts and choose the train/validation rows (see `fit`)."""
+    report = validate(data)
+    report.raise_if_unusable()
+    train_src, val_src = _select_sources(data, val, report)
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in report.fmt.tasks]
+        if unknown:
+            raise UserError(f"{data}: no task {unknown[0]!r}; tasks are {', '.join(report.fmt.tasks)}")
+        train_src = replace(train_src, fmt=replace(train_src.fmt, tasks=tuple(tasks)))
+        val_src = replace(val_src, fmt=replace(val_src.fmt, tasks=tuple(tasks)))
+    train_src = replace(train_src, labeled_only=labeled_only, shuffle=tuple(shuffle_labels), seed=seed)
+    size = image_size or (report.fmt.shape[0] if report.fmt.shape else 64)
+    return Inputs(data, train_src, val_src, size)
+
+
+def build_trainer(inputs: Inputs, cfg: TrainConfig, plan: ResourcePlan, *, name: str, storage_dir: str,
+                  storage_fs: object | None, callbacks: Sequence[object] = ()):
+    """The `TorchTrainer` of one run: `worker_loop` on `plan`'s workers, checkpoints under storage/name."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "train": cfg.model_dump(),
+            "batch_format": dataset.decoded_format(inputs.train.fmt, inputs.size),
+            "torch_threads": plan.torch_threads,
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_dir, storage_filesystem=storage_fs, callbacks=list(callbacks),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets={"train": dataset.read(inputs.train, inputs.size), "val": dataset.read(inputs.val, inputs.size)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def result_from_checkpoint(directory: str, *, name: str, location: str, seconds: float) -> TrainResult:
+    """A `TrainResult` from a checkpoint directory's `meta.json`."""
+    from mtl_ray.models import build
+
+    meta = checkpoint.load_meta(directory)
+    metrics = meta["metrics"]
+    return TrainResult(
+        name=name, tasks=meta["tasks"], params=sum(p.numel() for p in build(meta["backbone"], len(meta["tasks"])).parameters()),
+        epochs=meta["epoch"], first_epoch=meta["first_epoch"], val=metrics["val"],
+        mean_auroc=metrics["mean_auroc"], checkpoint=location,
+        train_images_per_s=metrics["train_images_per_s"], seconds=seconds, history=meta["history"],
+    )
 
 
 def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None, storage_path: str | None = None,
@@ -336,57 +394,21 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
     tasks' training labels across rows (the shuffle control of `mtl-ray compare`).
     """
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from mtl_ray.models import build
 
     cfg = config or TrainConfig()
-    report = validate(data)
-    report.raise_if_unusable()
-    train_src, val_src = _select_sources(data, val, report)
-    if tasks is not None:
-        unknown = [t for t in tasks if t not in report.fmt.tasks]
-        if unknown:
-            raise UserError(f"{data}: no task {unknown[0]!r}; tasks are {', '.join(report.fmt.tasks)}")
-        train_src = replace(train_src, fmt=replace(train_src.fmt, tasks=tuple(tasks)))
-        val_src = replace(val_src, fmt=replace(val_src.fmt, tasks=tuple(tasks)))
-    train_src = replace(train_src, labeled_only=labeled_only, shuffle=tuple(shuffle_labels), seed=cfg.seed)
-    size = cfg.image_size or (report.fmt.shape[0] if report.fmt.shape else 64)
-    check_model_config(cfg, len(train_src.fmt.tasks))
-    storage_dir, storage_fs, shown = _storage(storage_path)
+    inputs = prepare(data, val=val, image_size=cfg.image_size, tasks=tasks, labeled_only=labeled_only,
+                     shuffle_labels=shuffle_labels, seed=cfg.seed)
+    check_model_config(cfg, len(inputs.train.fmt.tasks))
+    storage_dir, storage_fs, shown = run_storage(storage_path)
 
     ensure_ray()
     plan = plan_resources(cfg, ray.cluster_resources())
     run_name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-    trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={
-            "train": cfg.model_dump(),
-            "batch_format": dataset.decoded_format(train_src.fmt, size),
-            "torch_threads": plan.torch_threads,
-        },
-        scaling_config=ray.train.ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_dir, storage_filesystem=storage_fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        ),
-        datasets={"train": dataset.read(train_src, size), "val": dataset.read(val_src, size)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
+    trainer = build_trainer(inputs, cfg, plan, name=run_name, storage_dir=storage_dir, storage_fs=storage_fs)
     started = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - started
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as d:
-        _, meta = load_checkpoint(d)
-    metrics = meta["metrics"]
-    return TrainResult(
-        name=run_name, tasks=meta["tasks"], params=sum(p.numel() for p in build(cfg.backbone, len(meta["tasks"])).parameters()),
-        epochs=meta["epoch"], first_epoch=meta["first_epoch"], val=metrics["val"],
-        mean_auroc=metrics["mean_auroc"], checkpoint=f"{shown}{result.checkpoint.path}",
-        train_images_per_s=metrics["train_images_per_s"], seconds=seconds, history=meta["history"],
-    )
-
+        return result_from_checkpoint(d, name=run_name, location=f"{shown}{result.checkpoint.path}", seconds=seconds)

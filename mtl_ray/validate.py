@@ -18,9 +18,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mtl_ray.errors import UserError
-from mtl_ray.text import table
-from mtl_ray.format import SPLIT_COLUMN, SPLITS, ShardFormat, decode_images, image_bytes, labels, open_shard, shard_format
+from mtl_ray.format import (
+    SPLIT_COLUMN,
+    SPLITS,
+    ShardFormat,
+    decode_images,
+    image_bytes,
+    labels,
+    open_shard,
+    shard_format,
+)
 from mtl_ray.storage import display, list_shards, resolve
+from mtl_ray.text import table
 
 SAMPLE_ROWS = 16
 """Images decoded from the start of the first and of the last row group of each shard by default."""

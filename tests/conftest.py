@@ -130,3 +130,37 @@ def ray_session(_moto_server):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    artifacts: str
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(_moto_server, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1: sqlite backend, artifacts proxied to s3:// on moto_server."""
+    import boto3
+
+    env = {**os.environ, **_s3_env(_moto_server), "MLFLOW_S3_ENDPOINT_URL": _moto_server}
+    bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=_moto_server, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [exe, "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", f"s3://{bucket}/mlflow",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri + "/health", timeout=90)
+        yield MlflowServer(uri=uri, artifacts=f"s3://{bucket}/mlflow")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()

@@ -8,8 +8,8 @@ import os
 import pyarrow.fs as pafs
 import pytest
 
+from mtl_ray import checkpoint
 from mtl_ray.synth import SEED_TASKS, synthesize
-from mtl_ray.train import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_two_workers_three_epochs_learn_the_seed_tasks(ray_session, cli, scenes,
         assert 0.0 <= metrics["accuracy"] <= 1.0
     assert out["mean_auroc"] >= 0.8, out["val"]
     assert out["train_images_per_s"] > 0
-    state, meta = load_checkpoint(out["checkpoint"])
+    state, meta = checkpoint.load(out["checkpoint"])
     assert meta["tasks"] == list(SEED_TASKS) and meta["backbone"] == "s" and meta["epoch"] == 3
     assert state["model"]["heads.weight"].shape[0] == len(SEED_TASKS)
     assert "mean_auroc" in res.err  # the human summary goes to stderr with --json -

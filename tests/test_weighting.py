@@ -79,7 +79,7 @@ def test_available_and_get_every_method():
 
 
 def test_get_from_config_dict():
-    method = weighting.get(**{"name": "gradnorm", "alpha": 0.5, "lr": 0.1}, num_tasks=3)
+    method = weighting.get(name="gradnorm", alpha=0.5, lr=0.1, num_tasks=3)
     assert (method.alpha, method.lr, method.weights()) == (0.5, 0.1, [1.0, 1.0, 1.0])
 
 

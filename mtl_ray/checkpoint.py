@@ -1,0 +1,36 @@
+"""Checkpoint directories: `model.pt` (model, weighting and optimizer state) plus `meta.json`.
+
+`meta.json` holds what a reader needs without torch: tasks, backbone, image size, the run's config,
+the last epoch's metrics and the per-epoch history. Only torch and the standard library are
+imported here, because the registered model (`mtl_ray.pyfunc`) loads checkpoints in environments
+without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+CHECKPOINT_FILE = "model.pt"
+META_FILE = "meta.json"
+
+
+def save(directory: str, model: torch.nn.Module, weighting: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+    """Write `model.pt` and `meta.json` into `directory`."""
+    state = {"model": model.state_dict(), "weighting": weighting.state_dict(), "optimizer": optimizer.state_dict(), "epoch": meta["epoch"]}
+    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+    with open(os.path.join(directory, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load(directory: str) -> tuple[dict, dict]:
+    """(torch state, meta) of a checkpoint directory written by `save`."""
+    state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    return state, load_meta(directory)
+
+
+def load_meta(directory: str) -> dict:
+    with open(os.path.join(directory, META_FILE)) as f:
+        return json.load(f)

@@ -1,0 +1,72 @@
+"""The registered model: an `mlflow.pyfunc.PythonModel` around an mtl-ray checkpoint.
+
+Input: a pandas DataFrame with an `image` column of encoded image bytes (PNG, JPEG, anything
+Pillow reads). Output: a DataFrame with one probability column per task, in task order.
+Preprocessing (decode, RGB, resize to the training size, normalisation) happens inside, with the
+same functions training used.
+
+The model carries its own code: `mtl_ray.registry` logs it with `code_paths=[<the mtl_ray
+package>]`, and MLflow puts that copy on `sys.path` before unpickling this class. So this module
+imports only what an environment with mlflow and torch has (torch, numpy, pandas, Pillow, pyarrow),
+never Ray or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+IMAGE_COLUMN = "image"
+CHECKPOINT_ARTIFACT = "checkpoint"
+PREDICT_BATCH = 256
+
+
+class MultiTaskModel(mlflow.pyfunc.PythonModel):
+    """Per-task probabilities from encoded images, computed by a checkpoint's network on CPU."""
+
+    def load_context(self, context) -> None:
+        from mtl_ray import checkpoint
+
+        state, meta = checkpoint.load(context.artifacts[CHECKPOINT_ARTIFACT])
+        self.load(state, meta)
+
+    def load(self, state: dict, meta: dict) -> None:
+        from mtl_ray.models import build
+
+        self.tasks = list(meta["tasks"])
+        self.size = int(meta["image"]["size"])
+        self.model = build(meta["backbone"], len(self.tasks))
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from mtl_ray.errors import UserError
+        from mtl_ray.format import decode_one
+
+        if IMAGE_COLUMN not in model_input.columns:
+            raise UserError(f"model input: no {IMAGE_COLUMN!r} column; expected a DataFrame with encoded image bytes in {IMAGE_COLUMN!r}")
+        images = [decode_one(_as_bytes(v, row), where="model input", row=row, size=self.size) for row, v in enumerate(model_input[IMAGE_COLUMN])]
+        return pd.DataFrame(self.probabilities(np.stack(images) if images else np.empty((0, self.size, self.size, 3), np.uint8)), columns=self.tasks)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] at the training size → float64 probabilities [N, T]."""
+        from mtl_ray.models import to_input
+
+        out = np.empty((len(images), len(self.tasks)), dtype=np.float64)
+        with torch.no_grad():
+            for start in range(0, len(images), PREDICT_BATCH):
+                x = to_input(torch.from_numpy(np.ascontiguousarray(images[start:start + PREDICT_BATCH])))
+                out[start:start + len(x)] = torch.sigmoid(self.model(x)).double().numpy()
+        return out
+
+
+def _as_bytes(value, row: int) -> bytes:
+    from mtl_ray.errors import UserError
+
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, dict) and "bytes" in value:  # Hugging Face image struct
+        return bytes(value["bytes"])
+    raise UserError(f"model input: row {row}: column {IMAGE_COLUMN!r} holds {type(value).__name__}; expected encoded image bytes")

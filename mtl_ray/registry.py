@@ -1,0 +1,312 @@
+"""The MLflow model registry: register a checkpoint behind a gated alias, and pull it back to predict.
+
+`register_checkpoint` logs the checkpoint as an `mlflow.pyfunc` model (`mtl_ray.pyfunc`) carrying
+its own copy of the `mtl_ray` package (`code_paths`), registers it as a new version of NAME, and
+moves the alias (default `champion`) only if the new version's validation `mean_auroc` beats the
+current champion's. The version is kept either way and the result says which and why.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+import mtl_ray
+from mtl_ray import checkpoint, storage, tracking
+from mtl_ray.errors import UserError
+from mtl_ray.text import number
+
+DEFAULT_NAME = "mtl-ray"
+DEFAULT_ALIAS = "champion"
+GATE_METRIC = "mean_auroc"
+MODEL_ARTIFACT = "model"
+
+
+def check_name(name: str, what: str = "registry name") -> None:
+    """Names MLflow refuses, plus '@' which would break `models:/NAME@ALIAS` URIs."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as exc:
+        raise UserError(f"{what} {name!r}: {exc.message}") from None
+    if "@" in name:
+        raise UserError(f"{what} {name!r}: names cannot contain '@' (models:/NAME@ALIAS URIs use it)")
+
+
+@dataclass
+class RegisterResult:
+    """The new version, whether the alias moved, and the comparison behind that decision."""
+
+    name: str
+    version: str
+    alias: str
+    alias_moved: bool
+    reason: str
+    mean_auroc: float | None
+    run_id: str
+    tracking_uri: str
+    exit_code: int = 0
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.alias_moved else f"models:/{self.name}/{self.version}"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version, "alias": self.alias, "alias_moved": self.alias_moved,
+                "reason": self.reason, "mean_auroc": self.mean_auroc, "model_uri": self.model_uri,
+                "run_id": self.run_id, "tracking_uri": self.tracking_uri}
+
+    def render(self) -> str:
+        moved = f"alias {self.alias!r} moved to it" if self.alias_moved else f"alias {self.alias!r} stays"
+        return f"registered {self.name} version {self.version} (mean_auroc {number(self.mean_auroc)}): {moved}: {self.reason}"
+
+
+def fetch_checkpoint(uri: str, dest: str) -> str:
+    """A local directory holding the checkpoint at `uri` (a local directory or s3://...)."""
+    import pyarrow.fs as pafs
+
+    if not storage.is_s3(uri):
+        if not os.path.isfile(os.path.join(uri, checkpoint.META_FILE)):
+            raise UserError(f"{uri}: not a checkpoint directory (no {checkpoint.META_FILE})")
+        return uri
+    fs, path = storage.resolve(uri)
+    if fs.get_file_info(f"{path}/{checkpoint.META_FILE}").type != pafs.FileType.File:
+        raise UserError(f"{uri}: not a checkpoint (no {checkpoint.META_FILE})")
+    pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return dest
+
+
+def _serving_copy(src: str, dest: str) -> dict:
+    """The model weights and meta alone (no optimizer state) in `dest`; returns the meta."""
+    import json
+
+    import torch
+
+    state, meta = checkpoint.load(src)
+    torch.save({"model": state["model"]}, os.path.join(dest, checkpoint.CHECKPOINT_FILE))
+    with open(os.path.join(dest, checkpoint.META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def _example(meta: dict):
+    """Two encoded PNG images of the training size: the logged input example."""
+    import pandas as pd
+
+    from mtl_ray.format import encode_one
+
+    size = int(meta["image"]["size"])
+    rng = np.random.default_rng(0)
+    images = [encode_one(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "png") for _ in range(2)]
+    return pd.DataFrame({"image": images})
+
+
+def _signature(tasks: list[str]):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("binary", "image")]), outputs=Schema([ColSpec("double", t) for t in tasks]))
+
+
+def _requirements() -> list[str]:
+    import mlflow
+    import pandas
+    import PIL
+    import pyarrow
+    import torch
+
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", f"pillow=={PIL.__version__}",
+            f"pyarrow=={pyarrow.__version__}", f"numpy=={np.__version__}", f"pandas=={pandas.__version__}"]
+
+
+def _version_tags(meta: dict, data: str | None) -> dict[str, str]:
+    import json
+
+    metrics = meta["metrics"]
+    tags = {
+        "tasks": json.dumps(meta["tasks"]),
+        "backbone": meta["backbone"],
+        "weighting": json.dumps(meta["config"]["weighting"]),
+        GATE_METRIC: str(metrics.get(GATE_METRIC)),
+        "epochs": str(meta["epoch"]),
+        "image_size": str(meta["image"]["size"]),
+        "code_version": f"mtl-ray {mtl_ray.__version__}",
+        "python": platform.python_version(),
+    }
+    for task, m in (metrics.get("val") or {}).items():
+        tags[f"val.{task}.auroc"] = str(m.get("auroc"))
+    if data:
+        tags["data"] = data
+    return tags
+
+
+def _champion(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _gate(client, name: str, alias: str, score: float | None) -> tuple[bool, str]:
+    champion = _champion(client, name, alias)
+    if score is None:
+        return False, f"the new version has no validation {GATE_METRIC}"
+    if champion is None:
+        return True, f"no {alias} yet"
+    raw = champion.tags.get(GATE_METRIC)
+    best = float(raw) if raw not in (None, "None") else None
+    if best is None or score > best:
+        return True, f"{GATE_METRIC} {score:.4f} beats {alias} version {champion.version} ({number(best)})"
+    return False, f"{GATE_METRIC} {score:.4f} does not beat {alias} version {champion.version} ({best:.4f})"
+
+
+def register_checkpoint(uri: str, *, name: str = DEFAULT_NAME, alias: str = DEFAULT_ALIAS, run_id: str | None = None,
+                        data: str | None = None, tracking_uri: str | None = None, experiment: str = DEFAULT_NAME) -> RegisterResult:
+    """Log the checkpoint at `uri` as a pyfunc model into `run_id` (or a new run), register it as a
+    new version of `name`, and move `alias` if its `mean_auroc` beats the alias's current version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from mtl_ray.pyfunc import CHECKPOINT_ARTIFACT, MultiTaskModel
+
+    check_name(name)
+    check_name(alias, "alias")
+    uri_used = tracking.tracking_uri(tracking_uri)
+    os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+    with tempfile.TemporaryDirectory() as fetched, tempfile.TemporaryDirectory() as served:
+        meta = _serving_copy(fetch_checkpoint(uri, fetched), served)
+        score = meta["metrics"].get(GATE_METRIC)
+        tracking.connect(uri_used)
+        try:
+            if run_id is None:
+                mlflow.set_experiment(experiment)
+            with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
+                if run_id is None:
+                    mlflow.set_tag(tracking.CHECKPOINT_TAG, uri)
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT, python_model=MultiTaskModel(), artifacts={CHECKPOINT_ARTIFACT: served},
+                    code_paths=[os.path.dirname(mtl_ray.__file__)], signature=_signature(meta["tasks"]),
+                    input_example=_example(meta), pip_requirements=_requirements(), registered_model_name=name,
+                )
+            client = MlflowClient(uri_used)
+            version = str(info.registered_model_version)
+            for key, value in _version_tags(meta, data).items():
+                client.set_model_version_tag(name, version, key, value)
+            moved, reason = _gate(client, name, alias, score)
+            if moved:
+                client.set_registered_model_alias(name, alias, version)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"registering {uri} as {name!r} failed ({tracking.first_line(exc)}); the checkpoint stays "
+                            f"on storage: run `mtl-ray register --checkpoint {uri}` when {uri_used} answers") from None
+    return RegisterResult(name=name, version=version, alias=alias, alias_moved=moved, reason=reason,
+                          mean_auroc=score, run_id=run.info.run_id, tracking_uri=uri_used)
+
+
+def register(run: str | None = None, checkpoint_uri: str | None = None, *, name: str = DEFAULT_NAME,
+             alias: str = DEFAULT_ALIAS, tracking_uri: str | None = None) -> RegisterResult:
+    """`mtl-ray register`: a tune trial's run (its checkpoint tag) or a checkpoint URI."""
+    if (run is None) == (checkpoint_uri is None):
+        raise UserError("register: give exactly one of --run RUN_ID or --checkpoint URI")
+    if checkpoint_uri is not None:
+        return register_checkpoint(checkpoint_uri, name=name, alias=alias, tracking_uri=tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    uri_used = tracking.tracking_uri(tracking_uri)
+    client = tracking.connect(uri_used)
+    try:
+        found = client.get_run(run)
+    except MlflowException:
+        raise UserError(f"--run {run}: no such run at {uri_used}") from None
+    ckpt = found.data.tags.get(tracking.CHECKPOINT_TAG)
+    if not ckpt:
+        raise UserError(f"--run {run}: the run has no {tracking.CHECKPOINT_TAG} tag (no epoch finished); use --checkpoint URI")
+    return register_checkpoint(ckpt, name=name, alias=alias, run_id=run, tracking_uri=uri_used)
+
+
+# ---- pulling ------------------------------------------------------------------------------------
+
+@dataclass
+class PredictResult:
+    """Per-task probabilities for each input image, in input order."""
+
+    model: str
+    tasks: list[str]
+    ids: list[str]
+    probabilities: np.ndarray
+    exit_code: int = 0
+
+    def to_json(self) -> dict:
+        rows = [{t: float(p) for t, p in zip(self.tasks, row)} for row in self.probabilities]
+        return {"model": self.model, "tasks": self.tasks, "ids": self.ids, "predictions": rows}
+
+    def render(self) -> str:
+        from mtl_ray.text import table
+
+        shown = min(len(self.ids), 10)
+        rows = [[i, *(f"{p:.3f}" for p in row)] for i, row in zip(self.ids[:shown], self.probabilities[:shown])]
+        more = [f"... {len(self.ids) - shown} more (see --json)"] if len(self.ids) > shown else []
+        return "\n".join([f"{self.model}: {len(self.ids)} images, {len(self.tasks)} tasks", *table(["image", *self.tasks], rows), *more])
+
+
+def _images_from_shards(path: str, limit: int | None) -> tuple[list[str], list[bytes]]:
+    """Encoded image bytes (PNG for raw shards) and ids of up to `limit` rows of the shards at `path`."""
+    from mtl_ray.format import decode_images, encode_one, image_bytes, open_shard
+    from mtl_ray.validate import validate
+
+    report = validate(path)
+    report.raise_if_unusable()
+    fmt = report.fmt
+    ids: list[str] = []
+    images: list[bytes] = []
+    for shard in report.paths:
+        if limit is not None and len(images) >= limit:
+            break
+        pf = open_shard(report.fs, shard, shard)
+        cols = [fmt.image_column] + (["id"] if "id" in pf.schema_arrow.names else [])
+        table = pf.read(columns=cols)
+        if limit is not None:
+            table = table.slice(0, limit - len(images))
+        if fmt.encoding == "raw":
+            images.extend(encode_one(im, "png") for im in decode_images(table.column(fmt.image_column), fmt, where=shard))
+        else:
+            images.extend(v.as_py() for v in image_bytes(table.column(fmt.image_column)))
+        ids.extend(table.column("id").to_pylist() if "id" in cols else [f"{os.path.basename(shard)}#{i}" for i in range(table.num_rows)])
+    return ids, images
+
+
+def predict(model_uri: str, *, data: str | None = None, images: list[str] = (), limit: int | None = None,
+            tracking_uri: str | None = None) -> PredictResult:
+    """Load `model_uri` (e.g. `models:/mtl-ray@champion`) with `mlflow.pyfunc` and score images."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    if (data is None) == (not images):
+        raise UserError("predict: give --data PATH or image files, not both")
+    if data is not None:
+        ids, encoded = _images_from_shards(data, limit)
+    else:
+        ids, encoded = list(images), []
+        for path in images:
+            try:
+                with open(path, "rb") as f:
+                    encoded.append(f.read())
+            except OSError as exc:
+                raise UserError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    if model_uri.startswith(("models:/", "runs:/")):
+        tracking.connect(tracking.tracking_uri(tracking_uri))
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:
+        raise UserError(f"--model {model_uri}: cannot load ({tracking.first_line(exc)})") from None
+    out = model.predict(pd.DataFrame({"image": encoded}))
+    return PredictResult(model=model_uri, tasks=list(out.columns), ids=ids, probabilities=out.to_numpy(dtype=np.float64))

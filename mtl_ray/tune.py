@@ -1,0 +1,295 @@
+"""Ray Tune over backbone size, task weighting and learning rate; MLflow tracking; the best registered.
+
+Numbered like Ray's `train_tune_interop.py`:
+1. `mtl_ray.train.worker_loop` runs on every Ray Train worker of a trial, as in `mtl-ray train`.
+2. `train_driver` is one Tune trial: it builds and fits a `TorchTrainer` whose `TuneReportCallback`
+   hands each epoch's report (rank 0's metrics and checkpoint) to Tune. The Train run is named after
+   the trial id, so a trial that Tune restarts resumes from its last checkpoint.
+3. `tune` is the job: it checks the search space before Ray starts, sizes trials so Ray Data keeps
+   its CPUs, runs ASHA, logs to MLflow from this process only (`tracking.TrialLogger`) and
+   registers the best trial's checkpoint behind the gated alias (`mtl_ray.registry`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtl_ray import registry, tracking
+from mtl_ray.config import TrainConfig, TuneConfig, parse
+from mtl_ray.errors import UserError
+from mtl_ray.text import number, table
+from mtl_ray.train import Inputs, ResourcePlan, build_trainer, check_model_config, configure_data, ensure_ray, plan_resources, prepare, run_storage
+
+REPORTED_METRICS = {"mean_auroc": "max", "train_loss": "min"}
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+DRIVER_CPUS = 0.01  # a trial's driver only waits on its TorchTrainer; Tune refuses zero resources
+NOT_SEARCHABLE = ("epochs", "workers", "gpu", "cpus_per_worker", "num_to_keep", "max_failures", "image_size")
+
+
+# ---- the search space ------------------------------------------------------------------------
+
+def _normalise(key: str, value: Any) -> Any:
+    return {"name": value} if key == "weighting" and isinstance(value, str) else value
+
+
+def _candidates(key: str, value: Any, where: str) -> tuple[str, list[Any]]:
+    """(form, values to check): form is 'grid' for a list, else the distribution's name."""
+    if isinstance(value, list):
+        if not value:
+            raise UserError(f"{where}: empty list; give at least one value")
+        return "grid", [_normalise(key, v) for v in value]
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS:
+        kind, args = next(iter(value.items()))
+        if kind == "choice":
+            if not isinstance(args, list) or not args:
+                raise UserError(f"{where}: choice: expected a non-empty list of values")
+            return kind, [_normalise(key, v) for v in args]
+        if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args) and args[0] < args[1]):
+            raise UserError(f"{where}: {kind}: expected [low, high] with low < high")
+        if kind == "loguniform" and args[0] <= 0:
+            raise UserError(f"{where}: loguniform: low must be positive")
+        return kind, list(args)
+    raise UserError(f"{where}: expected a list of values or one of {{{': [..]}, {'.join(DISTRIBUTIONS)}: [..]}}")
+
+
+def check_search(cfg: TuneConfig, num_tasks: int, source: str) -> dict[str, tuple[str, list[Any]]]:
+    """Every search key and value checked as a TrainConfig would check it, before Ray starts."""
+    if not cfg.search:
+        raise UserError(f"{source}: search: empty search space; give at least one key, e.g. backbone: [xs, s]")
+    searchable = [k for k in TrainConfig.model_fields if k not in NOT_SEARCHABLE]
+    if cfg.metric not in REPORTED_METRICS:
+        raise UserError(f"{source}: metric {cfg.metric!r}: no trial reports it; trials report {', '.join(REPORTED_METRICS)}")
+    forms = {}
+    base = cfg.train.model_dump()
+    for key, value in cfg.search.items():
+        where = f"{source}: search.{key}"
+        if key in NOT_SEARCHABLE:
+            raise UserError(f"{where}: not searchable (set train.{key}; the scheduler's max_epochs bounds epochs)")
+        if key not in searchable:
+            raise UserError(f"{source}: search: unknown key {key!r}; searchable keys are {', '.join(searchable)}")
+        form, values = _candidates(key, value, where)
+        if cfg.search_alg == "optuna" and form == "grid":
+            form = "choice"
+        for v in values:
+            try:
+                check_model_config(parse(TrainConfig, {**base, key: v}, where), num_tasks)
+            except UserError as exc:
+                raise UserError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+        forms[key] = (form, values)
+    return forms
+
+
+def param_space(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
+    """Tune domains: lists become grid axes (choices with Optuna), the rest Tune's distributions."""
+    from ray import tune
+
+    builders = {"grid": tune.grid_search, "choice": tune.choice,
+                "loguniform": lambda v: tune.loguniform(*v), "uniform": lambda v: tune.uniform(*v),
+                "randint": lambda v: tune.randint(int(v[0]), int(v[1]))}
+    return {key: builders[form](values) for key, (form, values) in forms.items()}
+
+
+def concurrent_trials(plan: ResourcePlan, cluster: dict[str, float]) -> int:
+    """Trials that fit side by side, each with its workers and its own CPU reserve for Ray Data."""
+    per_trial = DRIVER_CPUS + plan.workers * plan.cpus_per_worker + plan.data_cpus
+    fits = max(1, int(float(cluster.get("CPU", 0)) // per_trial))
+    if plan.use_gpu:
+        fits = min(fits, max(1, int(float(cluster.get("GPU", 0)) // plan.workers)))
+    return fits
+
+
+# ---- 2. the driver of one trial ----------------------------------------------------------------
+
+def train_driver(config: dict, *, inputs: Inputs, base: dict, plan: ResourcePlan, run_prefix: str, storage_path: str | None) -> None:
+    """One Tune trial: fit a TorchTrainer on `base` updated with this trial's `config`."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    configure_data()
+    cfg = TrainConfig(**{**base, **config})
+    storage_dir, storage_fs, _ = run_storage(storage_path)
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = build_trainer(inputs, cfg, plan, name=f"{run_prefix}-{trial_id}", storage_dir=storage_dir,
+                            storage_fs=storage_fs, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+# ---- 3. the tune job -------------------------------------------------------------------------
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    config: dict
+    status: str  # completed | stopped_early | error
+    epochs: int
+    mean_auroc: float | None
+    metric: float | None
+    checkpoint: str | None
+    run_id: str | None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TuneResult:
+    name: str
+    metric: str
+    best: TrialSummary
+    trials: list[TrialSummary]
+    registered: registry.RegisterResult | None
+    tracking_uri: str
+    parent_run_id: str | None
+    seconds: float
+    tracking_failures: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+    def to_json(self) -> dict:
+        best = {"config": self.best.config, "mean_auroc": self.best.mean_auroc, "trial_id": self.best.trial_id,
+                "checkpoint": self.best.checkpoint, "run_id": self.best.run_id, "epochs": self.best.epochs}
+        return {"name": self.name, "metric": self.metric, "best": best, "trials": [t.to_json() for t in self.trials],
+                "registered": self.registered.to_json() if self.registered else None,
+                "tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id, "seconds": self.seconds,
+                "tracking_failures": self.tracking_failures}
+
+    def render(self) -> str:
+        keys = sorted({k for t in self.trials for k in t.config})
+        rows = [[t.trial_id, *(_short(t.config.get(k)) for k in keys), str(t.epochs), t.status, number(t.mean_auroc)] for t in self.trials]
+        lines = [f"tune {self.name}: {len(self.trials)} trials in {self.seconds:.0f} s, best by {self.metric}",
+                 *table(["trial", *keys, "epochs", "status", "mean_auroc"], rows),
+                 f"best {self.best.trial_id}: mean_auroc {number(self.best.mean_auroc)}, checkpoint {self.best.checkpoint}"]
+        if self.registered:
+            lines.append(self.registered.render())
+        lines.append(f"tracking {self.tracking_uri} (browse: mlflow ui --backend-store-uri {self.tracking_uri})")
+        lines += [f"warning: MLflow {f}" for f in self.tracking_failures]
+        return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in value.items())
+    return number(value) if isinstance(value, float) else str(value)
+
+
+def _summaries(results, cfg: TuneConfig, max_epochs: int, logger: tracking.TrialLogger, prefix: str) -> list[TrialSummary]:
+    out = []
+    for r in results:
+        m = r.metrics or {}
+        trial_id = m.get("trial_id") or os.path.basename(r.path.rstrip("/"))
+        epochs = int(m.get("epoch", 0))
+        status = "error" if r.error else ("stopped_early" if epochs < max_epochs else "completed")
+        ckpt = m.get("checkpoint_path")
+        out.append(TrialSummary(
+            trial_id=trial_id, config={k: r.config.get(k) for k in cfg.search}, status=status, epochs=epochs,
+            mean_auroc=m.get("mean_auroc"), metric=m.get(cfg.metric), checkpoint=f"{prefix}{ckpt}" if ckpt else None,
+            run_id=logger.run_ids.get(trial_id), error=tracking.first_line(r.error) if r.error else None,
+        ))
+    return out
+
+
+def _best(trials: list[TrialSummary], metric: str, mode: str) -> TrialSummary:
+    scored = [t for t in trials if t.metric is not None and t.checkpoint]
+    if not scored:
+        errors = [f"{t.trial_id}: {t.error}" for t in trials if t.error]
+        raise UserError("tune: no trial reported " + metric + (f"; first failure: {errors[0]}" if errors else ""))
+    return (max if mode == "max" else min)(scored, key=lambda t: t.metric)
+
+
+def tune(data: str, *, val: str | None = None, config: TuneConfig | None = None, source: str = "config",
+         name: str | None = None, storage_path: str | None = None) -> TuneResult:
+    """Search `config.search` with Ray Tune, log every trial to MLflow, register the best."""
+    import ray
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    cfg = config or TuneConfig()
+    mode = cfg.mode or REPORTED_METRICS.get(cfg.metric, "max")
+    max_epochs = cfg.scheduler.max_epochs or cfg.train.epochs
+    base = {**cfg.train.model_dump(), "epochs": max_epochs}
+    inputs = prepare(data, val=val, image_size=cfg.train.image_size, seed=cfg.train.seed)
+    forms = check_search(cfg, len(inputs.train.fmt.tasks), source)
+    check_model_config(cfg.train, len(inputs.train.fmt.tasks))
+    if cfg.registry.enabled:
+        registry.check_name(cfg.registry.name)
+        registry.check_name(cfg.registry.alias, "alias")
+    search_alg = _search_alg(cfg.search_alg)
+    storage_dir, storage_fs, shown = run_storage(storage_path or cfg.storage)
+    storage_path = f"{shown}{storage_dir}"
+    uri = tracking.tracking_uri(cfg.tracking.uri)
+    client = tracking.connect(uri)
+
+    tune_name = name or cfg.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = tracking.experiment_id(client, cfg.tracking.experiment)
+    parent = client.create_run(experiment, run_name=tune_name, tags={"mtl_ray.data": data, "mtl_ray.kind": "tune"})
+    parent_id = parent.info.run_id
+    for key, value in {"search": json.dumps(cfg.search), "search_alg": cfg.search_alg, "metric": cfg.metric, "mode": mode,
+                       "scheduler": cfg.scheduler.name, "max_epochs": str(max_epochs), "num_samples": str(cfg.num_samples),
+                       **tracking.flat_params(cfg.train.model_dump(), "train.")}.items():
+        client.log_param(parent_id, key, value)
+
+    ensure_ray()
+    cluster = ray.cluster_resources()
+    plan = plan_resources(cfg.train, {**cluster, "CPU": cluster.get("CPU", 0) - DRIVER_CPUS})
+    concurrency = cfg.max_concurrent_trials or concurrent_trials(plan, cluster)
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(cfg.scheduler.grace_period, max_epochs),
+                               reduction_factor=cfg.scheduler.reduction_factor)
+                 if cfg.scheduler.name == "asha" else FIFOScheduler())
+    logger = tracking.TrialLogger(uri, experiment, parent_id, max_epochs, shown)
+    trainable = ray.tune.with_parameters(train_driver, inputs=inputs, base=base, plan=plan, run_prefix=tune_name, storage_path=storage_path)
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(trainable, {"CPU": DRIVER_CPUS}),
+        param_space=param_space(forms),
+        tune_config=ray.tune.TuneConfig(metric=cfg.metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
+                                        num_samples=cfg.num_samples, max_concurrent_trials=concurrency),
+        run_config=ray.tune.RunConfig(name=tune_name, storage_path=storage_dir, storage_filesystem=storage_fs, callbacks=[logger],
+                                      failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures), verbose=0),
+    )
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own tables; stdout stays for --json -
+        results = tuner.fit()
+    seconds = time.perf_counter() - started
+
+    trials = _summaries(results, cfg, max_epochs, logger, shown)
+    failures = [logger.last_failure] if logger.failures else []
+    try:
+        best = _best(trials, cfg.metric, mode)
+    finally:
+        _close_parent(client, parent_id, trials, failures)
+    registered = None
+    if cfg.registry.enabled:
+        registered = registry.register_checkpoint(best.checkpoint, name=cfg.registry.name, alias=cfg.registry.alias,
+                                                  run_id=best.run_id, data=data, tracking_uri=uri, experiment=cfg.tracking.experiment)
+    return TuneResult(name=tune_name, metric=cfg.metric, best=best, trials=trials, registered=registered, tracking_uri=uri,
+                      parent_run_id=parent_id, seconds=seconds, tracking_failures=failures)
+
+
+def _close_parent(client, parent_id: str, trials: list[TrialSummary], failures: list[str]) -> None:
+    """Best trial's numbers on the parent run; a tracking failure here only adds to `failures`."""
+    try:
+        scored = [t for t in trials if t.mean_auroc is not None]
+        if scored:
+            top = max(scored, key=lambda t: t.mean_auroc)
+            client.log_metric(parent_id, "best_mean_auroc", float(top.mean_auroc))
+            client.set_tag(parent_id, "mtl_ray.best_trial", top.trial_id)
+        client.set_tag(parent_id, "mtl_ray.trials", json.dumps({s: sum(t.status == s for t in trials) for s in ("completed", "stopped_early", "error")}))
+        client.set_terminated(parent_id, "FINISHED")
+    except Exception as exc:  # the trials' checkpoints are safe on storage either way
+        failures.append(f"closing the parent run: {tracking.first_line(exc)}")
+
+
+def _search_alg(name: str):
+    if name != "optuna":
+        return None
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch()
+    except (ImportError, AssertionError):
+        raise UserError("search_alg optuna needs the optuna package: pip install 'mtl-ray[optuna]'") from None

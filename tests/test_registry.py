@@ -1,0 +1,202 @@
+"""The registry against a real sqlite MLflow: the gated alias, pulling the model back (also in a
+process where mtl_ray is not importable), `mtl-ray predict`, and `mlflow models serve`."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import free_port, wait_http
+from mtl_ray import checkpoint
+from mtl_ray.config import TrainConfig
+from mtl_ray.format import decode_one, encode_one
+from mtl_ray.models import build, to_input
+from mtl_ray.synth import synthesize
+from mtl_ray.weighting import get as get_weighting
+
+TASKS = ["pedestrian", "car", "stop_sign", "traffic_light"]
+SIZE = 32
+
+
+def make_checkpoint(directory, mean_auroc: float, seed: int) -> torch.nn.Module:
+    """A real checkpoint of an untrained xs network, with `mean_auroc` as its validation score."""
+    directory.mkdir(parents=True)
+    torch.manual_seed(seed)
+    model = build("xs", len(TASKS))
+    meta = {"epoch": 1, "first_epoch": 1, "tasks": TASKS, "backbone": "xs", "config": TrainConfig(backbone="xs").model_dump(),
+            "image": {"size": SIZE, "channels": 3},
+            "metrics": {"mean_auroc": mean_auroc, "train_images_per_s": 1.0, "val": {t: {"auroc": mean_auroc} for t in TASKS}},
+            "history": []}
+    checkpoint.save(str(directory), model, get_weighting("equal", len(TASKS)), torch.optim.AdamW(model.parameters()), meta)
+    return model.eval()
+
+
+def own_probabilities(model: torch.nn.Module, encoded: list[bytes]) -> np.ndarray:
+    images = np.stack([decode_one(b, size=SIZE) for b in encoded])
+    with torch.no_grad():
+        return torch.sigmoid(model(to_input(torch.from_numpy(images)))).double().numpy()
+
+
+@pytest.fixture
+def local_mlflow(tmp_path, monkeypatch):
+    """A sqlite tracking store and its artifacts in this test's directory."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(1)
+    encoded = [encode_one(rng.integers(0, 256, (SIZE + 8, SIZE + 8, 3), dtype=np.uint8), "png") for _ in range(6)]
+    paths = []
+    for i, data in enumerate(encoded):
+        path = tmp_path / f"img{i}.png"
+        path.write_bytes(data)
+        paths.append(str(path))
+    return encoded, paths
+
+
+def test_gate_moves_the_alias_only_for_a_better_model(cli, local_mlflow, tmp_path):
+    for i, score in enumerate([0.70, 0.60, 0.75]):
+        make_checkpoint(tmp_path / f"c{i}", score, seed=i)
+    first = cli("register", "--checkpoint", tmp_path / "c0", "--json", "-")
+    assert first.code == 0, first.err
+    assert first.json()["version"] == "1" and first.json()["alias_moved"] is True
+    assert "no champion yet" in first.json()["reason"]
+
+    worse = cli("register", "--checkpoint", tmp_path / "c1", "--json", "-")
+    assert worse.code == 0, worse.err
+    assert worse.json()["version"] == "2" and worse.json()["alias_moved"] is False
+    assert worse.json()["reason"] == "mean_auroc 0.6000 does not beat champion version 1 (0.7000)"
+
+    better = cli("register", "--checkpoint", tmp_path / "c2", "--json", "-")
+    assert better.json()["version"] == "3" and better.json()["alias_moved"] is True
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(local_mlflow)
+    assert str(client.get_model_version_by_alias("mtl-ray", "champion").version) == "3"
+    assert {str(v.version) for v in client.search_model_versions("name='mtl-ray'")} == {"1", "2", "3"}
+    tags = client.get_model_version("mtl-ray", "2").tags
+    assert json.loads(tags["tasks"]) == TASKS and tags["backbone"] == "xs" and float(tags["mean_auroc"]) == 0.6
+
+
+def test_predictions_through_the_registry_equal_the_checkpoints_own(cli, local_mlflow, tmp_path, images):
+    model = make_checkpoint(tmp_path / "c", 0.7, seed=3)
+    assert cli("register", "--checkpoint", tmp_path / "c").code == 0
+    encoded, paths = images
+    out = cli("predict", "--model", "models:/mtl-ray@champion", *paths, "--json", "-")
+    assert out.code == 0, out.err
+    got = out.json()
+    assert got["tasks"] == TASKS
+    assert got["ids"] == paths
+    probs = np.array([[row[t] for t in TASKS] for row in got["predictions"]])
+    assert ((probs >= 0) & (probs <= 1)).all()
+    np.testing.assert_allclose(probs, own_probabilities(model, encoded), atol=1e-5)
+
+
+FRESH = textwrap.dedent("""
+    import json, sys
+    # Hide the editable install: mtl_ray may only come from the model's own code copy.
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path[:] = [p for p in sys.path if p not in ("", ".") and not p.endswith("/tests")]
+    import mlflow.pyfunc
+    import pandas as pd
+    model = mlflow.pyfunc.load_model(sys.argv[1])
+    import mtl_ray
+    images = [open(p, "rb").read() for p in sys.argv[2:]]
+    out = model.predict(pd.DataFrame({"image": images}))
+    print(json.dumps({"columns": list(out.columns), "values": out.to_numpy().tolist(), "code": mtl_ray.__file__}))
+""")
+
+
+def fresh_predict(model_uri: str, paths: list[str], env: dict, cwd) -> dict:
+    """Load and predict in a new Python process where the installed mtl_ray cannot be imported."""
+    done = subprocess.run([sys.executable, "-c", FRESH, model_uri, *paths], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_fresh_process_without_mtl_ray_loads_the_champion(cli, local_mlflow, tmp_path, images):
+    model = make_checkpoint(tmp_path / "c", 0.7, seed=4)
+    assert cli("register", "--checkpoint", tmp_path / "c").code == 0
+    encoded, paths = images
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    got = fresh_predict("models:/mtl-ray@champion", paths, {**os.environ, "MLFLOW_TRACKING_URI": local_mlflow}, elsewhere)
+    assert got["columns"] == TASKS
+    assert "/artifacts/code/mtl_ray/" in got["code"]
+    np.testing.assert_allclose(np.array(got["values"]), own_probabilities(model, encoded), atol=1e-5)
+
+
+def test_mlflow_models_serve_answers_invocations(cli, local_mlflow, tmp_path, images):
+    model = make_checkpoint(tmp_path / "c", 0.7, seed=5)
+    assert cli("register", "--checkpoint", tmp_path / "c").code == 0
+    encoded, _ = images
+    port = free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([exe, "models", "serve", "-m", "models:/mtl-ray@champion", "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=120)
+        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in encoded[:3]]}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    rows = answer["predictions"]
+    probs = np.array([[row[t] for t in TASKS] for row in rows])
+    np.testing.assert_allclose(probs, own_probabilities(model, encoded[:3]), atol=1e-5)
+
+
+def test_predict_scores_shards(cli, local_mlflow, tmp_path):
+    make_checkpoint(tmp_path / "c", 0.7, seed=6)
+    assert cli("register", "--checkpoint", tmp_path / "c").code == 0
+    synthesize(str(tmp_path / "d"), 12, image_size=SIZE, shards=2)
+    out = cli("predict", "--model", "models:/mtl-ray@champion", "--data", tmp_path / "d", "--limit", "8", "--json", "-")
+    assert out.code == 0, out.err
+    got = out.json()
+    assert len(got["predictions"]) == 8 and len(got["ids"]) == 8
+    assert got["ids"][0].startswith("synth-0-")
+    assert set(got["predictions"][0]) == set(TASKS)
+
+
+def test_register_and_predict_bad_input(cli, local_mlflow, tmp_path):
+    missing = cli("register", "--checkpoint", tmp_path / "nowhere")
+    assert missing.code == 2 and "not a checkpoint directory" in missing.err
+    no_run = cli("register", "--run", "0123456789abcdef")
+    assert no_run.code == 2 and "--run 0123456789abcdef: no such run" in no_run.err
+    bad_name = cli("register", "--checkpoint", tmp_path, "--name", "a/b")
+    assert bad_name.code == 2 and "registry name 'a/b'" in bad_name.err
+    no_model = cli("predict", "--model", "models:/nothing@champion", str(tmp_path / "x.png"))
+    assert no_model.code == 2 and "x.png: cannot read image" in no_model.err
+    make_checkpoint(tmp_path / "c", 0.7, seed=7)
+    (tmp_path / "x.png").write_bytes(b"\x89PNG garbage")
+    unknown = cli("predict", "--model", "models:/nothing@champion", str(tmp_path / "x.png"))
+    assert unknown.code == 2 and "--model models:/nothing@champion: cannot load" in unknown.err
+    for result in (missing, no_run, bad_name, no_model, unknown):
+        assert len(result.err.strip().splitlines()) == 1, result.err
+
+
+def test_unreachable_tracking_server_is_one_line(cli, tmp_path, monkeypatch):
+    make_checkpoint(tmp_path / "c", 0.7, seed=8)
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    out = cli("register", "--checkpoint", tmp_path / "c")
+    assert out.code == 2
+    assert out.err.startswith(f"mtl-ray: error: tracking server {dead}: unreachable after 3 attempts")
+    assert len(out.err.strip().splitlines()) == 1
