@@ -8,6 +8,7 @@ and exit 2; with `--json -` the human summary goes to stderr so stdout stays val
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -130,6 +131,20 @@ def _cmd_predict(args: argparse.Namespace) -> Result:
     return predict(args.model, data=args.data, images=args.images, limit=args.limit)
 
 
+def _cmd_quickstart(args: argparse.Namespace) -> Result:
+    from mtl_ray.quickstart import quickstart
+
+    return quickstart(args.out, scenes=args.scenes, epochs=args.epochs)
+
+
+def _cmd_submit(args: argparse.Namespace) -> Result:
+    from mtl_ray.submit import submit
+
+    command = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+    return submit(command, address=args.address, runtime_env_file=args.runtime_env, forward_env=not args.no_forward_env,
+                  follow=not args.no_wait)
+
+
 def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
@@ -199,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write metrics.png, curves.png and task_weights.png here")
 
     p = command(commands, "tune", "Ray Tune over backbone, weighting and lr; every trial tracked in MLflow; the best registered", _cmd_tune)
-    p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
-    p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
-    p.add_argument("--config", required=True, metavar="F", help="YAML with train, search, scheduler, tracking and registry keys (docs/tune.md)")
+    p.add_argument("--data", metavar="PATH", help="training shards (default: the config's data key)")
+    p.add_argument("--val", metavar="PATH", help="validation shards (default: the config's val key, else the 'val' split of the data)")
+    p.add_argument("--config", required=True, metavar="F", help="YAML with data, train, search, scheduler, tracking and registry keys (docs/tune.md)")
     p.add_argument("--name", metavar="NAME", help="tune job name (default tune-DATE-TIME); trials' Train runs are NAME-TRIAL_ID")
     p.add_argument("--storage", metavar="PATH", help="where checkpoints go: directory or s3://bucket/prefix (default: config storage, else ./mtl-ray-runs)")
 
@@ -217,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="shards to score (instead of image files)")
     p.add_argument("--limit", type=_positive_int, help="score at most this many rows of --data")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+
+    p = command(commands, "quickstart", "synthesise scenes, tune 4 trials, register the best as models:/mtl-ray@champion, predict (local, CPU, minutes)", _cmd_quickstart)
+    p.add_argument("--out", default="mtl-ray-quickstart", metavar="DIR", help="shards go to DIR/data, checkpoints to DIR/runs (default ./mtl-ray-quickstart)")
+    p.add_argument("--scenes", type=_positive_int, default=4000, help="synthetic scenes (default 4000)")
+    p.add_argument("--epochs", type=_positive_int, default=2, help="epochs per trial (default 2)")
+
+    p = command(commands, "submit", "run an mtl-ray command or a jobs/ script as a Ray job; stream its logs; exit with its status", _cmd_submit)
+    p.add_argument("--address", metavar="URL", help="Ray Jobs API URL, http://HEAD:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--runtime-env", metavar="F", help="YAML/JSON runtime env (working_dir, env_vars, pip, ...); default working_dir: .")
+    p.add_argument("--no-forward-env", action="store_true", help="do not forward MLFLOW_TRACKING_URI and the AWS variables of this shell")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
+    p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="e.g. -- tune --config jobs/configs/driving.yaml")
 
     p = command(commands, "advise", "measure the three conditions for multi-task learning: shared features, data amounts, capacity", _cmd_advise)
     p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
@@ -234,15 +261,17 @@ def _write_json(summary: dict, target: str) -> None:
             f.write(text + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(produce: Callable[[], Result], json_target: str | None) -> int:
+    """Run a command: its summary to stdout (stderr with `--json -`), JSON where asked, one line per error."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury the one-line errors
-    human = sys.stderr if args.json == "-" else sys.stdout
+    human = sys.stderr if json_target == "-" else sys.stdout
     try:
-        result = args.handler(args)
+        # Ray Tune and MLflow print progress to stdout; with --json - it must hold the JSON alone.
+        with contextlib.redirect_stdout(sys.stderr) if json_target == "-" else contextlib.nullcontext():
+            result = produce()
         print(result.render(), file=human)
-        if args.json:
-            _write_json(result.to_json(), args.json)
+        if json_target:
+            _write_json(result.to_json(), json_target)
         if result.exit_code != 0:
             for problem in result.to_json().get("problems", []):
                 print(f"mtl-ray: error: {problem}", file=sys.stderr)
@@ -253,6 +282,45 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mtl-ray: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda: args.handler(args), args.json)
+
+
+def job_main(kind: str, argv: list[str] | None = None) -> int:
+    """`jobs/{train,tune,compare}.py`: one job config (TuneConfig keys: data, val, storage, train,
+    search, ...) run as that command; flags override the config's data, val and storage."""
+    p = argparse.ArgumentParser(prog=f"jobs/{kind}.py", description=f"Ray job entry point: mtl-ray {kind} from a job config")
+    p.add_argument("--config", required=True, metavar="F", help="job config, e.g. jobs/configs/driving.yaml")
+    p.add_argument("--data", metavar="PATH", help="training shards (default: the config's data)")
+    p.add_argument("--val", metavar="PATH", help="validation shards (default: the config's val)")
+    p.add_argument("--storage", metavar="PATH", help="checkpoints (default: the config's storage)")
+    p.add_argument("--name", metavar="NAME", help="run or tune job name")
+    p.add_argument("--json", metavar="FILE", help="write the summary as JSON to FILE ('-' = stdout)")
+    args = p.parse_args(argv)
+
+    def produce() -> Result:
+        from mtl_ray import config
+
+        cfg = config.load(config.TuneConfig, args.config)
+        data, val, storage = args.data or cfg.data, args.val or cfg.val, args.storage or cfg.storage
+        if kind == "tune":
+            from mtl_ray.tune import tune
+
+            return tune(data, val=val, config=cfg, source=args.config, name=args.name, storage_path=storage)
+        if not data:
+            raise UserError(f"{args.config}: no training data: pass --data PATH or set `data:` in the config")
+        if kind == "train":
+            from mtl_ray.train import fit
+
+            return fit(data, val=val, config=cfg.train, storage_path=storage, name=args.name)
+        from mtl_ray.compare import compare
+
+        return compare(data, val=val, config=cfg.train, control="shuffle", storage_path=storage)
+
+    return run(produce, args.json)
 
 
 if __name__ == "__main__":

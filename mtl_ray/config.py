@@ -133,6 +133,8 @@ class TuneConfig(Strict):
     `{name: ..., <param>: ...}` mappings, so static weight vectors are searchable too.
     """
 
+    data: str | None = Field(None, description="training shards, when --data is not given (jobs/configs)")
+    val: str | None = Field(None, description="validation shards (default: the data's val split)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: dict[str, Any] = Field(default_factory=dict)
     search_alg: Literal["grid", "optuna"] = "grid"

@@ -55,7 +55,7 @@ def predict_batches(model: torch.nn.Module, batches, device: torch.device, autoc
         for batch in batches:
             logits = model(to_input(batch["image"].to(device, non_blocking=True), channels_last=True))
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-            targets.append(batch["labels"].numpy())
+            targets.append(batch["labels"].cpu().numpy())
     return np.concatenate(probs), np.concatenate(targets)
 
 
@@ -274,18 +274,41 @@ def _has_split_column(report: ValidationReport) -> bool:
 
 
 def ensure_ray() -> None:
-    """Join the Ray cluster this process belongs to, or start a quiet local one.
+    """Join the Ray cluster this process belongs to (`RAY_ADDRESS`, as in a Ray job), or start a
+    quiet local one.
 
-    The local one keeps the dashboard's HTTP server (on 127.0.0.1): Ray Train's placement-group
-    cleaner asks the state API whether a run's controller is alive, and a Tune trial that ASHA
-    stops kills its controller before it can release its workers' CPUs; without that API they
-    stay reserved and the next trial waits forever.
+    The local one runs Ray's dashboard on 127.0.0.1 and a port chosen here, exported as
+    `RAY_API_SERVER_ADDRESS` before Ray starts so its processes inherit it: Ray Train's
+    placement-group cleaner asks that state API whether a run's controller is alive. A Tune trial
+    that ASHA stops kills its controller before it releases its workers' CPUs; if the cleaner
+    cannot find the API (no dashboard, or a second Ray instance on the machine makes the address
+    ambiguous) those CPUs stay reserved and the next trial waits forever.
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR", log_to_driver=False, configure_logging=True)
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):
+        raise UserError(f"RAY_ADDRESS={address} is a Ray Jobs URL: run this as a job with `mtl-ray submit -- ...`, "
+                        "or unset RAY_ADDRESS to use a local Ray")
+    if ray.is_initialized():
+        configure_data()
+        return
+    quiet = {"logging_level": "ERROR", "log_to_driver": False, "configure_logging": True}
+    if address:
+        ray.init(**quiet)
+    else:
+        port = _free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **quiet)
     configure_data()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def configure_data() -> None:

@@ -12,10 +12,8 @@ Numbered like Ray's `train_tune_interop.py`:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,14 +200,20 @@ def _best(trials: list[TrialSummary], metric: str, mode: str) -> TrialSummary:
     return (max if mode == "max" else min)(scored, key=lambda t: t.metric)
 
 
-def tune(data: str, *, val: str | None = None, config: TuneConfig | None = None, source: str = "config",
+def tune(data: str | None = None, *, val: str | None = None, config: TuneConfig | None = None, source: str = "config",
          name: str | None = None, storage_path: str | None = None) -> TuneResult:
-    """Search `config.search` with Ray Tune, log every trial to MLflow, register the best."""
+    """Search `config.search` with Ray Tune, log every trial to MLflow, register the best.
+
+    `data`/`val` default to the config's `data`/`val` keys (how `jobs/configs` name their shards).
+    """
     import ray
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     cfg = config or TuneConfig()
+    data, val = data or cfg.data, val or cfg.val
+    if not data:
+        raise UserError(f"{source}: no training data: pass --data PATH or set `data:` in the config")
     mode = cfg.mode or REPORTED_METRICS.get(cfg.metric, "max")
     max_epochs = cfg.scheduler.max_epochs or cfg.train.epochs
     base = {**cfg.train.model_dump(), "epochs": max_epochs}
@@ -252,8 +256,7 @@ def tune(data: str, *, val: str | None = None, config: TuneConfig | None = None,
                                       failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures), verbose=0),
     )
     started = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # Tune prints its own tables; stdout stays for --json -
-        results = tuner.fit()
+    results = tuner.fit()
     seconds = time.perf_counter() - started
 
     trials = _summaries(results, cfg, max_epochs, logger, shown)

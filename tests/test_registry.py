@@ -38,8 +38,8 @@ def make_checkpoint(directory, mean_auroc: float, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def own_probabilities(model: torch.nn.Module, encoded: list[bytes]) -> np.ndarray:
-    images = np.stack([decode_one(b, size=SIZE) for b in encoded])
+def own_probabilities(model: torch.nn.Module, encoded: list[bytes], size: int = SIZE) -> np.ndarray:
+    images = np.stack([decode_one(b, size=size) for b in encoded])
     with torch.no_grad():
         return torch.sigmoid(model(to_input(torch.from_numpy(images)))).double().numpy()
 

@@ -1,0 +1,14 @@
+"""Ray job entry point: `mtl-ray compare` from a job config (see jobs/configs and docs/cluster.md).
+
+    ray job submit --working-dir . -- python jobs/compare.py --config jobs/configs/driving.yaml
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds mtl_ray
+
+from mtl_ray.cli import job_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(job_main("compare"))

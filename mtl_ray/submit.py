@@ -1,0 +1,149 @@
+"""`mtl-ray submit`: run any mtl-ray command (or a `jobs/` script) as a Ray job and follow it.
+
+The job is submitted through `JobSubmissionClient` to the Jobs API URL (`--address`, else
+`RAY_ADDRESS`), with the working directory uploaded (`working_dir: .`, minus virtualenvs, runs and
+local databases) and the submitting shell's `MLFLOW_TRACKING_URI` and AWS/S3 variables forwarded in
+the runtime environment's `env_vars`, so the job reads the same data and logs to the same tracking
+server. Its logs stream to stdout; the exit status is the job's (0 SUCCEEDED, 1 otherwise).
+Ray's token authentication is used when a token is found where Ray looks for one
+(`RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mtl_ray.errors import UserError
+from mtl_ray.tracking import first_line
+
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION")
+EXCLUDES = [".venv", ".git", "mtl-ray-runs", "mtl-ray-quickstart", "mlruns", "mlruns.db", "*.db", "__pycache__", ".whl", ".mtl-ray-stack"]
+CLI_COMMANDS = ("data", "train", "compare", "advise", "tune", "register", "predict", "quickstart")
+LAST_LINES = 20
+
+
+@dataclass
+class SubmitResult:
+    job_id: str
+    status: str
+    address: str
+    message: str
+    last_lines: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "SUCCEEDED" else 1
+
+    def to_json(self) -> dict:
+        return {"job_id": self.job_id, "status": self.status, "address": self.address, "message": self.message}
+
+    def render(self) -> str:
+        lines = [f"job {self.job_id}: {self.status}" + (f" ({self.message})" if self.message and self.status != "SUCCEEDED" else "")]
+        if self.status != "SUCCEEDED" and self.last_lines:
+            lines += ["last log lines:", *(f"  {line}" for line in self.last_lines)]
+        return "\n".join(lines)
+
+
+def entrypoint(command: list[str]) -> str:
+    """`tune --data X` (or `mtl-ray tune ...`) → `python -m mtl_ray.cli tune ...`; anything else as given."""
+    if not command:
+        raise UserError("submit: no command; usage: mtl-ray submit [--address URL] -- COMMAND ...")
+    if command[0] == "mtl-ray":
+        command = command[1:]
+    if command and command[0] in CLI_COMMANDS:
+        return shlex.join(["python", "-m", "mtl_ray.cli", *command])
+    return shlex.join(command)
+
+
+def runtime_env(path: str | None, forward_env: bool) -> dict:
+    """The job's runtime env: the file's (YAML or JSON), a default working_dir, forwarded variables."""
+    env: dict = {}
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise UserError(f"--runtime-env {path}: cannot read ({exc.strerror or exc})") from None
+        try:
+            env = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise UserError(f"--runtime-env {path}:{f' line {mark.line + 1}' if mark else ''} does not parse as YAML or JSON") from None
+        if not isinstance(env, dict):
+            raise UserError(f"--runtime-env {path}: expected a mapping (working_dir, env_vars, pip, ...), got {type(env).__name__}")
+        if not isinstance(env.get("env_vars", {}), dict):
+            raise UserError(f"--runtime-env {path}: env_vars: expected a mapping of NAME: value")
+    env.setdefault("working_dir", ".")
+    if env["working_dir"] == ".":
+        env.setdefault("excludes", EXCLUDES)
+    if forward_env:
+        forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        env["env_vars"] = {**forwarded, **env.get("env_vars", {})}
+    return env
+
+
+def _use_token_if_present() -> None:
+    """Turn on Ray's token auth for this client when a token sits where Ray looks for one."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _explain(address: str, exc: Exception, doing: str) -> UserError:
+    text = first_line(exc)
+    if "auth" in text.lower() or " 401" in text or " 403" in text:
+        return UserError(f"--address {address}: authentication failed ({text}); set RAY_AUTH_TOKEN or put the "
+                         "cluster's token in ~/.ray/auth_token")
+    return UserError(f"--address {address}: {doing} ({text})")
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    _use_token_if_present()
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # connection refused, DNS, HTTP 401/403 all surface here
+        raise _explain(address, exc, "cannot reach the Ray Jobs API") from None
+
+
+async def _follow(client, job_id: str, out) -> list[str]:
+    tail: list[str] = []
+    async for chunk in client.tail_job_logs(job_id):
+        out.write(chunk)
+        out.flush()
+        tail = (tail + chunk.splitlines())[-LAST_LINES:]
+    return tail
+
+
+def submit(command: list[str], *, address: str | None = None, runtime_env_file: str | None = None,
+           forward_env: bool = True, follow: bool = True) -> SubmitResult:
+    """Submit `command` as a Ray job, stream its logs, and return its final status."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UserError("submit: no Ray Jobs address; pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    if not address.startswith(("http://", "https://")):
+        raise UserError(f"--address {address}: expected the Jobs API URL, http://HEAD:8265")
+    env = runtime_env(runtime_env_file, forward_env)
+    entry = entrypoint(command)
+    client = _client(address)
+    try:
+        job_id = client.submit_job(entrypoint=entry, runtime_env=env)
+    except Exception as exc:
+        raise _explain(address, exc, "job not accepted") from None
+    print(f"submitted job {job_id} to {address}: {entry}", file=sys.stderr)
+    if not follow:
+        return SubmitResult(job_id, client.get_job_status(job_id).value, address, "", [])
+    tail = asyncio.run(_follow(client, job_id, sys.stdout))
+    info = client.get_job_info(job_id)
+    return SubmitResult(job_id, info.status.value, address, info.message or "", tail)
+

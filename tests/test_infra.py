@@ -1,0 +1,71 @@
+"""Cluster manifests and job configs: checked against Ray's own cluster schema and structurally."""
+
+import os
+
+import pytest
+import ray
+import yaml
+
+from mtl_ray.config import TuneConfig, load
+from mtl_ray.tune import check_search
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _yaml(path: str) -> dict:
+    with open(os.path.join(ROOT, path)) as f:
+        return yaml.safe_load(f)
+
+
+def test_aws_cluster_passes_rays_schema_and_has_the_node_types():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cluster = _yaml("infra/aws/cluster.yaml")
+    validate_config(prepare_config(cluster))  # what `ray up` does before it launches anything
+    assert cluster["docker"]["image"] == f"rayproject/ray:{ray.__version__}-gpu"
+    types = cluster["available_node_types"]
+    head = types[cluster["head_node_type"]]
+    assert "InstanceMarketOptions" not in head["node_config"], "the head must be on-demand"
+    gpu = types["gpu_worker"]
+    assert gpu["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert gpu["min_workers"] == 0 < gpu["max_workers"] <= cluster["max_workers"]
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))
+    assert types["cpu_worker"]["min_workers"] == 0
+    for node in types.values():
+        assert node["node_config"]["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] >= 100
+    assert any("mtl-ray" in c for c in cluster["setup_commands"])
+    assert all("RAY_AUTH_MODE=token" in c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c)
+
+
+def test_kuberay_rayjob_structure():
+    job = _yaml("infra/k8s/rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    script, flag, config = spec["entrypoint"].split()[1:4]
+    assert os.path.isfile(os.path.join(ROOT, script)) and flag == "--config" and os.path.isfile(os.path.join(ROOT, config))
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert "working_dir" in runtime_env and "env_vars" in runtime_env
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    groups = cluster["workerGroupSpecs"]
+    gpu_limits = [c["resources"]["limits"].get("nvidia.com/gpu") for g in groups for c in g["template"]["spec"]["containers"]]
+    assert any(gpu_limits), "no worker group asks for a GPU"
+    for g in groups:
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    images = [c["image"] for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]]
+    images += [c["image"] for g in groups for c in g["template"]["spec"]["containers"]]
+    assert set(images) == {f"rayproject/ray:{ray.__version__}-gpu"}
+
+
+@pytest.mark.parametrize("name", ["driving.yaml", "template.yaml", "smoke.yaml"])
+def test_job_configs_load_and_their_search_spaces_check(name):
+    cfg = load(TuneConfig, os.path.join(ROOT, "jobs", "configs", name))
+    check_search(cfg, 4, name)
+
+
+def test_smoke_config_is_two_trials_of_one_epoch():
+    cfg = load(TuneConfig, os.path.join(ROOT, "jobs", "configs", "smoke.yaml"))
+    assert cfg.train.epochs == 1
+    assert [len(v) for v in cfg.search.values()] == [2]
+    assert cfg.num_samples == 1

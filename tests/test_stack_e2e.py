@@ -1,0 +1,94 @@
+"""End to end the way mtl-ray is deployed, on this machine: infra/local/stack.sh starts a Ray head
+with the Jobs API (token auth), moto_server and an MLflow tracking server; shards go to s3://;
+`mtl-ray submit` runs jobs/tune.py with jobs/configs/smoke.yaml as a Ray job that reads from S3,
+checkpoints to S3 and logs to the server; a fresh process then pulls the champion and predicts."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_registry import fresh_predict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STACK = os.path.join(ROOT, "infra", "local", "stack.sh")
+
+
+def _run(args, env, timeout=600, cwd=ROOT):
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _client_env(stack_env: dict) -> dict:
+    text = _run(["bash", STACK, "env"], stack_env).stdout
+    env = dict(stack_env)
+    for line in text.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    return env
+
+
+@pytest.fixture
+def stack(tmp_path):
+    bin_dir = os.path.dirname(sys.executable)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", MTL_RAY_STACK_DIR=str(tmp_path / "stack"))
+    up = _run(["bash", STACK, "up"], env, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        again = _run(["bash", STACK, "up"], env, timeout=120)
+        assert again.returncode == 0 and again.stdout == up.stdout, "up is not idempotent"
+        yield env
+    finally:
+        down = _run(["bash", STACK, "down"], env, timeout=120)
+        status = _run(["bash", STACK, "status"], env)
+        assert down.returncode == 0, down.stderr
+        assert "moto: stopped" in status.stdout and "mlflow: stopped" in status.stdout and "ray: stopped" in status.stdout
+
+
+def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(stack, tmp_path):
+    env = _client_env(stack)
+    assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
+    data = "s3://mtl-ray/e2e/shards"
+    cli = [sys.executable, "-m", "mtl_ray.cli"]
+    synth = _run([*cli, "data", "synth", data, "--n", "600", "--image-size", "32", "--shards", "2"], env)
+    assert synth.returncode == 0, synth.stderr
+
+    job = _run([*cli, "submit", "--", "python", "jobs/tune.py", "--config", "jobs/configs/smoke.yaml",
+                "--data", data, "--storage", "s3://mtl-ray/e2e/runs", "--name", "smoke"], env, timeout=900)
+    assert job.returncode == 0, (job.stdout[-3000:], job.stderr[-3000:])
+    assert "SUCCEEDED" in job.stderr.splitlines()[-1] or "SUCCEEDED" in job.stdout.splitlines()[-1]
+    assert "registered mtl-ray version 1" in job.stdout
+    assert "checkpoint s3://mtl-ray/e2e/runs/smoke-" in job.stdout
+
+    rng = np.random.default_rng(0)
+    from mtl_ray.format import encode_one
+
+    paths = []
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(encode_one(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png"))
+        paths.append(str(tmp_path / f"{i}.png"))
+    got = fresh_predict("models:/mtl-ray@champion", paths, {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "PATH": "/usr/bin:/bin"}, tmp_path)
+    assert got["columns"] == ["pedestrian", "car", "stop_sign", "traffic_light"]
+    values = np.array(got["values"])
+    assert values.shape == (3, 4) and ((values >= 0) & (values <= 1)).all()
+
+
+def test_submit_bad_input_is_one_line(stack, tmp_path):
+    env = _client_env(stack)
+    cli = [sys.executable, "-m", "mtl_ray.cli", "submit"]
+    bad_env = tmp_path / "env.yaml"
+    bad_env.write_text("env_vars: [1, 2\n")
+    cases = {
+        "does not parse": _run([*cli, "--runtime-env", str(bad_env), "--", "tune", "--help"], env),
+        "cannot reach the Ray Jobs API": _run([*cli, "--address", "http://127.0.0.1:9", "--", "tune", "--help"], env),
+        "authentication failed": _run([*cli, "--", "tune", "--help"], {**env, "RAY_AUTH_TOKEN": "0" * 64}),
+    }
+    for expected, result in cases.items():
+        assert result.returncode == 2, (expected, result.stderr)
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    failing = _run([*cli, "--", "python", "-c", "import sys; print('about to fail'); sys.exit(3)"], env, timeout=300)
+    assert failing.returncode == 1
+    assert "FAILED" in failing.stdout.splitlines()[-4] or "FAILED" in failing.stdout
+    assert "last log lines:" in failing.stdout and "about to fail" in failing.stdout
