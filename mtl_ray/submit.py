@@ -12,9 +12,11 @@ Ray's token authentication is used when a token is found where Ray looks for one
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_
 EXCLUDES = [".venv", ".git", "mtl-ray-runs", "mtl-ray-quickstart", "mlruns", "mlruns.db", "*.db", "__pycache__", ".whl", ".mtl-ray-stack"]
 CLI_COMMANDS = ("data", "train", "compare", "advise", "tune", "register", "predict", "quickstart")
 LAST_LINES = 20
+AGENT_ATTEMPTS = 15
 
 
 @dataclass
@@ -135,11 +138,20 @@ def submit(command: list[str], *, address: str | None = None, runtime_env_file: 
         raise UserError(f"--address {address}: expected the Jobs API URL, http://HEAD:8265")
     env = runtime_env(runtime_env_file, forward_env)
     entry = entrypoint(command)
+    # Ray's client prefers RAY_ADDRESS over the address it is given, and logs each packaged file.
+    os.environ["RAY_ADDRESS"] = address
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+    logging.getLogger("ray").setLevel(logging.ERROR)
     client = _client(address)
-    try:
-        job_id = client.submit_job(entrypoint=entry, runtime_env=env)
-    except Exception as exc:
-        raise _explain(address, exc, "job not accepted") from None
+    for attempt in range(1, AGENT_ATTEMPTS + 1):
+        try:
+            job_id = client.submit_job(entrypoint=entry, runtime_env=env)
+            break
+        except Exception as exc:
+            # A head that just started answers 500 "No available agent" until its job agent is up.
+            if "no available agent" not in str(exc).lower() or attempt == AGENT_ATTEMPTS:
+                raise _explain(address, exc, "job not accepted") from None
+            time.sleep(2)
     print(f"submitted job {job_id} to {address}: {entry}", file=sys.stderr)
     if not follow:
         return SubmitResult(job_id, client.get_job_status(job_id).value, address, "", [])

@@ -22,7 +22,17 @@ from mtl_ray import registry, tracking
 from mtl_ray.config import TrainConfig, TuneConfig, parse
 from mtl_ray.errors import UserError
 from mtl_ray.text import number, table
-from mtl_ray.train import Inputs, ResourcePlan, build_trainer, check_model_config, configure_data, ensure_ray, plan_resources, prepare, run_storage
+from mtl_ray.train import (
+    Inputs,
+    ResourcePlan,
+    build_trainer,
+    check_model_config,
+    configure_data,
+    ensure_ray,
+    plan_resources,
+    prepare,
+    run_storage,
+)
 
 REPORTED_METRICS = {"mean_auroc": "max", "train_loss": "min"}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")

@@ -12,8 +12,8 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-
 from conftest import free_port, wait_http
+
 from mtl_ray import checkpoint
 from mtl_ray.config import TrainConfig
 from mtl_ray.format import decode_one, encode_one

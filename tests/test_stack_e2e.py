@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from test_registry import fresh_predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_registry import fresh_predict, own_probabilities
 
 from mtl_ray import checkpoint
 from mtl_ray.format import encode_one
 from mtl_ray.models import build
 from mtl_ray.synth import synthesize
-from test_registry import fresh_predict, own_probabilities
 
 SIZE = 32
 
