@@ -30,7 +30,7 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_
 EXCLUDES = [".venv", ".git", "mtl-ray-runs", "mtl-ray-quickstart", "mlruns", "mlruns.db", "*.db", "__pycache__", ".whl", ".mtl-ray-stack"]
 CLI_COMMANDS = ("data", "train", "compare", "advise", "tune", "register", "predict", "quickstart")
 LAST_LINES = 20
-AGENT_ATTEMPTS = 15
+AGENT_ATTEMPTS = 30
 
 
 @dataclass

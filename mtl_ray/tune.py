@@ -233,7 +233,7 @@ def tune(data: str | None = None, *, val: str | None = None, config: TuneConfig 
     if cfg.registry.enabled:
         registry.check_name(cfg.registry.name)
         registry.check_name(cfg.registry.alias, "alias")
-    search_alg = _search_alg(cfg.search_alg)
+    search_alg = search_algorithm(cfg.search_alg)
     storage_dir, storage_fs, shown = run_storage(storage_path or cfg.storage)
     storage_path = f"{shown}{storage_dir}"
     uri = tracking.tracking_uri(cfg.tracking.uri)
@@ -297,7 +297,7 @@ def _close_parent(client, parent_id: str, trials: list[TrialSummary], failures: 
         failures.append(f"closing the parent run: {tracking.first_line(exc)}")
 
 
-def _search_alg(name: str):
+def search_algorithm(name: str):
     if name != "optuna":
         return None
     try:

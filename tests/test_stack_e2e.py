@@ -28,11 +28,11 @@ def _client_env(stack_env: dict) -> dict:
     return env
 
 
-@pytest.fixture
-def stack(tmp_path):
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
     bin_dir = os.path.dirname(sys.executable)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", MTL_RAY_STACK_DIR=str(tmp_path / "stack"))
+    env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", MTL_RAY_STACK_DIR=str(tmp_path_factory.mktemp("stack")))
     up = _run(["bash", STACK, "up"], env, timeout=300)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -51,7 +51,7 @@ def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(s
     assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
     data = "s3://mtl-ray/e2e/shards"
     cli = [sys.executable, "-m", "mtl_ray.cli"]
-    synth = _run([*cli, "data", "synth", data, "--n", "600", "--image-size", "32", "--shards", "2"], env)
+    synth = _run([*cli, "data", "synth", data, "--n", "400", "--image-size", "32", "--shards", "2"], env)
     assert synth.returncode == 0, synth.stderr
 
     job = _run([*cli, "submit", "--", "python", "jobs/tune.py", "--config", "jobs/configs/smoke.yaml",

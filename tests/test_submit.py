@@ -3,7 +3,7 @@
 import pytest
 
 from mtl_ray.errors import UserError
-from mtl_ray.submit import EXCLUDES, entrypoint, runtime_env, submit
+from mtl_ray.submit import EXCLUDES, FORWARDED_ENV, entrypoint, runtime_env, submit
 
 
 def test_mtl_ray_commands_run_through_the_cli_module_and_scripts_run_as_given():
@@ -15,10 +15,11 @@ def test_mtl_ray_commands_run_through_the_cli_module_and_scripts_run_as_given():
 
 
 def test_runtime_env_forwards_tracking_and_aws_variables(monkeypatch, tmp_path):
+    for key in FORWARDED_ENV:
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.setenv("HOME_SECRET", "never")
     env = runtime_env(None, forward_env=True)
     assert env["working_dir"] == "." and env["excludes"] == EXCLUDES

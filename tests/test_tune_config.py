@@ -109,3 +109,12 @@ def test_registry_names_mlflow_refuses_are_user_errors(name):
 def test_train_config_in_tune_config_is_checked():
     with pytest.raises(Exception, match="batch_size"):
         TuneConfig(train=TrainConfig(batch_size=0))
+
+
+def test_optuna_search_alg_is_built_when_asked():
+    from ray.tune.search.optuna import OptunaSearch
+
+    from mtl_ray.tune import search_algorithm
+
+    assert isinstance(search_algorithm("optuna"), OptunaSearch)
+    assert search_algorithm("grid") is None

@@ -90,7 +90,7 @@ def test_tune_tracks_every_trial_on_a_server_and_registers_the_best(ray_session,
 def test_quickstart_leaves_a_champion_a_fresh_process_can_use(ray_session, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    out = cli("quickstart", "--out", "qs", "--scenes", "600", "--json", "-")
+    out = cli("quickstart", "--out", "qs", "--scenes", "400", "--epochs", "1", "--json", "-")
     assert out.code == 0, out.err[-3000:]
     result = out.json()
     assert result["tracking_uri"] == f"sqlite:///{tmp_path}/mlruns.db"

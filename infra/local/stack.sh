@@ -9,6 +9,8 @@
 #
 # State (pids, ports, token, sqlite db, Ray's temp dir) lives in MTL_RAY_STACK_DIR (default
 # ./.mtl-ray-stack). Needs `ray`, `moto_server` and `mlflow` on PATH (pip install -e ".[test]").
+# Every port is picked free at `up` (Ray's fixed defaults, e.g. the dashboard agent's 52365, would
+# collide with another local Ray and leave the Jobs API without an agent).
 set -euo pipefail
 
 STATE=${MTL_RAY_STACK_DIR:-$PWD/.mtl-ray-stack}
@@ -60,14 +62,14 @@ up_mlflow() {
 up_ray() {
   if [ -f "$STATE/dashboard.port" ] && answers "http://127.0.0.1:$(port dashboard)/api/version"; then return 0; fi
   [ -f "$STATE/token" ] || python3 -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/token"
-  free_port > "$STATE/ray.port"
-  free_port > "$STATE/dashboard.port"
+  for p in ray dashboard agent client; do free_port > "$STATE/$p.port"; done
   # Jobs read s3:// through moto with these variables (mtl-ray submit forwards the client's too);
   # RAY_API_SERVER_ADDRESS lets Ray Train's placement-group cleaner find this cluster's state API.
   env "${CREDS[@]}" AWS_ENDPOINT_URL="http://127.0.0.1:$(port moto)" RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(cat "$STATE/token")" \
     RAY_API_SERVER_ADDRESS="http://127.0.0.1:$(port dashboard)" \
     ray start --head --node-ip-address 127.0.0.1 --port "$(port ray)" --dashboard-host 127.0.0.1 \
-    --dashboard-port "$(port dashboard)" --temp-dir "$(ray_tmp)" --disable-usage-stats > "$STATE/ray.log" 2>&1
+    --dashboard-port "$(port dashboard)" --dashboard-agent-listen-port "$(port agent)" --ray-client-server-port "$(port client)" \
+    --temp-dir "$(ray_tmp)" --disable-usage-stats > "$STATE/ray.log" 2>&1
   wait_http "http://127.0.0.1:$(port dashboard)/api/version" ray
 }
 
@@ -111,7 +113,7 @@ cmd_down() {
     pkill -TERM -f -- "$(ray_tmp)" 2>/dev/null || true
     for _ in $(seq 1 40); do pgrep -f -- "$(ray_tmp)" > /dev/null || break; sleep 0.25; done
     pkill -KILL -f -- "$(ray_tmp)" 2>/dev/null || true
-    rm -f "$STATE/ray.port" "$STATE/dashboard.port"
+    rm -f "$STATE/ray.port" "$STATE/dashboard.port" "$STATE/agent.port" "$STATE/client.port"
   fi
   for s in mlflow moto; do
     if alive "$s"; then
