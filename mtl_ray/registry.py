@@ -17,7 +17,7 @@ import numpy as np
 
 import mtl_ray
 from mtl_ray import checkpoint, storage, tracking
-from mtl_ray.errors import UserError
+from mtl_ray.errors import UserError, describe
 from mtl_ray.text import number
 
 DEFAULT_NAME = "mtl-ray"
@@ -206,7 +206,7 @@ def register_checkpoint(uri: str, *, name: str = DEFAULT_NAME, alias: str = DEFA
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"registering {uri} as {name!r} failed ({tracking.first_line(exc)}); the checkpoint stays "
+            raise UserError(f"registering {uri} as {name!r} failed ({describe(exc)}); the checkpoint stays "
                             f"on storage: run `mtl-ray register --checkpoint {uri}` when {uri_used} answers") from None
     return RegisterResult(name=name, version=version, alias=alias, alias_moved=moved, reason=reason,
                           mean_auroc=score, run_id=run.info.run_id, tracking_uri=uri_used)
@@ -307,6 +307,6 @@ def predict(model_uri: str, *, data: str | None = None, images: list[str] = (), 
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
-        raise UserError(f"--model {model_uri}: cannot load ({tracking.first_line(exc)})") from None
+        raise UserError(f"--model {model_uri}: cannot load ({describe(exc)})") from None
     out = model.predict(pd.DataFrame({"image": encoded}))
     return PredictResult(model=model_uri, tasks=list(out.columns), ids=ids, probabilities=out.to_numpy(dtype=np.float64))

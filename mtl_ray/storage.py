@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from mtl_ray.errors import UserError
+from mtl_ray.errors import UserError, first_line
 
 PARQUET_SUFFIX = ".parquet"
 
@@ -50,14 +50,9 @@ def _check_bucket(fs: pafs.FileSystem, path: str, shown: str) -> None:
     try:
         info = fs.get_file_info(bucket)
     except OSError as exc:
-        raise UserError(f"{shown}: cannot reach S3 bucket {bucket!r}: {_first_line(exc)}") from None
+        raise UserError(f"{shown}: cannot reach S3 bucket {bucket!r}: {first_line(exc)}") from None
     if info.type == pafs.FileType.NotFound:
         raise UserError(f"{shown}: S3 bucket {bucket!r} does not exist")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def display(file: str, root: str, user_path: str) -> str:
@@ -79,7 +74,7 @@ def list_shards(path: str) -> tuple[pafs.FileSystem, list[str], list[str]]:
     try:
         info = fs.get_file_info(inner)
     except OSError as exc:
-        raise UserError(f"{path}: cannot read: {_first_line(exc)}") from None
+        raise UserError(f"{path}: cannot read: {first_line(exc)}") from None
     if info.type == pafs.FileType.NotFound:
         raise UserError(f"{path}: no such file or directory")
     if info.type == pafs.FileType.File:
@@ -89,7 +84,7 @@ def list_shards(path: str) -> tuple[pafs.FileSystem, list[str], list[str]]:
     try:
         entries = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
     except OSError as exc:
-        raise UserError(f"{path}: cannot list: {_first_line(exc)}") from None
+        raise UserError(f"{path}: cannot list: {first_line(exc)}") from None
     files = [e.path for e in entries if e.type == pafs.FileType.File]
     shards = sorted(p for p in files if p.endswith(PARQUET_SUFFIX))
     ignored = sorted(p for p in files if not p.endswith(PARQUET_SUFFIX))

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from mtl_ray.errors import UserError
-from mtl_ray.tracking import first_line
+from mtl_ray.errors import UserError, describe
 
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION")
@@ -102,7 +101,7 @@ def _use_token_if_present() -> None:
 
 
 def _explain(address: str, exc: Exception, doing: str) -> UserError:
-    text = first_line(exc)
+    text = describe(exc)
     if "auth" in text.lower() or " 401" in text or " 403" in text:
         return UserError(f"--address {address}: authentication failed ({text}); set RAY_AUTH_TOKEN or put the "
                          "cluster's token in ~/.ray/auth_token")

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from mtl_ray.errors import UserError
+from mtl_ray.errors import UserError, describe
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 CONNECT_ATTEMPTS = 3
@@ -56,14 +56,9 @@ def connect(uri: str, attempts: int = CONNECT_ATTEMPTS):
             return client
         except Exception as exc:  # MLflow wraps connection failures in several exception types
             if attempt == attempts:
-                raise UserError(f"tracking server {uri}: unreachable after {attempts} attempts ({first_line(exc)})") from None
+                raise UserError(f"tracking server {uri}: unreachable after {attempts} attempts ({describe(exc)})") from None
             time.sleep(attempt)
     raise AssertionError("unreachable")
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def experiment_id(client, name: str) -> str:
@@ -122,7 +117,7 @@ class TrialLogger(Callback):
             fn(*args)
         except Exception as exc:  # tracking must not take the tune job down with it
             self.failures += 1
-            self.last_failure = f"{what}: {first_line(exc)}"
+            self.last_failure = f"{what}: {describe(exc)}"
             log.warning("mtl-ray: MLflow %s", self.last_failure)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:

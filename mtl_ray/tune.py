@@ -20,7 +20,7 @@ from typing import Any
 
 from mtl_ray import registry, tracking
 from mtl_ray.config import TrainConfig, TuneConfig, parse
-from mtl_ray.errors import UserError
+from mtl_ray.errors import UserError, describe
 from mtl_ray.text import number, table
 from mtl_ray.train import (
     Inputs,
@@ -197,7 +197,7 @@ def _summaries(results, cfg: TuneConfig, max_epochs: int, logger: tracking.Trial
         out.append(TrialSummary(
             trial_id=trial_id, config={k: r.config.get(k) for k in cfg.search}, status=status, epochs=epochs,
             mean_auroc=m.get("mean_auroc"), metric=m.get(cfg.metric), checkpoint=f"{prefix}{ckpt}" if ckpt else None,
-            run_id=logger.run_ids.get(trial_id), error=tracking.first_line(r.error) if r.error else None,
+            run_id=logger.run_ids.get(trial_id), error=describe(r.error) if r.error else None,
         ))
     return out
 
@@ -294,7 +294,7 @@ def _close_parent(client, parent_id: str, trials: list[TrialSummary], failures: 
         client.set_tag(parent_id, "mtl_ray.trials", json.dumps({s: sum(t.status == s for t in trials) for s in ("completed", "stopped_early", "error")}))
         client.set_terminated(parent_id, "FINISHED")
     except Exception as exc:  # the trials' checkpoints are safe on storage either way
-        failures.append(f"closing the parent run: {tracking.first_line(exc)}")
+        failures.append(f"closing the parent run: {describe(exc)}")
 
 
 def search_algorithm(name: str):
