@@ -65,6 +65,8 @@ class QuickstartResult:
             f"  MLflow       {self.tune.tracking_uri}",
             f"  browse runs  mlflow ui --backend-store-uri {self.tune.tracking_uri}",
             f"  predict      mtl-ray predict --model {self.model_uri} IMAGE...",
+            f"  load         MLFLOW_TRACKING_URI={self.tune.tracking_uri} python -c \"import mlflow.pyfunc; "
+            f"m = mlflow.pyfunc.load_model('{self.model_uri}')\"",
             f"  serve        mlflow models serve -m {self.model_uri} --env-manager local -h 127.0.0.1 -p 5001",
         ])
 
