@@ -8,6 +8,7 @@ current champion's. The version is kept either way and the result says which and
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import tempfile
@@ -84,8 +85,6 @@ def fetch_checkpoint(uri: str, dest: str) -> str:
 
 def _serving_copy(src: str, dest: str) -> dict:
     """The model weights and meta alone (no optimizer state) in `dest`; returns the meta."""
-    import json
-
     import torch
 
     state, meta = checkpoint.load(src)
@@ -126,8 +125,6 @@ def _requirements() -> list[str]:
 
 
 def _version_tags(meta: dict, data: str | None) -> dict[str, str]:
-    import json
-
     metrics = meta["metrics"]
     tags = {
         "tasks": json.dumps(meta["tasks"]),
