@@ -58,6 +58,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
+    parser.add_argument("--shuffle-buffer", type=int, default=TrainConfig().shuffle_buffer,
+                        help="mtl-ray side's per-epoch local shuffle (rows; 0 = off); the plain loop reads in file order")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
 
@@ -73,14 +75,17 @@ def main() -> int:
         weighting = get_weighting("equal", len(tasks))
         plain = max(plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size) for _ in range(args.epochs))
 
-        cfg = TrainConfig(backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs, workers=1, cpus_per_worker=float(args.threads))
+        cfg = TrainConfig(backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs, workers=1, cpus_per_worker=float(args.threads),
+                          shuffle_buffer=args.shuffle_buffer)
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="ingest-bench")
         ours = max(h["train_images_per_s"] for h in result.history)
 
     summary = {"mtl_ray_images_per_s": round(ours, 1), "plain_images_per_s": round(plain, 1), "ratio": round(ours / plain, 3),
-               "backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads, "epochs": args.epochs}
+               "backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads, "epochs": args.epochs,
+               "shuffle_buffer": args.shuffle_buffer}
     print(f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f} img/s  ratio {ours / plain:.3f}  "
-          f"({args.backbone}, batch {args.batch_size}, {args.threads} torch thread(s), best of {args.epochs} epochs)")
+          f"({args.backbone}, batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer {args.shuffle_buffer}, "
+          f"best of {args.epochs} epochs)")
     if args.json == "-":
         print(json.dumps(summary, indent=2))
     elif args.json:

@@ -89,7 +89,7 @@ def _train_config(args: argparse.Namespace):
 
     overrides = {"backbone": args.backbone, "epochs": args.epochs, "workers": args.workers, "gpu": args.gpu or None,
                  "weighting": {"name": args.weighting} if args.weighting else None}
-    return config.load(config.TrainConfig, args.config, overrides)
+    return config.load_train(args.config, overrides)
 
 
 def _cmd_train(args: argparse.Namespace) -> Result:
@@ -148,7 +148,7 @@ def _cmd_submit(args: argparse.Namespace) -> Result:
 def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
-    p.add_argument("--config", metavar="F", help="YAML file with TrainConfig keys (flags override it)")
+    p.add_argument("--config", metavar="F", help="YAML file with TrainConfig keys, or a job config (jobs/configs) whose train: section is used; flags override it")
     p.add_argument("--backbone", help="backbone name (default s; see docs/models.md)")
     p.add_argument("--weighting", metavar="NAME", help="task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad (parameters via --config)")
     p.add_argument("--epochs", type=_positive_int)

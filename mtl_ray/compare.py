@@ -1,7 +1,8 @@
 """Multi-task vs separate single-task networks on the user's data: does sharing pay off here?
 
 `compare` trains the multi-task model once and one single-task network per task (same backbone,
-epochs and config; each on only the rows where its label is known), then reports per-task
+epochs and config, except that task weighting does not apply to one task, so single-task networks
+use `equal`; each on only the rows where its label is known), then reports per-task
 metrics both ways and Δm % (Maninis et al. 2019), the average relative gain of the multi-task
 model over the single-task ones on a higher-is-better metric:
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from mtl_ray.config import TrainConfig
+from mtl_ray.config import TrainConfig, WeightingConfig
 from mtl_ray.errors import UserError
 from mtl_ray.text import number, table
 from mtl_ray.train import TrainResult, fit
@@ -114,7 +115,8 @@ def compare(data: str, *, val: str | None = None, config: TrainConfig | None = N
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = dict(val=val, config=cfg, storage_path=storage_path)
     mtl = fit(data, name=f"compare-{stamp}-mtl", **runs)
-    stl = {t: fit(data, name=f"compare-{stamp}-stl-{t}", tasks=[t], labeled_only=True, **runs) for t in tasks}
+    single = dict(runs, config=cfg.model_copy(update={"weighting": WeightingConfig()}))
+    stl = {t: fit(data, name=f"compare-{stamp}-stl-{t}", tasks=[t], labeled_only=True, **single) for t in tasks}
     result = CompareResult(tasks=tasks, mtl=mtl, stl=stl)
     if control == "shuffle":
         result.focus = focus or min(train_counts, key=train_counts.get)

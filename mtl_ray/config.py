@@ -41,6 +41,7 @@ class TrainConfig(Strict):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1, description="per worker; small batches give more steps on small data")
     lr: float = Field(3e-3, gt=0)
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="cosine: lr decays per epoch to near 0 at the last")
     weight_decay: float = Field(1e-4, ge=0)
     loss_reduction: Literal["seed", "labeled", "per_task"] = "seed"
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
@@ -50,6 +51,7 @@ class TrainConfig(Strict):
     cpus_per_worker: float | None = Field(None, gt=0, description="default: leave at least 1 CPU to Ray Data")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept on storage")
     max_failures: int = Field(0, ge=0, description="worker-group restarts before the run fails")
+    shuffle_buffer: int = Field(1024, ge=0, description="rows each worker shuffles its stream in, anew each epoch; 0 = off")
     seed: int = 0
 
 
@@ -96,7 +98,11 @@ def load_yaml(path: str | None) -> dict[str, Any]:
 
 def load(model: type[M], path: str | None, overrides: dict[str, Any] | None = None) -> M:
     """Config from YAML, then CLI overrides on top (overrides equal to None keep the file's value)."""
-    merged = {**load_yaml(path), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return _overridden(model, load_yaml(path), overrides, path)
+
+
+def _overridden(model: type[M], data: dict[str, Any], overrides: dict[str, Any] | None, path: str | None) -> M:
+    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return parse(model, merged, path or "config")
 
 
@@ -148,3 +154,12 @@ class TuneConfig(Strict):
     name: str | None = None
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+
+def load_train(path: str | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig for `train`/`compare --config F`: F holds TrainConfig keys, or is a job config
+    (jobs/configs, TuneConfig keys) whose `train:` section is used after the whole file is checked."""
+    data = load_yaml(path)
+    if isinstance(data.get("train"), dict):
+        data = parse(TuneConfig, data, path or "config").train.model_dump(exclude_unset=True)
+    return _overridden(TrainConfig, data, overrides, path)

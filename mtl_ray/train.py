@@ -11,6 +11,7 @@ Rerunning `fit` with the same `name` and `storage` resumes from the last checkpo
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import time
@@ -97,6 +98,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weighti
     return loss, terms.detach()
 
 
+def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate for 0-based `epoch`: constant, or cosine from `lr` at epoch 0 toward 0 after the last.
+
+    Set per epoch rather than stepped by a scheduler object, so a resumed run needs no scheduler state.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
 def worker_loop(config: dict) -> None:
     """Train on this worker's stream of the `train` dataset; rank 0 validates and checkpoints."""
     import ray.train
@@ -137,10 +148,15 @@ def worker_loop(config: dict) -> None:
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(cfg, epoch)
+        shuffle = {}
+        if cfg.shuffle_buffer:
+            shuffle = {"local_shuffle_buffer_size": cfg.shuffle_buffer, "local_shuffle_seed": hash((cfg.seed, epoch, rank)) % 2**31}
         seen, loss_sum, batches = 0, 0.0, 0
         terms_sum = torch.zeros(len(tasks), device=device)
         started = time.perf_counter()
-        for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, device=device):
+        for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, device=device, **shuffle):
             loss, terms = train_step(model, optimizer, weighting, batch["image"], batch["labels"], device, cfg.loss_reduction)
             seen += len(batch["image"])
             loss_sum += float(loss)

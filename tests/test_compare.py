@@ -41,7 +41,9 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
     data = tmp_path / "scenes"
     synthesize(str(data), 600, tasks=["car", "traffic_light"], label_rates={"traffic_light": 0.3}, seed=4)
     plots = tmp_path / "plots"
-    res = cli("compare", "--data", data, "--epochs", 1, "--control", "shuffle", "--plots", plots,
+    job_config = tmp_path / "job.yaml"  # static weights: one per task for the multi-task model, none for single-task nets
+    job_config.write_text("train: {weighting: {name: static, weights: [1, 3]}}\n")
+    res = cli("compare", "--data", data, "--config", job_config, "--epochs", 1, "--control", "shuffle", "--plots", plots,
               "--storage", tmp_path / "runs", "--json", "-")
     assert res.code == 0, res.err
     out = res.json()

@@ -54,3 +54,20 @@ def test_cli_reports_config_key(cli, tmp_path):
     res = cli("train", "--data", str(tmp_path), "--config", str(path))
     assert res.code == 2
     assert res.err.strip() == f"mtl-ray: error: {path}: unknown key 'batch'"
+
+
+def test_train_config_from_a_job_configs_train_section(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train: {backbone: m, epochs: 7, loss_reduction: per_task}\nsearch: {lr: [0.001]}\n")
+    cfg = config.load_train(str(path), {"epochs": 2, "backbone": None})
+    assert (cfg.backbone, cfg.epochs, cfg.loss_reduction) == ("m", 2, "per_task")
+
+
+def test_job_config_is_checked_whole_and_bad_train_key_named(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train: {epochs: 3}\nsearch_alg: random\n")
+    with pytest.raises(UserError, match=r"job.yaml: key 'search_alg'"):
+        config.load_train(str(path))
+    path.write_text("train: {epoch: 3}\n")
+    with pytest.raises(UserError, match=r"job.yaml: unknown key 'train.epoch'"):
+        config.load_train(str(path))

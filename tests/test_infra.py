@@ -7,6 +7,7 @@ import ray
 import yaml
 
 from mtl_ray.config import TuneConfig, load
+from mtl_ray.train import check_model_config
 from mtl_ray.tune import check_search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,10 +59,13 @@ def test_kuberay_rayjob_structure():
     assert set(images) == {f"rayproject/ray:{ray.__version__}-gpu"}
 
 
-@pytest.mark.parametrize("name", ["driving.yaml", "template.yaml", "smoke.yaml"])
-def test_job_configs_load_and_their_search_spaces_check(name):
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "jobs", "configs"))))
+def test_job_configs_load_and_their_training_settings_check(name):
     cfg = load(TuneConfig, os.path.join(ROOT, "jobs", "configs", name))
-    check_search(cfg, 4, name)
+    if cfg.search:
+        check_search(cfg, 4, name)
+    else:  # a train or compare job: its one training config must fit the four driving tasks
+        check_model_config(cfg.train, 4)
 
 
 def test_smoke_config_is_two_trials_of_one_epoch():

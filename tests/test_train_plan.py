@@ -1,10 +1,12 @@
-"""Resource sizing and source selection for training, without Ray."""
+"""Resource sizing, source selection and the learning-rate schedule for training, without Ray."""
+
+import itertools
 
 import pytest
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
-from mtl_ray.train import plan_resources
+from mtl_ray.train import epoch_lr, plan_resources
 
 
 def test_two_cpu_default_leaves_one_cpu_for_ray_data():
@@ -36,3 +38,17 @@ def test_gpu_workers_default_to_gpu_count_and_keep_data_cpus():
     assert plan.workers == 2 and plan.use_gpu
     assert plan.workers * plan.cpus_per_worker + plan.data_cpus <= 16.0
     assert plan.data_cpus >= 4.0
+
+
+def test_cosine_schedule_starts_at_lr_and_decays_toward_zero():
+    cfg = TrainConfig(lr=0.01, epochs=10)
+    rates = [epoch_lr(cfg, e) for e in range(cfg.epochs)]
+    assert rates[0] == pytest.approx(0.01)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert rates[-1] < 0.01 * 0.03
+    assert rates[5] == pytest.approx(0.005)
+
+
+def test_constant_schedule_keeps_lr():
+    cfg = TrainConfig(lr=0.01, epochs=4, lr_schedule="constant")
+    assert [epoch_lr(cfg, e) for e in range(4)] == [0.01] * 4
