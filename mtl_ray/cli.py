@@ -305,13 +305,11 @@ def job_main(kind: str, argv: list[str] | None = None) -> int:
         from mtl_ray import config
 
         cfg = config.load(config.TuneConfig, args.config)
-        data, val, storage = args.data or cfg.data, args.val or cfg.val, args.storage or cfg.storage
+        data, val, storage = cfg.data_path(args.data, args.config), args.val or cfg.val, args.storage or cfg.storage
         if kind == "tune":
             from mtl_ray.tune import tune
 
             return tune(data, val=val, config=cfg, source=args.config, name=args.name, storage_path=storage)
-        if not data:
-            raise UserError(f"{args.config}: no training data: pass --data PATH or set `data:` in the config")
         if kind == "train":
             from mtl_ray.train import fit
 

@@ -155,6 +155,12 @@ class TuneConfig(Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
+    def data_path(self, data: str | None, source: str) -> str:
+        """`data` (a --data flag), else this config's `data` key; a one-line error when neither is set."""
+        if not (data or self.data):
+            raise UserError(f"{source}: no training data: pass --data PATH or set `data:` in the config")
+        return data or self.data
+
 
 def load_train(path: str | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """TrainConfig for `train`/`compare --config F`: F holds TrainConfig keys, or is a job config

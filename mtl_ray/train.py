@@ -313,13 +313,14 @@ def ensure_ray() -> None:
     if address:
         ray.init(**quiet)
     else:
-        port = _free_port()
+        port = free_port()
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **quiet)
     configure_data()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     import socket
 
     with socket.socket() as s:

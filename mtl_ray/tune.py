@@ -221,9 +221,7 @@ def tune(data: str | None = None, *, val: str | None = None, config: TuneConfig 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     cfg = config or TuneConfig()
-    data, val = data or cfg.data, val or cfg.val
-    if not data:
-        raise UserError(f"{source}: no training data: pass --data PATH or set `data:` in the config")
+    data, val = cfg.data_path(data, source), val or cfg.val
     mode = cfg.mode or REPORTED_METRICS.get(cfg.metric, "max")
     max_epochs = cfg.scheduler.max_epochs or cfg.train.epochs
     base = {**cfg.train.model_dump(), "epochs": max_epochs}

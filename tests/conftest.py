@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from mtl_ray.cli import main as cli_main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mtl_ray.train import free_port
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:

@@ -12,13 +12,14 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, wait_http
+from conftest import wait_http
 
 from mtl_ray import checkpoint
 from mtl_ray.config import TrainConfig
 from mtl_ray.format import decode_one, encode_one
 from mtl_ray.models import build, to_input
 from mtl_ray.synth import synthesize
+from mtl_ray.train import free_port
 from mtl_ray.weighting import get as get_weighting
 
 TASKS = ["pedestrian", "car", "stop_sign", "traffic_light"]

@@ -118,3 +118,10 @@ def test_optuna_search_alg_is_built_when_asked():
 
     assert isinstance(search_algorithm("optuna"), OptunaSearch)
     assert search_algorithm("grid") is None
+
+
+def test_training_data_comes_from_the_flag_else_the_config():
+    assert TuneConfig(data="s3://b/shards").data_path(None, "job.yaml") == "s3://b/shards"
+    assert TuneConfig(data="s3://b/shards").data_path("local/", "job.yaml") == "local/"
+    with pytest.raises(UserError, match=r"job.yaml: no training data: pass --data PATH"):
+        TuneConfig().data_path(None, "job.yaml")
