@@ -20,12 +20,13 @@ import time
 import torch
 
 from ingest import plain_epoch
-from mtl_ray import format as F
+from mtl_ray.shards import open_shard, shard_format
 from mtl_ray.config import TrainConfig
 from mtl_ray.models import build
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
-from mtl_ray.train import fit, train_step
+from mtl_ray.step import train_step
+from mtl_ray.train import fit
 from mtl_ray.weighting import get as get_weighting
 
 
@@ -61,7 +62,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or synthesize(f"{tmp}/shards", args.n, image_size=args.image_size, seed=1).path
         fs, paths, _ = list_shards(data)
-        tasks = list(F.shard_format(F.open_shard(fs, paths[0], paths[0]), paths[0]).tasks)
+        tasks = list(shard_format(open_shard(fs, paths[0], paths[0]), paths[0]).tasks)
         model = build(args.backbone, len(tasks), channels_last=True).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         weighting = get_weighting("equal", len(tasks))

@@ -22,12 +22,13 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from mtl_ray import format as F
+from mtl_ray.shards import SPLIT_COLUMN, decode_images, labels_of, open_shard, shard_format
 from mtl_ray.config import TrainConfig
 from mtl_ray.models import build
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
-from mtl_ray.train import fit, train_step
+from mtl_ray.step import train_step
+from mtl_ray.train import fit
 from mtl_ray.weighting import get as get_weighting
 
 
@@ -36,14 +37,14 @@ def plain_epoch(fs, paths: list[str], tasks: list[str], model, optimizer, weight
     seen = 0
     started = time.perf_counter()
     for path in paths:
-        pf = F.open_shard(fs, path, path)
-        fmt = F.shard_format(pf, path)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=[fmt.image_column, F.SPLIT_COLUMN, *tasks]):
-            batch = batch.filter(pc.equal(batch.column(F.SPLIT_COLUMN), "train"))
+        pf = open_shard(fs, path, path)
+        fmt = shard_format(pf, path)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=[fmt.image_column, SPLIT_COLUMN, *tasks]):
+            batch = batch.filter(pc.equal(batch.column(SPLIT_COLUMN), "train"))
             if batch.num_rows == 0:
                 continue
-            images = torch.from_numpy(np.array(F.decode_images(batch.column(fmt.image_column), fmt)))
-            train_step(model, optimizer, weighting, images, torch.from_numpy(F.labels(batch, tasks)), device)
+            images = torch.from_numpy(np.array(decode_images(batch.column(fmt.image_column), fmt)))
+            train_step(model, optimizer, weighting, images, torch.from_numpy(labels_of(batch, tasks)), device)
             seen += batch.num_rows
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -66,7 +67,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or synthesize(f"{tmp}/shards", args.n, seed=1).path
         fs, paths, _ = list_shards(data)
-        tasks = list(F.shard_format(F.open_shard(fs, paths[0], paths[0]), paths[0]).tasks)
+        tasks = list(shard_format(open_shard(fs, paths[0], paths[0]), paths[0]).tasks)
 
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)

@@ -18,16 +18,15 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
-from mtl_ray import format as F
+from mtl_ray.shards import SPLIT_COLUMN, decode_images, labels_of, open_shard, split_mask
+from mtl_ray.step import train_step
 from mtl_ray.errors import UserError
 from mtl_ray.losses import task_terms
 from mtl_ray.metrics import evaluate
 from mtl_ray.models import build
 from mtl_ray.text import number
-from mtl_ray.train import train_step
 from mtl_ray.validate import ValidationReport, validate
 from mtl_ray.weighting import get as get_weighting
 
@@ -40,20 +39,20 @@ MANY_MORE = 5.0
 
 
 def load_sample(report: ValidationReport, split: str, rows: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to `rows` rows of one split (train includes unassigned rows) as uint8 images and labels."""
+    """Up to `rows` rows of one split (training rows include unassigned ones) as uint8 images and labels."""
     fmt = report.fmt
     images, labels, have = [], [], 0
     for shard in report.shards:
-        pf = F.open_shard(report.fs, shard.path, shard.name)
+        pf = open_shard(report.fs, shard.path, shard.name)
         names = pf.schema_arrow.names
-        columns = [fmt.image_column, *fmt.tasks] + ([F.SPLIT_COLUMN] if F.SPLIT_COLUMN in names else [])
+        columns = [fmt.image_column, *fmt.tasks] + ([SPLIT_COLUMN] if SPLIT_COLUMN in names else [])
         for batch in pf.iter_batches(batch_size=256, columns=columns):
-            if F.SPLIT_COLUMN in names:
-                batch = batch.filter(pc.fill_null(pc.equal(batch.column(F.SPLIT_COLUMN), split), split == "train"))
+            if SPLIT_COLUMN in names:
+                batch = batch.filter(split_mask(batch.column(SPLIT_COLUMN), split))
             if batch.num_rows == 0:
                 continue
-            images.append(F.decode_images(batch.column(fmt.image_column), fmt, size, where=shard.name))
-            labels.append(F.labels(batch, fmt.tasks, where=shard.name))
+            images.append(decode_images(batch.column(fmt.image_column), fmt, size, where=shard.name))
+            labels.append(labels_of(batch, fmt.tasks, where=shard.name))
             have += batch.num_rows
             if have >= rows:
                 break
@@ -134,16 +133,15 @@ def advise(data: str, *, rows: int = PROBE_ROWS, steps: int = PROBE_STEPS, size:
     if len(tasks) < 2:
         raise UserError(f"{data}: one task only; multi-task learning needs at least two")
     size = size or (report.fmt.shape[0] if report.fmt.shape else 64)
-    train_split = "train" if "train" in report.splits else "unassigned"
-    labeled = {t: report.splits[train_split]["tasks"][t]["labeled"] for t in tasks}
+    labeled = report.labeled_in("train")
     focus = min(labeled, key=labeled.get)
 
     amounts = data_amounts(labeled)
     ratio = amounts[focus]["ratio"] or 0.0
     data_verdict = "yes" if ratio >= MANY_MORE else "weak" if ratio >= 1 else "no"
 
-    images, labels = load_sample(report, train_split, rows, size)
-    val_split = "val" if "val" in report.splits else train_split
+    images, labels = load_sample(report, "train", rows, size)
+    val_split = "val" if report.rows_in("val") else "train"
     val_images, val_labels = load_sample(report, val_split, rows // 2, size)
     probe = probe_fit(SMALL, images, labels, steps)
     cosines = gradient_cosines(probe, val_images[:256], val_labels[:256], tasks)

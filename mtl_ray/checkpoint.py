@@ -17,9 +17,16 @@ CHECKPOINT_FILE = "model.pt"
 META_FILE = "meta.json"
 
 
-def save(directory: str, model: torch.nn.Module, weighting: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
-    """Write `model.pt` and `meta.json` into `directory`."""
-    state = {"model": model.state_dict(), "weighting": weighting.state_dict(), "optimizer": optimizer.state_dict(), "epoch": meta["epoch"]}
+def save(directory: str, model: torch.nn.Module, weighting: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         meta: dict) -> None:
+    """A training checkpoint: model, weighting and optimizer state, so a run can resume from it."""
+    state = {"model": model.state_dict(), "weighting": weighting.state_dict(), "optimizer": optimizer.state_dict(),
+             "epoch": meta["epoch"]}
+    write(directory, state, meta)
+
+
+def write(directory: str, state: dict, meta: dict) -> None:
+    """Write `model.pt` (torch `state`) and `meta.json` into `directory`."""
     torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
     with open(os.path.join(directory, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)

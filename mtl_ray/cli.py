@@ -16,7 +16,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from mtl_ray import __version__
+from mtl_ray.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from mtl_ray.errors import UserError
+from mtl_ray.quickstart import DEFAULT_OUT, EPOCHS, SCENES
+from mtl_ray.runtime import DEFAULT_STORAGE
 
 
 class Result(Protocol):
@@ -141,7 +144,7 @@ def _cmd_submit(args: argparse.Namespace) -> Result:
     from mtl_ray.submit import submit
 
     command = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
-    return submit(command, address=args.address, runtime_env_file=args.runtime_env, forward_env=not args.no_forward_env,
+    return submit(command, cli_commands=cli_commands(), address=args.address, runtime_env_file=args.runtime_env, forward_env=not args.no_forward_env,
                   follow=not args.no_wait)
 
 
@@ -154,10 +157,20 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--workers", type=_positive_int, help="Ray Train workers (default 2 on CPU, 1 per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="train on GPUs (fails fast if the cluster has none)")
-    p.add_argument("--storage", metavar="PATH", help="where checkpoints go: directory or s3://bucket/prefix (default ./mtl-ray-runs)")
+    p.add_argument("--storage", metavar="PATH", help=f"where checkpoints go: directory or s3://bucket/prefix (default ./{DEFAULT_STORAGE})")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _build()[0]
+
+
+def cli_commands() -> list[str]:
+    """The top-level command names (what `mtl-ray submit` runs as `python -m mtl_ray.cli COMMAND`)."""
+    return list(_build()[1].choices)
+
+
+def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The parser and its top-level subcommands."""
     parser = argparse.ArgumentParser(prog="mtl-ray", description="Multi-task learning on images with Ray, PyTorch and MLflow.")
     parser.add_argument("--version", action="version", version=f"mtl-ray {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -218,14 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the config's val key, else the 'val' split of the data)")
     p.add_argument("--config", required=True, metavar="F", help="YAML with data, train, search, scheduler, tracking and registry keys (docs/tune.md)")
     p.add_argument("--name", metavar="NAME", help="tune job name (default tune-DATE-TIME); trials' Train runs are NAME-TRIAL_ID")
-    p.add_argument("--storage", metavar="PATH", help="where checkpoints go: directory or s3://bucket/prefix (default: config storage, else ./mtl-ray-runs)")
+    p.add_argument("--storage", metavar="PATH", help=f"where checkpoints go: directory or s3://bucket/prefix (default: config storage, else ./{DEFAULT_STORAGE})")
 
     p = command(commands, "register", "register a checkpoint as a model version; the alias moves only if mean_auroc beats the current one", _cmd_register)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="RUN_ID", help="an MLflow run of a tune trial (its mtl_ray.checkpoint tag)")
     source.add_argument("--checkpoint", metavar="URI", help="a checkpoint directory or s3:// URI")
-    p.add_argument("--name", default="mtl-ray", help="registered model name (default mtl-ray)")
-    p.add_argument("--alias", default="champion", help="the gated alias (default champion)")
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"registered model name (default {DEFAULT_MODEL_NAME})")
+    p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"the gated alias (default {DEFAULT_ALIAS})")
 
     p = command(commands, "predict", "per-task probabilities from a registered (or any pyfunc) model", _cmd_predict)
     p.add_argument("--model", required=True, metavar="URI", help="e.g. models:/mtl-ray@champion, models:/mtl-ray/3, runs:/ID/model")
@@ -233,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, help="score at most this many rows of --data")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
 
-    p = command(commands, "quickstart", "synthesise scenes, tune 4 trials, register the best as models:/mtl-ray@champion, predict (local, CPU, minutes)", _cmd_quickstart)
-    p.add_argument("--out", default="mtl-ray-quickstart", metavar="DIR", help="shards go to DIR/data, checkpoints to DIR/runs (default ./mtl-ray-quickstart)")
-    p.add_argument("--scenes", type=_positive_int, default=4000, help="synthetic scenes (default 4000)")
-    p.add_argument("--epochs", type=_positive_int, default=2, help="epochs per trial (default 2)")
+    p = command(commands, "quickstart", f"synthesise scenes, tune 4 trials, register the best as models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}, predict (local, CPU, minutes)", _cmd_quickstart)
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"shards go to DIR/data, checkpoints to DIR/runs (default ./{DEFAULT_OUT})")
+    p.add_argument("--scenes", type=_positive_int, default=SCENES, help=f"synthetic scenes (default {SCENES})")
+    p.add_argument("--epochs", type=_positive_int, default=EPOCHS, help=f"epochs per trial (default {EPOCHS})")
 
     p = command(commands, "submit", "run an mtl-ray command or a jobs/ script as a Ray job; stream its logs; exit with its status", _cmd_submit)
     p.add_argument("--address", metavar="URL", help="Ray Jobs API URL, http://HEAD:8265 (default: RAY_ADDRESS)")
@@ -249,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
     p.add_argument("--rows", type=_positive_int, default=1024, help="rows sampled for the probes (default 1024)")
     p.add_argument("--steps", type=_positive_int, default=60, help="training steps per probe (default 60)")
-    return parser
+    return parser, commands
 
 
 def _write_json(summary: dict, target: str) -> None:

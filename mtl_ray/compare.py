@@ -15,16 +15,17 @@ gain that came from the other tasks should vanish.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 from mtl_ray.config import TrainConfig, WeightingConfig
 from mtl_ray.errors import UserError
+from mtl_ray.metrics import METRIC
 from mtl_ray.text import number, table
 from mtl_ray.train import TrainResult, fit
 from mtl_ray.validate import validate
 
-METRIC = "auroc"
 
 
 def delta_m(mtl: dict[str, dict], stl: dict[str, dict], metric: str = METRIC) -> float | None:
@@ -47,31 +48,45 @@ class CompareResult:
     exit_code: int = 0
 
     @property
-    def delta_m_pct(self) -> float | None:
-        return delta_m(self.mtl.val, self._stl_val())
-
-    def _stl_val(self) -> dict[str, dict]:
+    def stl_val(self) -> dict[str, dict]:
+        """Each single-task network's metrics on its own task."""
         return {t: r.val[t] for t, r in self.stl.items()}
+
+    @property
+    def delta_m_pct(self) -> float | None:
+        return delta_m(self.mtl.val, self.stl_val)
+
+    def delta_pct(self, task: str) -> float | None:
+        """One task's relative gain of the multi-task model, in %."""
+        return delta_m({task: self.mtl.val[task]}, {task: self.stl_val[task]})
+
+    @property
+    def stl_seconds(self) -> float:
+        return sum(r.seconds for r in self.stl.values())
+
+    @property
+    def stl_params(self) -> int:
+        return sum(r.params for r in self.stl.values())
 
     def to_json(self) -> dict:
         out = {
             "tasks": self.tasks,
             "metric": METRIC,
             "mtl": self.mtl.val,
-            "stl": self._stl_val(),
+            "stl": self.stl_val,
             "delta_m_pct": self.delta_m_pct,
-            "delta_pct": {t: delta_m({t: self.mtl.val[t]}, {t: self.stl[t].val[t]}) for t in self.tasks},
+            "delta_pct": {t: self.delta_pct(t) for t in self.tasks},
             "mtl_seconds": self.mtl.seconds,
-            "stl_seconds": sum(r.seconds for r in self.stl.values()),
+            "stl_seconds": self.stl_seconds,
             "mtl_params": self.mtl.params,
-            "stl_params": sum(r.params for r in self.stl.values()),
+            "stl_params": self.stl_params,
             "mtl_checkpoint": self.mtl.checkpoint,
             "plots": self.plots,
         }
         if self.control is not None:
             out["control"] = {
                 "kind": "shuffle", "focus": self.focus, "val": self.control.val,
-                "focus_auroc": {"mtl": self.mtl.val[self.focus][METRIC], "stl": self.stl[self.focus].val[self.focus][METRIC],
+                "focus_auroc": {"mtl": self.mtl.val[self.focus][METRIC], "stl": self.stl_val[self.focus][METRIC],
                                 "control": self.control.val[self.focus][METRIC]},
                 "seconds": self.control.seconds,
             }
@@ -81,20 +96,43 @@ class CompareResult:
         head = ["task", "mtl auroc", "stl auroc", "Δ %"] + (["control auroc"] if self.control else [])
         rows = []
         for t in self.tasks:
-            m, s = self.mtl.val[t][METRIC], self.stl[t].val[t][METRIC]
-            row = [t, number(m), number(s), number(delta_m({t: self.mtl.val[t]}, {t: self.stl[t].val[t]}), "+.1f")]
+            row = [t, number(self.mtl.val[t][METRIC]), number(self.stl_val[t][METRIC]), number(self.delta_pct(t), "+.1f")]
             if self.control:
                 row.append(number(self.control.val[t][METRIC]) + (" (focus)" if t == self.focus else " (shuffled)"))
             rows.append(row)
         lines = table(head, rows)
         dm = self.delta_m_pct
-        lines.append(f"Δm {number(dm, '+.1f')} % ({'multi-task wins' if dm and dm > 0 else 'single-task wins' if dm is not None else 'no metric'})")
-        stl_seconds = sum(r.seconds for r in self.stl.values())
-        stl_params = sum(r.params for r in self.stl.values())
+        verdict = "multi-task wins" if dm and dm > 0 else "single-task wins" if dm is not None else "no metric"
+        lines.append(f"Δm {number(dm, '+.1f')} % ({verdict})")
         lines.append(f"multi-task: 1 network, {self.mtl.params:,} parameters, {self.mtl.seconds:.0f} s; "
-                     f"single-task: {len(self.stl)} networks, {stl_params:,} parameters, {stl_seconds:.0f} s")
+                     f"single-task: {len(self.stl)} networks, {self.stl_params:,} parameters, {self.stl_seconds:.0f} s")
         lines += [f"plot {p}" for p in self.plots]
         return "\n".join(lines)
+
+    def write_plots(self, directory: str) -> list[str]:
+        """metrics.png (per-task AUROC, each side), curves.png (validation AUROC per epoch,
+        multi-task solid, single-task dashed) and task_weights.png (the multi-task run's weights)."""
+        from mtl_ray import plots
+
+        sides = {"multi-task": self.mtl.val, "single-task": self.stl_val}
+        if self.control is not None:
+            sides["shuffle control"] = self.control.val
+        dm = self.delta_m_pct
+        bars = plots.bars(os.path.join(directory, "metrics.png"), self.tasks,
+                          {label: [val[t][METRIC] for t in self.tasks] for label, val in sides.items()},
+                          ylabel=f"validation {METRIC}", ylim=(0.4, 1.0),
+                          title=f"Δm = {dm:+.1f} %" if dm is not None else "Δm: no metric")
+        lines = []
+        for i, t in enumerate(self.tasks):
+            for side, run, style in (("mtl", self.mtl, "-"), ("stl", self.stl[t], "--")):
+                lines.append(plots.Line(f"{t} ({side})", [h["epoch"] for h in run.history],
+                                        [h["val"][t][METRIC] for h in run.history], style, f"C{i % 10}"))
+        curves = plots.curves(os.path.join(directory, "curves.png"), lines, xlabel="epoch", ylabel=f"validation {METRIC}")
+        epochs = [h["epoch"] for h in self.mtl.history]
+        weights = plots.curves(os.path.join(directory, "task_weights.png"),
+                               [plots.Line(t, epochs, [h["task_weights"][t] for h in self.mtl.history], marker="o")
+                                for t in self.tasks], xlabel="epoch", ylabel="task weight")
+        return [bars, curves, weights]
 
 
 def compare(data: str, *, val: str | None = None, config: TrainConfig | None = None, control: str | None = None,
@@ -106,10 +144,11 @@ def compare(data: str, *, val: str | None = None, config: TrainConfig | None = N
     report = validate(data)
     report.raise_if_unusable()
     tasks = list(report.fmt.tasks)
-    train_counts = {t: sum(s["tasks"][t]["labeled"] for name, s in report.splits.items() if name in ("train", "unassigned")) for t in tasks}
+    train_counts = report.labeled_in("train")
     empty = [t for t, n in train_counts.items() if n == 0]
     if empty:
-        raise UserError(f"{data}: task {empty[0]!r} has no known label in the training rows; a single-task network cannot be trained for it")
+        raise UserError(f"{data}: task {empty[0]!r} has no known label in the training rows; "
+                        "a single-task network cannot be trained for it")
     if focus is not None and focus not in tasks:
         raise UserError(f"--focus {focus!r}: tasks are {', '.join(tasks)}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -120,9 +159,8 @@ def compare(data: str, *, val: str | None = None, config: TrainConfig | None = N
     result = CompareResult(tasks=tasks, mtl=mtl, stl=stl)
     if control == "shuffle":
         result.focus = focus or min(train_counts, key=train_counts.get)
-        result.control = fit(data, name=f"compare-{stamp}-shuffle", shuffle_labels=[t for t in tasks if t != result.focus], **runs)
+        others = [t for t in tasks if t != result.focus]
+        result.control = fit(data, name=f"compare-{stamp}-shuffle", shuffle_labels=others, **runs)
     if plots:
-        from mtl_ray.plots import comparison_plots
-
-        result.plots = comparison_plots(result, plots)
+        result.plots = result.write_plots(plots)
     return result

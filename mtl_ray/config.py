@@ -12,6 +12,12 @@ from mtl_ray.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 
+DEFAULT_MODEL_NAME = "mtl-ray"
+"""The registered model every registration goes to unless told otherwise."""
+DEFAULT_ALIAS = "champion"
+"""The gated alias: it moves to a new version only when that version wins the gate."""
+DEFAULT_EXPERIMENT = "mtl-ray"
+
 
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, not silently ignored."""
@@ -75,24 +81,25 @@ def parse(model: type[M], data: dict[str, Any], source: str) -> M:
         raise UserError(_one_line(exc, source)) from None
 
 
-def load_yaml(path: str | None) -> dict[str, Any]:
-    """A YAML mapping from `path` ({} for None)."""
+def load_yaml(path: str | None, label: str | None = None) -> dict[str, Any]:
+    """A YAML (or JSON) mapping from `path` ({} for None); errors name the file as `label` (default: its path)."""
     if path is None:
         return {}
+    label = label or path
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise UserError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        raise UserError(f"{label}: cannot read ({exc.strerror or exc})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} not valid YAML") from None
+        raise UserError(f"{label}:{where} not valid YAML or JSON") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+        raise UserError(f"{label}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
 
 
@@ -119,14 +126,14 @@ class TrackingConfig(Strict):
     """Where MLflow runs go; `uri` defaults to MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."""
 
     uri: str | None = None
-    experiment: str = "mtl-ray"
+    experiment: str = DEFAULT_EXPERIMENT
 
 
 class RegistryConfig(Strict):
     """The registered model the best trial becomes a version of, and its gated alias."""
 
-    name: str = "mtl-ray"
-    alias: str = "champion"
+    name: str = DEFAULT_MODEL_NAME
+    alias: str = DEFAULT_ALIAS
     enabled: bool = Field(True, description="register the best trial's checkpoint")
 
 

@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
 
-from mtl_ray import format as fmt_
+from mtl_ray.shards import DEFAULT_IMAGE_COLUMN, ENCODINGS, ID_COLUMN, METADATA_KEY, ROW_GROUP_ROWS, SPLIT_COLUMN, SPLITS, check_task_names_in, decode_images, default_shard_count, encode_images, image_bytes, make_table, open_shard, read_format, shard_name, ShardFormat, ShardWriter
 from mtl_ray import storage
 from mtl_ray.errors import UserError
+from mtl_ray.images import decode_image, encode_image, image_size, unreadable
 
 POSITIVE = ("1", "true", "yes")
 NEGATIVE = ("0", "-1", "false", "no")
@@ -139,33 +139,24 @@ def _splits(values: Sequence[object], place: Place, numbers: Sequence[int]) -> l
     out: list[str | None] = []
     for i, value in enumerate(values):
         text = "" if value is None else str(value).strip().lower()
-        if text and text not in fmt_.SPLITS:
-            raise UserError(f"{place.at(numbers[i])}: split {value!r}: expected {', '.join(fmt_.SPLITS)} or empty")
+        if text and text not in SPLITS:
+            raise UserError(f"{place.at(numbers[i])}: split {value!r}: expected {', '.join(SPLITS)} or empty")
         out.append(text or None)
     return out
 
 
 def _check_tasks(tasks: Sequence[str], columns: Sequence[str], place: Place) -> tuple[str, ...]:
-    fmt_.check_task_names_in(place.file, tuple(tasks))
-    if fmt_.DEFAULT_IMAGE_COLUMN in tasks:
-        raise UserError(f"{place.file}: task name {fmt_.DEFAULT_IMAGE_COLUMN!r} is reserved for the image column; choose tasks with --tasks")
+    check_task_names_in(place.file, tuple(tasks))
+    if DEFAULT_IMAGE_COLUMN in tasks:
+        raise UserError(f"{place.file}: task name {DEFAULT_IMAGE_COLUMN!r} is reserved for the image column; choose tasks with --tasks")
     for task in tasks:
         if task not in columns:
             raise UserError(f"{place.file}: task column {task!r} not found (columns: {', '.join(columns)})")
     return tuple(tasks)
 
 
-def _image_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as im:
-        return im.size
 
 
-def _unreadable(exc: Exception) -> str:
-    """The skip reason for an image whose header Pillow cannot read, worded like format.decode_one."""
-    if isinstance(exc, UnidentifiedImageError):
-        return "cannot decode image (not an image format Pillow reads)"
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "damaged data"
-    return f"cannot decode image ({type(exc).__name__}: {detail})"
 
 
 # ---- sources ----------------------------------------------------------------------------------
@@ -187,13 +178,13 @@ class FolderSource:
         if not rows:
             raise UserError(f"{labels_file}: no rows after the header")
         file_column = self._file_column(header, file_column)
-        default = [c for c in header if c not in (file_column, fmt_.ID_COLUMN, fmt_.SPLIT_COLUMN)]
+        default = [c for c in header if c not in (file_column, ID_COLUMN, SPLIT_COLUMN)]
         self.tasks = _check_tasks(tasks or default, header, self.place)
         self.numbers = [n for n, _ in rows]
         self.files = [_text(row.get(file_column)) or None for _, row in rows]
         self.labels = _labels([[row.get(t) for _, row in rows] for t in self.tasks], self.tasks, mapping, self.place, self.numbers)
-        self.splits = _splits([row.get(fmt_.SPLIT_COLUMN) for _, row in rows], self.place, self.numbers)
-        self.ids = [_text(row.get(fmt_.ID_COLUMN)) or name or "" for (_, row), name in zip(rows, self.files)]
+        self.splits = _splits([row.get(SPLIT_COLUMN) for _, row in rows], self.place, self.numbers)
+        self.ids = [_text(row.get(ID_COLUMN)) or name or "" for (_, row), name in zip(rows, self.files)]
 
     def _file_column(self, header: list[str], given: str | None) -> str:
         if given:
@@ -206,10 +197,10 @@ class FolderSource:
         raise UserError(f"{self.place.file}: no image file column (expected one of {', '.join(FILE_COLUMNS)}, or name it with --file-column)")
 
     def size_of(self, data: bytes) -> tuple[int, int]:
-        return _image_size(data)
+        return image_size(data)
 
     def decode(self, data: bytes, size: int | None, where: str, number: int) -> np.ndarray:
-        return fmt_.decode_one(data, where=where, row=number, size=size)
+        return decode_image(data, where=where, row=number, size=size)
 
     def batches(self) -> Iterator[Batch]:
         for start in range(0, len(self.numbers), BATCH_ROWS):
@@ -299,13 +290,13 @@ class ParquetSource:
     def __init__(self, src: str, *, image_column: str | None, tasks: Sequence[str] | None, mapping: LabelMap):
         self.src = src
         self.mapping = mapping
-        self.column = image_column or fmt_.DEFAULT_IMAGE_COLUMN
+        self.column = image_column or DEFAULT_IMAGE_COLUMN
         self.fs, self.paths = _parquet_files(src)
         self.root = storage.resolve(src)[1]
         place = self._place(self.paths[0])
         schema = self._open(self.paths[0]).schema_arrow
         if tasks is None:
-            reserved = (fmt_.ID_COLUMN, fmt_.SPLIT_COLUMN, self.column)
+            reserved = (ID_COLUMN, SPLIT_COLUMN, self.column)
             tasks = [f.name for f in schema if f.name not in reserved and (pa.types.is_boolean(f.type) or pa.types.is_integer(f.type))]
             if not tasks:
                 raise UserError(f"{place.file}: no label columns (bool or integer); name them with --tasks")
@@ -317,7 +308,7 @@ class ParquetSource:
 
     def _open(self, path: str) -> pq.ParquetFile:
         place = self._place(path)
-        pf = fmt_.open_shard(self.fs, path, place.file)
+        pf = open_shard(self.fs, path, place.file)
         names = pf.schema_arrow.names
         if self.column not in names:
             raise UserError(f"{place.file}: image column {self.column!r} missing (columns: {', '.join(names)}); name it with --image-column")
@@ -325,25 +316,25 @@ class ParquetSource:
             raise UserError(f"{place.file}: image column {self.column!r} appears more than once")
         return pf
 
-    def _layout(self, schema: pa.Schema, place: Place) -> fmt_.ShardFormat:
+    def _layout(self, schema: pa.Schema, place: Place) -> ShardFormat:
         """The image layout as format.read_format sees the source's image column (raw pixels need a shape).
 
         A source without mtl_ray metadata is judged on its image column and the chosen tasks only, so
         label columns of any type are accepted here and checked value by value later.
         """
-        if fmt_.METADATA_KEY not in (schema.metadata or {}):
+        if METADATA_KEY not in (schema.metadata or {}):
             schema = pa.schema([schema.field(self.column)] + [pa.field(t, pa.bool_()) for t in self.tasks])
-        return fmt_.read_format(schema, place.file, self.column)
+        return read_format(schema, place.file, self.column)
 
     def size_of(self, data: bytes) -> tuple[int, int]:
         if self.layout.encoding == "raw":
             return self.layout.shape[1], self.layout.shape[0]
-        return _image_size(data)
+        return image_size(data)
 
     def decode(self, data: bytes, size: int | None, where: str, number: int) -> np.ndarray:
         if self.layout.encoding == "raw":
-            return fmt_.decode_images(pa.array([data], pa.binary(len(data))), self.layout, size)[0]
-        return fmt_.decode_one(data, where=where, row=number, size=size)
+            return decode_images(pa.array([data], pa.binary(len(data))), self.layout, size)[0]
+        return decode_image(data, where=where, row=number, size=size)
 
     def batches(self) -> Iterator[Batch]:
         for path in self.paths:
@@ -356,15 +347,15 @@ class ParquetSource:
         for task in self.tasks:
             if task not in names:
                 raise UserError(f"{place.file}: task column {task!r} missing (found in {self._place(self.paths[0]).file})")
-        extra = [c for c in (fmt_.ID_COLUMN, fmt_.SPLIT_COLUMN) if c in names]
+        extra = [c for c in (ID_COLUMN, SPLIT_COLUMN) if c in names]
         source_name = posixpath.relpath(path, self.root) if path != self.root else posixpath.basename(path)
         offset = 0
         for record in pf.iter_batches(batch_size=BATCH_ROWS, columns=[self.column, *self.tasks, *extra]):
             numbers = list(range(offset, offset + record.num_rows))
             offset += record.num_rows
-            ids = record.column(fmt_.ID_COLUMN).to_pylist() if fmt_.ID_COLUMN in extra else [None] * len(numbers)
-            splits = record.column(fmt_.SPLIT_COLUMN).to_pylist() if fmt_.SPLIT_COLUMN in extra else [None] * len(numbers)
-            images = fmt_.image_bytes(record.column(self.column)).to_pylist()
+            ids = record.column(ID_COLUMN).to_pylist() if ID_COLUMN in extra else [None] * len(numbers)
+            splits = record.column(SPLIT_COLUMN).to_pylist() if SPLIT_COLUMN in extra else [None] * len(numbers)
+            images = image_bytes(record.column(self.column)).to_pylist()
             yield Batch(
                 place, numbers,
                 [_text(v) or f"{source_name}:{n}" for v, n in zip(ids, numbers)],
@@ -395,14 +386,14 @@ class ShardSink:
     the last shards come out smaller or not at all, and the written ones are renamed to match.
     """
 
-    def __init__(self, fs: pafs.FileSystem, root: str, fmt: fmt_.ShardFormat, count: int, planned: int):
+    def __init__(self, fs: pafs.FileSystem, root: str, fmt: ShardFormat, count: int, planned: int):
         self.fs, self.root, self.fmt, self.count = fs, root, fmt, count
         self._ends = [planned * (j + 1) // count for j in range(count)]
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._written = 0
         self._paths: list[str] = []
-        self._writer: fmt_.ShardWriter | None = None
+        self._writer: ShardWriter | None = None
 
     def add(self, table: pa.Table) -> None:
         self._pending.append(table)
@@ -416,13 +407,13 @@ class ShardSink:
             self._writer.close()
         if len(self._paths) < self.count:
             for j, path in enumerate(self._paths):
-                self.fs.move(path, posixpath.join(self.root, fmt_.shard_name(j, len(self._paths))))
+                self.fs.move(path, posixpath.join(self.root, shard_name(j, len(self._paths))))
         return len(self._paths)
 
     def _drain(self, final: bool) -> None:
         while self._pending_rows:
             shard = len(self._paths) - (self._writer is not None)
-            chunk = min(self._ends[shard] - self._written, fmt_.ROW_GROUP_ROWS)
+            chunk = min(self._ends[shard] - self._written, ROW_GROUP_ROWS)
             if self._pending_rows < chunk and not final:
                 return
             self._write(self._take(min(chunk, self._pending_rows)))
@@ -439,8 +430,8 @@ class ShardSink:
 
     def _write(self, table: pa.Table) -> None:
         if self._writer is None:
-            path = posixpath.join(self.root, fmt_.shard_name(len(self._paths), self.count))
-            self._writer = fmt_.ShardWriter(self.fs, path, self.fmt)
+            path = posixpath.join(self.root, shard_name(len(self._paths), self.count))
+            self._writer = ShardWriter(self.fs, path, self.fmt)
             self._paths.append(path)
         self._writer.write(table)
         self._written += table.num_rows
@@ -513,8 +504,8 @@ def convert(
     shards: int | None = None,
 ) -> ConvertResult:
     """Convert an image folder + label file (`labels_csv`) or a Parquet dataset at SRC into shards at OUT."""
-    if encoding not in fmt_.ENCODINGS:
-        raise UserError(f"encoding {encoding!r}: expected one of {', '.join(fmt_.ENCODINGS)}")
+    if encoding not in ENCODINGS:
+        raise UserError(f"encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
     mapping = LabelMap(positive, negative, missing)
     if labels_csv:
         if image_column:
@@ -529,11 +520,11 @@ def convert(
 
     scan = _scan(source, strict)
     report_path = report or out.rstrip("/") + "/" + REPORT_NAME
-    fmt = fmt_.ShardFormat(tasks=source.tasks, encoding=encoding, shape=_shape(scan.sizes, image_size, encoding, src))
+    fmt = ShardFormat(tasks=source.tasks, encoding=encoding, shape=_shape(scan.sizes, image_size, encoding, src))
     if not scan.kept:
         _write_report(report_path, scan.skips)
         raise UserError(f"{src}: no readable images ({len(scan.skips)} rows skipped, listed in {report_path})")
-    count = min(shards or fmt_.default_shard_count(scan.kept), scan.kept)
+    count = min(shards or default_shard_count(scan.kept), scan.kept)
     sink = ShardSink(out_fs, out_root, fmt, count, scan.kept)
     rows = _write(source, scan, sink, fmt, image_size, strict)
     written = sink.close()
@@ -564,7 +555,7 @@ def _scan(source: FolderSource | ParquetSource, strict: bool) -> _Scan:
                 try:
                     scan.sizes.add(source.size_of(data))
                 except Exception as exc:  # Pillow raises many types for bad bytes; all mean "not an image"
-                    problem = _unreadable(exc)
+                    problem = unreadable(exc)
             if problem is None:
                 scan.kept += 1
             else:
@@ -584,7 +575,7 @@ def _shape(sizes: set[tuple[int, int]], image_size: int | None, encoding: str, s
     return None
 
 
-def _write(source: FolderSource | ParquetSource, scan: _Scan, sink: ShardSink, fmt: fmt_.ShardFormat, image_size: int | None, strict: bool) -> int:
+def _write(source: FolderSource | ParquetSource, scan: _Scan, sink: ShardSink, fmt: ShardFormat, image_size: int | None, strict: bool) -> int:
     """Second pass: decode, convert and write every row the scan kept; returns the rows written.
 
     Pillow releases the GIL while it decodes and compresses, so a thread per core speeds this up.
@@ -612,16 +603,16 @@ def _convert_row(source: FolderSource | ParquetSource, batch: Batch, i: int, ima
         image = source.decode(batch.images[i], image_size, where, number)
     except UserError as exc:
         return str(exc).removeprefix(f"{where}: row {number}: ")
-    return image if encoding == "raw" else fmt_.encode_one(image, encoding)
+    return image if encoding == "raw" else encode_image(image, encoding)
 
 
-def _table(batch: Batch, done: list[tuple[int, np.ndarray | bytes]], fmt: fmt_.ShardFormat) -> pa.Table:
+def _table(batch: Batch, done: list[tuple[int, np.ndarray | bytes]], fmt: ShardFormat) -> pa.Table:
     index = [i for i, _ in done]
     if fmt.encoding == "raw":
-        images = fmt_.encode_images(np.stack([image for _, image in done]), fmt)
+        images = encode_images(np.stack([image for _, image in done]), fmt)
     else:
         images = pa.array([image for _, image in done], pa.binary())
-    return fmt_.make_table(fmt, images, batch.labels[index], [batch.ids[i] for i in index], [batch.splits[i] for i in index])
+    return make_table(fmt, images, batch.labels[index], [batch.ids[i] for i in index], [batch.splits[i] for i in index])
 
 
 def _write_report(path: str, skips: list[dict]) -> None:

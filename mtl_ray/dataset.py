@@ -1,24 +1,24 @@
 """Ray Data pipelines from shards to training batches.
 
-Shards are read with `read_parquet`, filtered to one split, and — only when the images are encoded
-or need resizing — decoded once in Ray Data tasks into raw pixels. Training workers then turn each
-Arrow batch into tensors with a zero-copy view (`ShardCollate`), so the per-batch Python path on the
-workers is the same small one for every encoding.
+Shards are read with `read_parquet`; one batch function keeps a source's rows and columns, and —
+only when the images are encoded or need resizing — another decodes them once in Ray Data tasks
+into raw pixels. Training workers then turn each Arrow batch into tensors with a zero-copy view
+(`ShardCollate`), so the per-batch Python path on the workers is the same small one for every
+encoding.
 """
 
 from __future__ import annotations
 
 import functools
-import operator
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from mtl_ray import format as fmt_mod
-from mtl_ray.format import ShardFormat
+from mtl_ray.shards import SPLIT_COLUMN, ShardFormat, decode_images, encode_images, labels_of, split_mask
 
 DECODE_BATCH_ROWS = 256
 
@@ -48,42 +48,24 @@ def needs_decode(fmt: ShardFormat, size: int) -> bool:
     return fmt.encoding != "raw" or tuple(fmt.shape) != (size, size, 3)
 
 
-class DecodeToRaw:
-    """Ray Data batch function: encoded (or other-sized) images → raw size×size RGB pixels."""
+class SelectRows:
+    """Ray Data batch function: a source's rows (its split; labeled rows only if asked) and columns."""
 
-    def __init__(self, fmt: ShardFormat, size: int):
-        self.fmt = fmt
-        self.out = decoded_format(fmt, size)
-        self.size = size
+    def __init__(self, source: Source):
+        self.split = source.split if source.has_split_column else None
+        self.labeled_only = source.labeled_only
+        self.tasks = source.fmt.tasks
+        self.columns = [source.fmt.image_column, *source.fmt.tasks]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        images = fmt_mod.decode_images(batch.column(self.fmt.image_column), self.fmt, self.size, where="decode")
-        column = fmt_mod.encode_images(images, self.out)
-        return batch.set_column(batch.schema.get_field_index(self.fmt.image_column), self.fmt.image_column, column)
-
-
-def read(source: Source, size: int) -> ray.data.Dataset:  # noqa: F821 - ray imported lazily by callers
-    """A Ray Dataset of `source`'s rows with raw size×size images and the task label columns."""
-    import ray.data
-    from ray.data.expressions import col
-
-    fmt = source.fmt
-    columns = [fmt.image_column, *fmt.tasks]
-    ds = ray.data.read_parquet(list(source.paths), filesystem=source.fs)
-    if source.split is not None and source.has_split_column:
-        keep = col(fmt_mod.SPLIT_COLUMN) == source.split
-        if source.split == "train":
-            keep = keep | col(fmt_mod.SPLIT_COLUMN).is_null()
-        ds = ds.filter(expr=keep)
-    if source.labeled_only:
-        known = [col(t).is_not_null() for t in fmt.tasks]
-        ds = ds.filter(expr=functools.reduce(operator.or_, known))
-    ds = ds.select_columns(columns)
-    if source.shuffle:
-        ds = ds.map_batches(ShuffleLabels(source.shuffle, source.seed), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
-    if needs_decode(fmt, size):
-        ds = ds.map_batches(DecodeToRaw(fmt, size), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
-    return ds
+        keep = []
+        if self.split is not None:
+            keep.append(split_mask(batch.column(SPLIT_COLUMN), self.split))
+        if self.labeled_only:
+            keep.append(functools.reduce(pc.or_, [pc.is_valid(batch.column(t)) for t in self.tasks]))
+        if keep:
+            batch = batch.filter(functools.reduce(pc.and_, keep))
+        return batch.select(self.columns)
 
 
 class ShuffleLabels:
@@ -100,6 +82,33 @@ class ShuffleLabels:
         return batch
 
 
+class DecodeToRaw:
+    """Ray Data batch function: encoded (or other-sized) images → raw size×size RGB pixels."""
+
+    def __init__(self, fmt: ShardFormat, size: int):
+        self.fmt = fmt
+        self.out = decoded_format(fmt, size)
+        self.size = size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        images = decode_images(batch.column(self.fmt.image_column), self.fmt, self.size, where="decode")
+        column = encode_images(images, self.out)
+        return batch.set_column(batch.schema.get_field_index(self.fmt.image_column), self.fmt.image_column, column)
+
+
+def read(source: Source, size: int):
+    """A Ray Dataset of `source`'s rows with raw size×size images and the task label columns."""
+    import ray.data
+
+    ds = ray.data.read_parquet(list(source.paths), filesystem=source.fs)
+    ds = ds.map_batches(SelectRows(source), batch_format="pyarrow", batch_size=None)
+    if source.shuffle:
+        ds = ds.map_batches(ShuffleLabels(source.shuffle, source.seed), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
+    if needs_decode(source.fmt, size):
+        ds = ds.map_batches(DecodeToRaw(source.fmt, size), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
+    return ds
+
+
 class ShardCollate(ArrowBatchCollateFn):
     """Arrow batch of raw pixels + label columns → {"image": uint8 [N,H,W,3], "labels": float32 [N,T]}."""
 
@@ -109,6 +118,6 @@ class ShardCollate(ArrowBatchCollateFn):
     def __call__(self, batch: pa.Table) -> dict:
         import torch  # here, not at module level: Ray Data tasks import this module and never need torch
 
-        images = fmt_mod.decode_images(batch.column(self.fmt.image_column), self.fmt)
-        labels = fmt_mod.labels(batch, self.fmt.tasks)
+        images = decode_images(batch.column(self.fmt.image_column), self.fmt)
+        labels = labels_of(batch, self.fmt.tasks)
         return {"image": torch.from_numpy(np.array(images)), "labels": torch.from_numpy(labels)}

@@ -60,6 +60,11 @@ def task_terms(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "se
     return sums / known.sum(dim=0).clamp_min(1)
 
 
+def known_tasks(targets: torch.Tensor) -> torch.Tensor:
+    """Bool [T]: whether each task has at least one known (non-NaN) label in `targets` [m, T]."""
+    return ~torch.isnan(targets).all(dim=0)
+
+
 def per_task_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean BCE over the known labels of each task → [T]; 0 for a task with no known label."""
     return task_terms(logits, targets, reduction="per_task")

@@ -1,4 +1,4 @@
-"""Per-task validation metrics over known labels only, in numpy.
+"""Per-task validation metrics over known labels only, computed by scikit-learn.
 
 Every value is a plain Python float/int or None so results go straight into JSON. A task whose
 known labels hold a single class has no AUROC (None) — it is not an error, just undefined — and a
@@ -10,15 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 THRESHOLD = 0.5
+METRIC = "auroc"
+"""The metric every comparison, gate and search ranks by (higher is better)."""
 
 
 def task_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
     """AUROC, accuracy and F1 (positive class, threshold 0.5) of one task, and n_labeled.
 
     `probs` and `targets` are 1-D; NaN targets are unknown and left out. F1 is 0.0 when neither
-    labels nor predictions hold a positive (scikit-learn's `zero_division=0`).
+    labels nor predictions hold a positive (`zero_division=0`).
     """
     known = ~np.isnan(targets)
     y = targets[known].astype(np.int64)
@@ -27,24 +30,13 @@ def task_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
     if n == 0:
         return {"auroc": None, "accuracy": None, "f1": None, "n_labeled": 0}
     pred = (p >= THRESHOLD).astype(np.int64)
-    true_pos = int(np.sum((pred == 1) & (y == 1)))
-    predicted, actual = int(pred.sum()), int(y.sum())
+    both_classes = 0 < int(y.sum()) < n
     return {
-        "auroc": auroc(y, p) if 0 < actual < n else None,
-        "accuracy": float(np.mean(pred == y)),
-        "f1": 2.0 * true_pos / (predicted + actual) if predicted + actual else 0.0,
+        "auroc": float(roc_auc_score(y, p)) if both_classes else None,
+        "accuracy": float(accuracy_score(y, pred)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
         "n_labeled": n,
     }
-
-
-def auroc(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann-Whitney statistic: the chance that a random positive
-    scores above a random negative, ties counting half (average ranks)."""
-    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
-    positives = int(y.sum())
-    negatives = y.size - positives
-    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
 def evaluate(probs: np.ndarray, targets: np.ndarray, tasks: Sequence[str]) -> dict[str, dict]:

@@ -1,78 +1,75 @@
-"""PNG plots for `mtl-ray compare`: metric bars, validation curves, task-weight trajectories."""
+"""PNG plots from plain numbers: grouped bars and line curves.
+
+Callers (`compare`, and any command that writes figures) turn their results into series here, so
+this module knows nothing about them. matplotlib is imported with this module: import it lazily.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
-
-from mtl_ray.compare import METRIC, CompareResult
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def comparison_plots(result: CompareResult, directory: str) -> list[str]:
-    """Write the three plots into `directory` (created if needed); returns their paths."""
-    os.makedirs(directory, exist_ok=True)
-    return [_bars(result, directory), _curves(result, directory), _weights(result, directory)]
+@dataclass(frozen=True)
+class Line:
+    """One curve: its legend label, points, and matplotlib style ("-", "--", ...) and colour."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float | None]
+    style: str = "-"
+    colour: str | None = None
+    marker: str | None = None
 
 
-def _save(fig, directory: str, name: str) -> str:
-    path = os.path.join(directory, name)
+def _values(values: Sequence[float | None]) -> list[float]:
+    return [float("nan") if v is None else float(v) for v in values]
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _value(v: float | None) -> float:
-    return float("nan") if v is None else v
-
-
-def _bars(result: CompareResult, directory: str) -> str:
-    """Per-task validation AUROC: multi-task vs single-task (and the shuffle control)."""
-    sides = [("multi-task", result.mtl.val), ("single-task", {t: r.val[t] for t, r in result.stl.items()})]
-    if result.control is not None:
-        sides.append(("shuffle control", result.control.val))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(result.tasks), 3.6))
-    width = 0.8 / len(sides)
-    for k, (label, val) in enumerate(sides):
-        xs = [i + (k - (len(sides) - 1) / 2) * width for i in range(len(result.tasks))]
-        ax.bar(xs, [_value(val[t][METRIC]) for t in result.tasks], width, label=label)
-    ax.set_xticks(range(len(result.tasks)), result.tasks, rotation=30, ha="right")
-    ax.set_ylabel(f"validation {METRIC}")
-    ax.set_ylim(0.4, 1.0)
-    dm = result.delta_m_pct
-    ax.set_title(f"Δm = {dm:+.1f} %" if dm is not None else "Δm: no metric")
+def bars(path: str, categories: Sequence[str], series: dict[str, Sequence[float | None]], *, ylabel: str,
+         title: str = "", ylim: tuple[float, float] | None = None) -> str:
+    """Grouped bars: one group per category, one bar per series (None = missing)."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(categories), 3.6))
+    width = 0.8 / max(len(series), 1)
+    for k, (label, values) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(categories))]
+        ax.bar(xs, _values(values), width, label=label)
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, directory, "metrics.png")
+    return _save(fig, path)
 
 
-def _curves(result: CompareResult, directory: str) -> str:
-    """Validation AUROC per epoch, per task: multi-task solid, single-task dashed."""
+def curves(path: str, lines: Sequence[Line], *, xlabel: str, ylabel: str, title: str = "",
+           integer_x: bool = True, log_x: bool = False) -> str:
+    """Line curves (None = missing point)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for i, t in enumerate(result.tasks):
-        colour = f"C{i % 10}"
-        for run, style in ((result.mtl, "-"), (result.stl[t], "--")):
-            epochs = [h["epoch"] for h in run.history]
-            ax.plot(epochs, [_value(h["val"][t][METRIC]) for h in run.history], style, color=colour, label=f"{t} ({'mtl' if run is result.mtl else 'stl'})")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"validation {METRIC}")
+    for line in lines:
+        ax.plot(list(line.x), _values(line.y), line.style, color=line.colour, marker=line.marker, label=line.label)
+    ax.set_xlabel(xlabel)
+    if log_x:
+        ax.set_xscale("log")
+    elif integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, directory, "curves.png")
-
-
-def _weights(result: CompareResult, directory: str) -> str:
-    """The multi-task run's per-task weights per epoch (flat for equal/static weighting)."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    epochs = [h["epoch"] for h in result.mtl.history]
-    for t in result.tasks:
-        ax.plot(epochs, [h["task_weights"][t] for h in result.mtl.history], marker="o", label=t)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("task weight")
-    ax.legend(fontsize=7)
-    return _save(fig, directory, "task_weights.png")
+    return _save(fig, path)

@@ -43,11 +43,11 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from mtl_ray.errors import UserError
-        from mtl_ray.format import decode_one
+        from mtl_ray.images import decode_image
 
         if IMAGE_COLUMN not in model_input.columns:
             raise UserError(f"model input: no {IMAGE_COLUMN!r} column; expected a DataFrame with encoded image bytes in {IMAGE_COLUMN!r}")
-        images = [decode_one(_as_bytes(v, row), where="model input", row=row, size=self.size) for row, v in enumerate(model_input[IMAGE_COLUMN])]
+        images = [decode_image(_as_bytes(v, row), where="model input", row=row, size=self.size) for row, v in enumerate(model_input[IMAGE_COLUMN])]
         return pd.DataFrame(self.probabilities(np.stack(images) if images else np.empty((0, self.size, self.size, 3), np.uint8)), columns=self.tasks)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

@@ -11,18 +11,22 @@ import os
 import time
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from mtl_ray.config import SchedulerConfig, TrainConfig, TuneConfig
-from mtl_ray.registry import PredictResult, predict
-from mtl_ray.synth import synthesize
 from mtl_ray.text import number
-from mtl_ray.tune import TuneResult, tune
+
+if TYPE_CHECKING:
+    from mtl_ray.registry import PredictResult
+    from mtl_ray.tune import TuneResult
 
 DEFAULT_OUT = "mtl-ray-quickstart"
 SCENES = 4000
+EPOCHS = 2
 PREDICT_ROWS = 5
 
 
-def quickstart_config(out: str, epochs: int = 2) -> TuneConfig:
+def quickstart_config(out: str, epochs: int = EPOCHS) -> TuneConfig:
     """4 trials: backbones xs and s × weightings equal and uncertainty, ASHA after 1 epoch."""
     return TuneConfig(
         train=TrainConfig(epochs=epochs),
@@ -71,8 +75,12 @@ class QuickstartResult:
         ])
 
 
-def quickstart(out: str = DEFAULT_OUT, *, scenes: int = SCENES, epochs: int = 2) -> QuickstartResult:
+def quickstart(out: str = DEFAULT_OUT, *, scenes: int = SCENES, epochs: int = EPOCHS) -> QuickstartResult:
     """Run the pipeline into `out` (shards in out/data, checkpoints in out/runs)."""
+    from mtl_ray.registry import predict
+    from mtl_ray.synth import synthesize
+    from mtl_ray.tune import tune
+
     started = time.perf_counter()
     data = os.path.join(out, "data")
     synthesize(data, scenes, shards=4, seed=0)

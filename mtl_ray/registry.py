@@ -18,11 +18,10 @@ import numpy as np
 
 import mtl_ray
 from mtl_ray import checkpoint, storage, tracking
+from mtl_ray.config import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from mtl_ray.errors import UserError, describe
-from mtl_ray.text import number
+from mtl_ray.text import number, table
 
-DEFAULT_NAME = "mtl-ray"
-DEFAULT_ALIAS = "champion"
 GATE_METRIC = "mean_auroc"
 MODEL_ARTIFACT = "model"
 
@@ -85,12 +84,8 @@ def fetch_checkpoint(uri: str, dest: str) -> str:
 
 def _serving_copy(src: str, dest: str) -> dict:
     """The model weights and meta alone (no optimizer state) in `dest`; returns the meta."""
-    import torch
-
     state, meta = checkpoint.load(src)
-    torch.save({"model": state["model"]}, os.path.join(dest, checkpoint.CHECKPOINT_FILE))
-    with open(os.path.join(dest, checkpoint.META_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
+    checkpoint.write(dest, {"model": state["model"]}, meta)
     return meta
 
 
@@ -98,11 +93,11 @@ def _example(meta: dict):
     """Two encoded PNG images of the training size: the logged input example."""
     import pandas as pd
 
-    from mtl_ray.format import encode_one
+    from mtl_ray.images import encode_image
 
     size = int(meta["image"]["size"])
     rng = np.random.default_rng(0)
-    images = [encode_one(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "png") for _ in range(2)]
+    images = [encode_image(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "png") for _ in range(2)]
     return pd.DataFrame({"image": images})
 
 
@@ -165,8 +160,8 @@ def _gate(client, name: str, alias: str, score: float | None) -> tuple[bool, str
     return False, f"{GATE_METRIC} {score:.4f} does not beat {alias} version {champion.version} ({best:.4f})"
 
 
-def register_checkpoint(uri: str, *, name: str = DEFAULT_NAME, alias: str = DEFAULT_ALIAS, run_id: str | None = None,
-                        data: str | None = None, tracking_uri: str | None = None, experiment: str = DEFAULT_NAME) -> RegisterResult:
+def register_checkpoint(uri: str, *, name: str = DEFAULT_MODEL_NAME, alias: str = DEFAULT_ALIAS, run_id: str | None = None,
+                        data: str | None = None, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> RegisterResult:
     """Log the checkpoint at `uri` as a pyfunc model into `run_id` (or a new run), register it as a
     new version of `name`, and move `alias` if its `mean_auroc` beats the alias's current version."""
     import mlflow
@@ -209,7 +204,7 @@ def register_checkpoint(uri: str, *, name: str = DEFAULT_NAME, alias: str = DEFA
                           mean_auroc=score, run_id=run.info.run_id, tracking_uri=uri_used)
 
 
-def register(run: str | None = None, checkpoint_uri: str | None = None, *, name: str = DEFAULT_NAME,
+def register(run: str | None = None, checkpoint_uri: str | None = None, *, name: str = DEFAULT_MODEL_NAME,
              alias: str = DEFAULT_ALIAS, tracking_uri: str | None = None) -> RegisterResult:
     """`mtl-ray register`: a tune trial's run (its checkpoint tag) or a checkpoint URI."""
     if (run is None) == (checkpoint_uri is None):
@@ -247,8 +242,6 @@ class PredictResult:
         return {"model": self.model, "tasks": self.tasks, "ids": self.ids, "predictions": rows}
 
     def render(self) -> str:
-        from mtl_ray.text import table
-
         shown = min(len(self.ids), 10)
         rows = [[i, *(f"{p:.3f}" for p in row)] for i, row in zip(self.ids[:shown], self.probabilities[:shown])]
         more = [f"... {len(self.ids) - shown} more (see --json)"] if len(self.ids) > shown else []
@@ -257,7 +250,8 @@ class PredictResult:
 
 def _images_from_shards(path: str, limit: int | None) -> tuple[list[str], list[bytes]]:
     """Encoded image bytes (PNG for raw shards) and ids of up to `limit` rows of the shards at `path`."""
-    from mtl_ray.format import decode_images, encode_one, image_bytes, open_shard
+    from mtl_ray.images import encode_image
+    from mtl_ray.shards import decode_images, image_bytes, open_shard
     from mtl_ray.validate import validate
 
     report = validate(path)
@@ -274,7 +268,7 @@ def _images_from_shards(path: str, limit: int | None) -> tuple[list[str], list[b
         if limit is not None:
             table = table.slice(0, limit - len(images))
         if fmt.encoding == "raw":
-            images.extend(encode_one(im, "png") for im in decode_images(table.column(fmt.image_column), fmt, where=shard))
+            images.extend(encode_image(im, "png") for im in decode_images(table.column(fmt.image_column), fmt, where=shard))
         else:
             images.extend(v.as_py() for v in image_bytes(table.column(fmt.image_column)))
         ids.extend(table.column("id").to_pylist() if "id" in cols else [f"{os.path.basename(shard)}#{i}" for i in range(table.num_rows)])

@@ -17,17 +17,17 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
-
+from mtl_ray.config import load_yaml
 from mtl_ray.errors import UserError, describe
+from mtl_ray.quickstart import DEFAULT_OUT
+from mtl_ray.runtime import DEFAULT_STORAGE
 
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION")
-EXCLUDES = [".venv", ".git", "mtl-ray-runs", "mtl-ray-quickstart", "mlruns", "mlruns.db", "*.db", "__pycache__", ".whl", ".mtl-ray-stack"]
-CLI_COMMANDS = ("data", "train", "compare", "advise", "tune", "register", "predict", "quickstart")
+EXCLUDES = [".venv", ".git", DEFAULT_STORAGE, DEFAULT_OUT, "mlruns", "mlruns.db", "*.db", "__pycache__", ".whl", ".mtl-ray-stack"]
 LAST_LINES = 20
 AGENT_ATTEMPTS = 30
 
@@ -54,34 +54,23 @@ class SubmitResult:
         return "\n".join(lines)
 
 
-def entrypoint(command: list[str]) -> str:
-    """`tune --data X` (or `mtl-ray tune ...`) → `python -m mtl_ray.cli tune ...`; anything else as given."""
+def entrypoint(command: list[str], cli_commands: Collection[str]) -> str:
+    """`tune --data X` (or `mtl-ray tune ...`) → `python -m mtl_ray.cli tune ...` when `tune` is one of
+    `cli_commands` (the CLI's own, which it passes in); anything else as given."""
     if not command:
         raise UserError("submit: no command; usage: mtl-ray submit [--address URL] -- COMMAND ...")
     if command[0] == "mtl-ray":
         command = command[1:]
-    if command and command[0] in CLI_COMMANDS:
+    if command and command[0] in cli_commands:
         return shlex.join(["python", "-m", "mtl_ray.cli", *command])
     return shlex.join(command)
 
 
 def runtime_env(path: str | None, forward_env: bool) -> dict:
     """The job's runtime env: the file's (YAML or JSON), a default working_dir, forwarded variables."""
-    env: dict = {}
-    if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise UserError(f"--runtime-env {path}: cannot read ({exc.strerror or exc})") from None
-        try:
-            env = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise UserError(f"--runtime-env {path}:{f' line {mark.line + 1}' if mark else ''} does not parse as YAML or JSON") from None
-        if not isinstance(env, dict):
-            raise UserError(f"--runtime-env {path}: expected a mapping (working_dir, env_vars, pip, ...), got {type(env).__name__}")
-        if not isinstance(env.get("env_vars", {}), dict):
-            raise UserError(f"--runtime-env {path}: env_vars: expected a mapping of NAME: value")
+    env = load_yaml(path, f"--runtime-env {path}")
+    if not isinstance(env.get("env_vars", {}), dict):
+        raise UserError(f"--runtime-env {path}: env_vars: expected a mapping of NAME: value")
     env.setdefault("working_dir", ".")
     if env["working_dir"] == ".":
         env.setdefault("excludes", EXCLUDES)
@@ -127,8 +116,8 @@ async def _follow(client, job_id: str, out) -> list[str]:
     return tail
 
 
-def submit(command: list[str], *, address: str | None = None, runtime_env_file: str | None = None,
-           forward_env: bool = True, follow: bool = True) -> SubmitResult:
+def submit(command: list[str], *, cli_commands: Collection[str], address: str | None = None,
+           runtime_env_file: str | None = None, forward_env: bool = True, follow: bool = True) -> SubmitResult:
     """Submit `command` as a Ray job, stream its logs, and return its final status."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -136,7 +125,7 @@ def submit(command: list[str], *, address: str | None = None, runtime_env_file: 
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address {address}: expected the Jobs API URL, http://HEAD:8265")
     env = runtime_env(runtime_env_file, forward_env)
-    entry = entrypoint(command)
+    entry = entrypoint(command, cli_commands)
     # Ray's client prefers RAY_ADDRESS over the address it is given, and logs each packaged file.
     os.environ["RAY_ADDRESS"] = address
     os.environ.pop("RAY_API_SERVER_ADDRESS", None)

@@ -27,7 +27,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import pyarrow.fs as pafs
 
-from mtl_ray import format as shard
+from mtl_ray.shards import ENCODINGS, ROW_GROUP_ROWS, default_shard_count, encode_images, make_table, shard_name, ShardFormat, ShardWriter
 from mtl_ray.errors import UserError
 from mtl_ray.storage import prepare_output
 
@@ -139,21 +139,21 @@ def synthesize(
     rates = _rates(label_rates or {}, task_list)
     if n < 1:
         raise UserError(f"--n {n}: expected a positive integer")
-    count = shard.default_shard_count(n) if shards is None else shards
+    count = default_shard_count(n) if shards is None else shards
     if count < 1 or count > n:
         raise UserError(f"--shards {count}: expected 1 to {n} (one row per shard at least)")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         raise UserError(f"--image-size {image_size}: expected {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels")
-    if encoding not in shard.ENCODINGS:
-        raise UserError(f"--encoding {encoding!r}: expected one of {', '.join(shard.ENCODINGS)}")
+    if encoding not in ENCODINGS:
+        raise UserError(f"--encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
     if seed < 0:
         raise UserError(f"--seed {seed}: expected a non-negative integer")
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"--val-fraction {val_fraction}: expected 0 <= fraction < 1")
-    fmt = shard.ShardFormat(tasks=tuple(task_list), encoding=encoding, shape=(image_size, image_size, 3))
+    fmt = ShardFormat(tasks=tuple(task_list), encoding=encoding, shape=(image_size, image_size, 3))
     columns = [_ALL_TASKS.index(t) for t in task_list]
     fs, root = prepare_output(out)
-    names = [shard.shard_name(i, count) for i in range(count)]
+    names = [shard_name(i, count) for i in range(count)]
     _refuse_stale_shards(fs, root, out, set(names))
 
     split = {"train": 0, "val": 0}
@@ -165,11 +165,11 @@ def synthesize(
         rows = base + (i < extra)
         split_rng, scene_rng, label_rng = np.random.default_rng([seed, i]).spawn(3)
         is_val = split_rng.random(rows) < val_fraction
-        with shard.ShardWriter(fs, f"{root}/{name}", fmt) as writer:
+        with ShardWriter(fs, f"{root}/{name}", fmt) as writer:
             for split_name, local_rows in (("train", np.flatnonzero(~is_val)), ("val", np.flatnonzero(is_val))):
                 split[split_name] += len(local_rows)
-                for start in range(0, len(local_rows), shard.ROW_GROUP_ROWS):
-                    chunk = local_rows[start:start + shard.ROW_GROUP_ROWS]
+                for start in range(0, len(local_rows), ROW_GROUP_ROWS):
+                    chunk = local_rows[start:start + ROW_GROUP_ROWS]
                     images, truth = render_scenes(scene_rng, len(chunk), image_size)
                     values = truth[:, columns].astype(np.float32)
                     if split_name == "train":
@@ -177,7 +177,7 @@ def synthesize(
                         labeled += np.sum(~np.isnan(values), axis=0)
                         positive += np.sum(values == 1.0, axis=0)
                     ids = [f"synth-{seed}-{first_row + r:08d}" for r in chunk.tolist()]
-                    table = shard.make_table(fmt, shard.encode_images(images, fmt), values, ids, [split_name] * len(chunk))
+                    table = make_table(fmt, encode_images(images, fmt), values, ids, [split_name] * len(chunk))
                     writer.write(table)
         first_row += rows
     seconds = time.perf_counter() - started

@@ -1,21 +1,18 @@
-"""MLflow tracking: where runs go, a bounded connection check, and the per-trial logger of `mtl-ray tune`.
+"""MLflow tracking: where runs go, a bounded connection check, and what a run's numbers look like there.
 
-One process logs everything of a tune job: the Tune driver. It opens one parent run per job and,
-through `TrialLogger` (a Ray Tune callback, so it runs in that driver), one child run per trial
-with the trial's parameters, per-epoch per-task metrics and task weights. Workers never talk to
-MLflow, so DDP ranks cannot log twice; the tracking URI reaches the driver from the config or
-`MLFLOW_TRACKING_URI`, which `mtl-ray submit` forwards in the job's runtime environment.
+One process logs everything of a tune job: the Tune driver (`mtl_ray.tune.TrialLogger`, a Ray Tune
+callback built on these helpers). Workers never talk to MLflow, so DDP ranks cannot log twice; the
+tracking URI reaches the driver from the config or `MLFLOW_TRACKING_URI`, which `mtl-ray submit`
+forwards in the job's runtime environment. This module imports no Ray: the registry and the
+registered model's users need it without Ray.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
-
-from ray.tune import Callback
 
 from mtl_ray.errors import UserError, describe
 
@@ -26,8 +23,6 @@ _HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BAC
 CHECKPOINT_TAG = "mtl_ray.checkpoint"
 TRIAL_TAG = "mtl_ray.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
-
-log = logging.getLogger(__name__)
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -87,82 +82,3 @@ def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     for task, weight in (result.get("task_weights") or {}).items():
         out[f"weight.{task}"] = float(weight)
     return out
-
-
-class TrialLogger(Callback):
-    """Ray Tune callback: one MLflow child run per trial under the tune job's parent run.
-
-    A failure to log never stops tuning: it is counted in `failures` (reported by `mtl-ray tune`)
-    and the checkpoints stay on storage for `mtl-ray register --checkpoint`.
-    """
-
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, max_epochs: int, checkpoint_prefix: str = ""):
-        self.uri = uri
-        self.experiment = experiment
-        self.parent_run_id = parent_run_id
-        self.max_epochs = max_epochs
-        self.checkpoint_prefix = checkpoint_prefix
-        self.run_ids: dict[str, str] = {}
-        self.epochs: dict[str, int] = {}
-        self.failures = 0
-        self.last_failure = ""
-
-    def _client(self):
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(self.uri)
-
-    def _safely(self, what: str, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:  # tracking must not take the tune job down with it
-            self.failures += 1
-            self.last_failure = f"{what}: {describe(exc)}"
-            log.warning("mtl-ray: MLflow %s", self.last_failure)
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._safely("start trial run", self._start, trial)
-
-    def _start(self, trial) -> None:
-        if trial.trial_id in self.run_ids:
-            return
-        client = self._client()
-        run = client.create_run(self.experiment, run_name=trial.trial_id,
-                                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id})
-        self.run_ids[trial.trial_id] = run.info.run_id
-        for key, value in flat_params(trial.config).items():
-            client.log_param(run.info.run_id, key, value)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._safely("log epoch", self._result, trial, result)
-
-    def _result(self, trial, result) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
-        from mlflow.entities import Metric
-
-        epoch = int(result.get("epoch", 0))
-        self.epochs[trial.trial_id] = epoch
-        now = int(time.time() * 1000)
-        client = self._client()
-        client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in epoch_metrics(result).items()])
-        if result.get("checkpoint_path"):
-            client.set_tag(run_id, CHECKPOINT_TAG, self.checkpoint_prefix + result["checkpoint_path"])
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._safely("end trial run", self._end, trial, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._safely("end trial run", self._end, trial, "FAILED")
-
-    def _end(self, trial, status: str) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
-        client = self._client()
-        epochs = self.epochs.get(trial.trial_id, 0)
-        client.set_tag(run_id, "mtl_ray.epochs", str(epochs))
-        if status == "FINISHED" and epochs < self.max_epochs:
-            client.set_tag(run_id, "mtl_ray.stopped_early", "true")
-        client.set_terminated(run_id, status)

@@ -6,37 +6,32 @@ Numbered like Ray's `train_tune_interop.py`:
    hands each epoch's report (rank 0's metrics and checkpoint) to Tune. The Train run is named after
    the trial id, so a trial that Tune restarts resumes from its last checkpoint.
 3. `tune` is the job: it checks the search space before Ray starts, sizes trials so Ray Data keeps
-   its CPUs, runs ASHA, logs to MLflow from this process only (`tracking.TrialLogger`) and
+   its CPUs, runs ASHA, logs to MLflow from this process only (`TrialLogger`) and
    registers the best trial's checkpoint behind the gated alias (`mtl_ray.registry`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray.tune import Callback
+
 from mtl_ray import registry, tracking
 from mtl_ray.config import TrainConfig, TuneConfig, parse
 from mtl_ray.errors import UserError, describe
+from mtl_ray.runtime import ResourcePlan, check_model_config, configure_data, ensure_ray, plan_resources, run_storage
 from mtl_ray.text import number, table
-from mtl_ray.train import (
-    Inputs,
-    ResourcePlan,
-    build_trainer,
-    check_model_config,
-    configure_data,
-    ensure_ray,
-    plan_resources,
-    prepare,
-    run_storage,
-)
+from mtl_ray.train import Inputs, build_trainer, prepare
 
 REPORTED_METRICS = {"mean_auroc": "max", "train_loss": "min"}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 DRIVER_CPUS = 0.01  # a trial's driver only waits on its TorchTrainer; Tune refuses zero resources
+log = logging.getLogger(__name__)
 NOT_SEARCHABLE = ("epochs", "workers", "gpu", "cpus_per_worker", "num_to_keep", "max_failures", "image_size")
 
 
@@ -128,6 +123,87 @@ def train_driver(config: dict, *, inputs: Inputs, base: dict, plan: ResourcePlan
     trainer.fit()
 
 
+# ---- MLflow: one child run per trial ------------------------------------------------------------
+
+class TrialLogger(Callback):
+    """Ray Tune callback: one MLflow child run per trial under the tune job's parent run.
+
+    A failure to log never stops tuning: it is counted in `failures` (reported by `mtl-ray tune`)
+    and the checkpoints stay on storage for `mtl-ray register --checkpoint`.
+    """
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, max_epochs: int, checkpoint_prefix: str = ""):
+        self.uri = uri
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.max_epochs = max_epochs
+        self.checkpoint_prefix = checkpoint_prefix
+        self.run_ids: dict[str, str] = {}
+        self.epochs: dict[str, int] = {}
+        self.failures = 0
+        self.last_failure = ""
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def _safely(self, what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # tracking must not take the tune job down with it
+            self.failures += 1
+            self.last_failure = f"{what}: {describe(exc)}"
+            log.warning("mtl-ray: MLflow %s", self.last_failure)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._safely("start trial run", self._start, trial)
+
+    def _start(self, trial) -> None:
+        if trial.trial_id in self.run_ids:
+            return
+        client = self._client()
+        run = client.create_run(self.experiment, run_name=trial.trial_id,
+                                tags={tracking.PARENT_TAG: self.parent_run_id, tracking.TRIAL_TAG: trial.trial_id})
+        self.run_ids[trial.trial_id] = run.info.run_id
+        for key, value in tracking.flat_params(trial.config).items():
+            client.log_param(run.info.run_id, key, value)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._safely("log epoch", self._result, trial, result)
+
+    def _result(self, trial, result) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        epoch = int(result.get("epoch", 0))
+        self.epochs[trial.trial_id] = epoch
+        now = int(time.time() * 1000)
+        client = self._client()
+        client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in tracking.epoch_metrics(result).items()])
+        if result.get("checkpoint_path"):
+            client.set_tag(run_id, tracking.CHECKPOINT_TAG, self.checkpoint_prefix + result["checkpoint_path"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._safely("end trial run", self._end, trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._safely("end trial run", self._end, trial, "FAILED")
+
+    def _end(self, trial, status: str) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        client = self._client()
+        epochs = self.epochs.get(trial.trial_id, 0)
+        client.set_tag(run_id, "mtl_ray.epochs", str(epochs))
+        if status == "FINISHED" and epochs < self.max_epochs:
+            client.set_tag(run_id, "mtl_ray.stopped_early", "true")
+        client.set_terminated(run_id, status)
+
+
 # ---- 3. the tune job -------------------------------------------------------------------------
 
 @dataclass
@@ -186,7 +262,7 @@ def _short(value: Any) -> str:
     return number(value) if isinstance(value, float) else str(value)
 
 
-def _summaries(results, cfg: TuneConfig, max_epochs: int, logger: tracking.TrialLogger, prefix: str) -> list[TrialSummary]:
+def _summaries(results, cfg: TuneConfig, max_epochs: int, logger: TrialLogger, prefix: str) -> list[TrialSummary]:
     out = []
     for r in results:
         m = r.metrics or {}
@@ -253,7 +329,7 @@ def tune(data: str | None = None, *, val: str | None = None, config: TuneConfig 
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(cfg.scheduler.grace_period, max_epochs),
                                reduction_factor=cfg.scheduler.reduction_factor)
                  if cfg.scheduler.name == "asha" else FIFOScheduler())
-    logger = tracking.TrialLogger(uri, experiment, parent_id, max_epochs, shown)
+    logger = TrialLogger(uri, experiment, parent_id, max_epochs, shown)
     trainable = ray.tune.with_parameters(train_driver, inputs=inputs, base=base, plan=plan, run_prefix=tune_name, storage_path=storage_path)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trainable, {"CPU": DRIVER_CPUS}),

@@ -18,15 +18,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mtl_ray.errors import UserError
-from mtl_ray.format import (
+from mtl_ray.shards import (
     SPLIT_COLUMN,
     SPLITS,
+    UNASSIGNED,
     ShardFormat,
     decode_images,
     image_bytes,
-    labels,
+    labels_of,
     open_shard,
     shard_format,
+    split_members,
 )
 from mtl_ray.storage import display, list_shards, resolve
 from mtl_ray.text import table
@@ -37,8 +39,6 @@ MIN_LABELS = 50
 """Fewer known labels than this for a task: too few to learn it or to measure it."""
 MAX_LABEL_RATIO = 20.0
 """Largest/smallest labeled count above this: the big task dominates an unweighted loss."""
-UNASSIGNED = "unassigned"
-"""Split name for rows whose `split` is null or that have no `split` column."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,19 @@ class ValidationReport:
     def paths(self) -> list[str]:
         """Shard paths inside `fs`, e.g. for `ray.data.read_parquet(report.paths, filesystem=report.fs)`."""
         return [s.path for s in self.shards]
+
+    @property
+    def has_split_column(self) -> bool:
+        return any(s in self.splits for s in SPLITS)
+
+    def rows_in(self, split: str) -> int:
+        """Rows of `split` (training rows include unassigned ones)."""
+        return sum(self.splits.get(s, {}).get("rows", 0) for s in split_members(split))
+
+    def labeled_in(self, split: str) -> dict[str, int]:
+        """Known labels per task in the rows of `split` (training rows include unassigned ones)."""
+        members = [self.splits[s] for s in split_members(split) if s in self.splits]
+        return {t: sum(m["tasks"][t]["labeled"] for m in members) for t in self.tasks}
 
     @property
     def usable(self) -> bool:
@@ -243,7 +256,7 @@ def _count_labels(report: ValidationReport, split_counts: dict[str, dict], pf: p
         entry["rows"] += int(n)
     for task in tasks:
         try:
-            values = labels(table, (task,), where=name)[:, 0]
+            values = labels_of(table, (task,), where=name)[:, 0]
         except UserError as exc:
             report.problems.append(str(exc))
             continue

@@ -1,7 +1,7 @@
 """Task weighting: how the per-task loss terms become one update, selected by name.
 
 Every method is a `Weighting` module. Per batch the train loop passes it the per-task terms from
-`losses.task_terms` and which tasks have a known label (`known_tasks`); `backward` runs the backward
+`losses.task_terms` and which tasks have a known label (`losses.known_tasks`); `backward` runs the backward
 pass(es) and leaves gradients in `.grad`. A task with no known label in the batch is masked out:
 it contributes no gradient, no regulariser and no state update.
 
@@ -10,7 +10,7 @@ Optimizer: `weighting.parameters()` is exactly what the main optimizer must also
 toward 0). State a method updates itself (GradNorm's weights, DWA's loss history) lives in buffers,
 so `state_dict()` checkpoints everything and `.to(device)` moves it.
 
-DDP: `reduce_mean` (default identity; the train loop gives `distributed_mean`) averages a tensor
+DDP: `reduce_mean` (default identity; the train loop gives `step.mean_over_workers`) averages a tensor
 over workers. Every method passes whatever decides its weights through it, in the same calls on
 every worker, so all workers hold the same weights; the weighting's own parameter gradients go
 through it too, since DDP does not see them. Methods with `manipulates_gradients` (gradnorm,
@@ -38,20 +38,8 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def distributed_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean of `t` over the torch.distributed workers; `t` itself outside a process group."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
 
 
-def known_tasks(targets: torch.Tensor) -> torch.Tensor:
-    """Bool [T]: whether each task has at least one known (non-NaN) label in `targets` [m, T]."""
-    return ~torch.isnan(targets).all(dim=0)
 
 
 def _masked(terms: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -107,7 +95,7 @@ class Weighting(nn.Module):
     def backward(self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """Back-propagate the objective into `.grad` of `model`'s and this module's parameters.
 
-        `terms` [T] from `losses.task_terms`, `known` bool [T] from `known_tasks`. Returns the
+        `terms` [T] from `losses.task_terms`, `known` bool [T] from `losses.known_tasks`. Returns the
         objective, detached, for logging.
         """
         total = self.loss(terms, known)
@@ -345,7 +333,7 @@ def available() -> list[str]:
 def get(name: str, num_tasks: int, reduce_mean: ReduceMean | None = None, **params: Any) -> Weighting:
     """The weighting method `name` for `num_tasks` tasks, configured by `params`.
 
-    Meant for `get(**config["weighting"], num_tasks=T, reduce_mean=distributed_mean)` with a
+    Meant for `get(**config["weighting"], num_tasks=T, reduce_mean=step.mean_over_workers)` with a
     config like `{name: gradnorm, alpha: 1.5}`. An unknown name or parameter is a UserError that
     lists the valid ones.
     """

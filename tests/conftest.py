@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from mtl_ray.cli import main as cli_main
-from mtl_ray.train import free_port
+from mtl_ray.runtime import free_port
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
@@ -112,7 +112,7 @@ def ray_session(_moto_server):
     """
     import ray
 
-    from mtl_ray.train import ensure_ray
+    from mtl_ray.runtime import ensure_ray
 
     saved = {k: os.environ.get(k) for k in _s3_env(_moto_server)}
     os.environ.update(_s3_env(_moto_server))

@@ -54,7 +54,15 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
     assert out["stl_params"] > out["mtl_params"] > 0
     assert out["mtl_seconds"] > 0 and out["stl_seconds"] > 0
     assert out["control"]["focus"] == "traffic_light"
-    assert isinstance(out["delta_m_pct"], float)
+    for side in ("mtl", "stl"):
+        for task, metrics in out[side].items():
+            assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0, (side, task, metrics)
+            assert 0.0 <= metrics["f1"] <= 1.0 and metrics["n_labeled"] > 0
+    for task in out["tasks"]:
+        assert out["delta_pct"][task] == pytest.approx((out["mtl"][task]["auroc"] - out["stl"][task]["auroc"])
+                                                        / out["stl"][task]["auroc"] * 100)
+    assert out["delta_m_pct"] == pytest.approx(sum(out["delta_pct"].values()) / 2)
+    assert 0.0 <= out["control"]["val"]["traffic_light"]["auroc"] <= 1.0
     for name in ("metrics.png", "curves.png", "task_weights.png"):
         path = plots / name
         assert path.stat().st_size > 1000 and path.read_bytes().startswith(b"\x89PNG")

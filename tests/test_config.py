@@ -44,7 +44,7 @@ def test_not_yaml_and_not_mapping(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="expected a mapping"):
         config.load_yaml(str(listing))
-    with pytest.raises(UserError, match="cannot read config"):
+    with pytest.raises(UserError, match="cannot read"):
         config.load_yaml(str(tmp_path / "missing.yaml"))
 
 

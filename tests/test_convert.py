@@ -15,7 +15,7 @@ from PIL import Image
 
 from mtl_ray.convert import LabelMap, convert
 from mtl_ray.errors import UserError
-from mtl_ray.format import decode_images, labels, open_shard, shard_format
+from mtl_ray.shards import decode_images, labels_of, open_shard, shard_format
 from mtl_ray.storage import list_shards, s3_filesystem
 
 
@@ -60,7 +60,7 @@ def read_back(path: str) -> dict:
         out["fmt"] = fmt
         column = table.column(fmt.image_column)
         out["images"] += [decode_images(column.slice(i, 1), fmt, where=p)[0] for i in range(table.num_rows)]
-        out["labels"].append(labels(table, fmt.tasks, where=p))
+        out["labels"].append(labels_of(table, fmt.tasks, where=p))
         out["ids"] += table.column("id").to_pylist()
         out["splits"] += table.column("split").to_pylist()
     out["labels"] = np.concatenate(out["labels"])

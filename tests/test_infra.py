@@ -6,9 +6,10 @@ import pytest
 import ray
 import yaml
 
-from mtl_ray.config import TuneConfig, load
-from mtl_ray.train import check_model_config
+from mtl_ray.config import TuneConfig, load, load_train
+from mtl_ray.runtime import check_model_config
 from mtl_ray.tune import check_search
+from mtl_ray.weighting import get as get_weighting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,11 +62,16 @@ def test_kuberay_rayjob_structure():
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "jobs", "configs"))))
 def test_job_configs_load_and_their_training_settings_check(name):
-    cfg = load(TuneConfig, os.path.join(ROOT, "jobs", "configs", name))
+    path = os.path.join(ROOT, "jobs", "configs", name)
+    cfg = load(TuneConfig, path)
+    assert load_train(path) == cfg.train  # what `train`/`compare --config F` would use
     if cfg.search:
-        check_search(cfg, 4, name)
+        forms = check_search(cfg, 4, name)
+        assert set(forms) == set(cfg.search) and all(values for _, values in forms.values())
     else:  # a train or compare job: its one training config must fit the four driving tasks
         check_model_config(cfg.train, 4)
+        weighting = get_weighting(cfg.train.weighting.name, 4, **cfg.train.weighting.params())
+        assert len(weighting.weights()) == 4
 
 
 def test_smoke_config_is_two_trials_of_one_epoch():

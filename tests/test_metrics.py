@@ -1,4 +1,4 @@
-"""Per-task metrics over known labels, against vectors whose answers can be checked by hand."""
+"""Per-task metrics over known labels: hand-checkable cases, and scikit-learn on the known entries."""
 
 import json
 import warnings
@@ -109,3 +109,21 @@ def test_mean_auroc_skips_none():
 def test_mean_auroc_none_when_no_task_has_one():
     assert mean_auroc({"a": {"auroc": None}}) is None
     assert mean_auroc({}) is None
+
+
+def test_every_metric_equals_scikit_learn_on_the_known_entries():
+    """Random scores with ties and unknown labels: each task's numbers are scikit-learn's on its known rows."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    rng = np.random.default_rng(7)
+    probs = np.round(rng.random((300, 5)), 2)  # rounding makes ties
+    targets = (rng.random((300, 5)) < np.array([0.1, 0.3, 0.5, 0.7, 0.9])).astype(np.float64)
+    targets[rng.random((300, 5)) < 0.4] = NAN
+    result = evaluate(probs, targets, list("abcde"))
+    for j, task in enumerate("abcde"):
+        known = ~np.isnan(targets[:, j])
+        y, p = targets[known, j].astype(int), probs[known, j]
+        assert result[task]["n_labeled"] == int(known.sum())
+        assert result[task]["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert result[task]["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5), abs=1e-12)
+        assert result[task]["f1"] == pytest.approx(f1_score(y, p >= 0.5), abs=1e-12)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 import urllib.request
 
@@ -16,10 +17,10 @@ from conftest import wait_http
 
 from mtl_ray import checkpoint
 from mtl_ray.config import TrainConfig
-from mtl_ray.format import decode_one, encode_one
+from mtl_ray.images import decode_image, encode_image
 from mtl_ray.models import build, to_input
 from mtl_ray.synth import synthesize
-from mtl_ray.train import free_port
+from mtl_ray.runtime import free_port
 from mtl_ray.weighting import get as get_weighting
 
 TASKS = ["pedestrian", "car", "stop_sign", "traffic_light"]
@@ -40,7 +41,7 @@ def make_checkpoint(directory, mean_auroc: float, seed: int) -> torch.nn.Module:
 
 
 def own_probabilities(model: torch.nn.Module, encoded: list[bytes], size: int = SIZE) -> np.ndarray:
-    images = np.stack([decode_one(b, size=size) for b in encoded])
+    images = np.stack([decode_image(b, size=size) for b in encoded])
     with torch.no_grad():
         return torch.sigmoid(model(to_input(torch.from_numpy(images)))).double().numpy()
 
@@ -57,7 +58,7 @@ def local_mlflow(tmp_path, monkeypatch):
 @pytest.fixture
 def images(tmp_path):
     rng = np.random.default_rng(1)
-    encoded = [encode_one(rng.integers(0, 256, (SIZE + 8, SIZE + 8, 3), dtype=np.uint8), "png") for _ in range(6)]
+    encoded = [encode_image(rng.integers(0, 256, (SIZE + 8, SIZE + 8, 3), dtype=np.uint8), "png") for _ in range(6)]
     paths = []
     for i, data in enumerate(encoded):
         path = tmp_path / f"img{i}.png"
@@ -201,3 +202,29 @@ def test_unreachable_tracking_server_is_one_line(cli, tmp_path, monkeypatch):
     assert out.code == 2
     assert out.err.startswith(f"mtl-ray: error: tracking server {dead}: unreachable after 3 attempts")
     assert len(out.err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def old_model(tmp_path):
+    """The model saved before the shard module's rename (tests/fixtures/README.md), unpacked."""
+    with tarfile.open(os.path.join(os.path.dirname(__file__), "fixtures", "model-0.1.0.tar.gz")) as tar:
+        tar.extractall(tmp_path, filter="data")
+    root = tmp_path / "model-0.1.0"
+    expected = json.loads((root / "expected.json").read_text())
+    return root / "model", sorted(str(p) for p in (root / "inputs").iterdir()), expected
+
+
+def test_a_model_saved_before_the_rename_predicts_with_its_own_code_and_with_todays(cli, old_model, tmp_path):
+    model, paths, expected = old_model
+    assert (model / "code" / "mtl_ray" / "format.py").is_file()  # its code predates mtl_ray/shards.py
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    own = fresh_predict(str(model), paths, dict(os.environ), elsewhere)
+    assert own["code"].startswith(str(model / "code" / "mtl_ray"))
+    assert own["columns"] == expected["tasks"]
+    np.testing.assert_allclose(own["values"], expected["probabilities"], atol=1e-6)
+
+    today = cli("predict", "--model", model, *paths, "--json", "-")  # this process has imported today's mtl_ray
+    assert today.code == 0, today.err
+    probs = [[row[t] for t in expected["tasks"]] for row in today.json()["predictions"]]
+    np.testing.assert_allclose(probs, expected["probabilities"], atol=1e-6)

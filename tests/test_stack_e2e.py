@@ -62,11 +62,11 @@ def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(s
     assert "checkpoint s3://mtl-ray/e2e/runs/smoke-" in job.stdout
 
     rng = np.random.default_rng(0)
-    from mtl_ray.format import encode_one
+    from mtl_ray.images import encode_image
 
     paths = []
     for i in range(3):
-        (tmp_path / f"{i}.png").write_bytes(encode_one(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png"))
+        (tmp_path / f"{i}.png").write_bytes(encode_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png"))
         paths.append(str(tmp_path / f"{i}.png"))
     got = fresh_predict("models:/mtl-ray@champion", paths, {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "PATH": "/usr/bin:/bin"}, tmp_path)
     assert got["columns"] == ["pedestrian", "car", "stop_sign", "traffic_light"]
@@ -80,7 +80,7 @@ def test_submit_bad_input_is_one_line(stack, tmp_path):
     bad_env = tmp_path / "env.yaml"
     bad_env.write_text("env_vars: [1, 2\n")
     cases = {
-        "does not parse": _run([*cli, "--runtime-env", str(bad_env), "--", "tune", "--help"], env),
+        "not valid YAML": _run([*cli, "--runtime-env", str(bad_env), "--", "tune", "--help"], env),
         "cannot reach the Ray Jobs API": _run([*cli, "--address", "http://127.0.0.1:9", "--", "tune", "--help"], env),
         "authentication failed": _run([*cli, "--", "tune", "--help"], {**env, "RAY_AUTH_TOKEN": "0" * 64}),
     }

@@ -2,16 +2,21 @@
 
 import pytest
 
+from mtl_ray.cli import cli_commands
 from mtl_ray.errors import UserError
 from mtl_ray.submit import EXCLUDES, FORWARDED_ENV, entrypoint, runtime_env, submit
 
 
 def test_mtl_ray_commands_run_through_the_cli_module_and_scripts_run_as_given():
-    assert entrypoint(["tune", "--config", "jobs/configs/smoke.yaml"]) == "python -m mtl_ray.cli tune --config jobs/configs/smoke.yaml"
-    assert entrypoint(["mtl-ray", "train", "--data", "s3://b/x y"]) == "python -m mtl_ray.cli train --data 's3://b/x y'"
-    assert entrypoint(["python", "jobs/tune.py", "--config", "c.yaml"]) == "python jobs/tune.py --config c.yaml"
+    commands = cli_commands()
+    assert {"data", "train", "compare", "advise", "tune", "register", "predict", "quickstart"} <= set(commands)
+    assert entrypoint(["tune", "--config", "jobs/configs/smoke.yaml"], commands) == \
+        "python -m mtl_ray.cli tune --config jobs/configs/smoke.yaml"
+    assert entrypoint(["mtl-ray", "train", "--data", "s3://b/x y"], commands) == \
+        "python -m mtl_ray.cli train --data 's3://b/x y'"
+    assert entrypoint(["python", "jobs/tune.py", "--config", "c.yaml"], commands) == "python jobs/tune.py --config c.yaml"
     with pytest.raises(UserError, match="no command"):
-        entrypoint([])
+        entrypoint([], commands)
 
 
 def test_runtime_env_forwards_tracking_and_aws_variables(monkeypatch, tmp_path):
@@ -37,7 +42,7 @@ def test_runtime_env_forwards_tracking_and_aws_variables(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("env_vars: [1, 2\n", "env.yaml:.*does not parse as YAML or JSON"),
+    ("env_vars: [1, 2\n", "env.yaml:.*not valid YAML or JSON"),
     ("- a\n- b\n", "expected a mapping"),
     ("env_vars: [A, B]\n", "env_vars: expected a mapping"),
 ])
@@ -51,13 +56,13 @@ def test_bad_runtime_env_file_is_one_line(tmp_path, text, message):
 def test_address_must_be_the_jobs_url(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(UserError, match="no Ray Jobs address"):
-        submit(["tune"])
+        submit(["tune"], cli_commands=cli_commands())
     with pytest.raises(UserError, match="expected the Jobs API URL"):
-        submit(["tune"], address="127.0.0.1:6379")
+        submit(["tune"], cli_commands=cli_commands(), address="127.0.0.1:6379")
 
 
 def test_local_commands_refuse_a_jobs_url_in_ray_address(monkeypatch):
-    from mtl_ray.train import ensure_ray
+    from mtl_ray.runtime import ensure_ray
 
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     with pytest.raises(UserError, match="is a Ray Jobs URL: run this as a job with `mtl-ray submit"):

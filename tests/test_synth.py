@@ -8,19 +8,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mtl_ray import format as shard
+from mtl_ray.shards import decode_images, labels_of, open_shard, shard_format, shard_name, ShardFormat
 from mtl_ray.errors import UserError
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import MAX_EXTRA_TASKS, SEED_TASKS, extra_task_names, synthesize
 
 
-def read_all(path: str) -> tuple[shard.ShardFormat, list[pq.ParquetFile], np.ndarray, list[str]]:
+def read_all(path: str) -> tuple[ShardFormat, list[pq.ParquetFile], np.ndarray, list[str]]:
     """Format of the first shard, every shard, labels [N, T] and the split of each row."""
     fs, files, _ = list_shards(path)
-    shards = [shard.open_shard(fs, f, f) for f in files]
-    fmt = shard.shard_format(shards[0], files[0])
+    shards = [open_shard(fs, f, f) for f in files]
+    fmt = shard_format(shards[0], files[0])
     tables = [pf.read() for pf in shards]
-    labels = np.concatenate([shard.labels(t, fmt.tasks) for t in tables])
+    labels = np.concatenate([labels_of(t, fmt.tasks) for t in tables])
     splits = [s for t in tables for s in t.column("split").to_pylist()]
     return fmt, shards, labels, splits
 
@@ -30,7 +30,7 @@ def test_same_seed_gives_identical_shards_and_another_seed_does_not(tmp_path: pa
     b = synthesize(str(tmp_path / "b"), 300, shards=2, seed=7)
     c = synthesize(str(tmp_path / "c"), 300, shards=2, seed=8)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == [shard.shard_name(0, 2), shard.shard_name(1, 2)]
+    assert names == [shard_name(0, 2), shard_name(1, 2)]
     assert a.rows == b.rows == c.rows == 300
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -44,7 +44,7 @@ def test_rows_ids_and_splits(tmp_path: pathlib.Path):
     fs, files, _ = list_shards(str(tmp_path))
     ids = []
     for f in files:
-        pf = shard.open_shard(fs, f, f)
+        pf = open_shard(fs, f, f)
         table = pf.read()
         ids += table.column("id").to_pylist()
         splits = table.column("split").to_pylist()
@@ -79,8 +79,8 @@ def test_every_encoding_round_trips(tmp_path: pathlib.Path, encoding: str):
     assert fmt.encoding == encoding
     assert fmt.tasks == SEED_TASKS
     assert fmt.shape == (64, 64, 3)
-    pixels = shard.decode_images(raw.read().column("image"), fmt_raw)
-    decoded = shard.decode_images(pf.read().column("image"), fmt)
+    pixels = decode_images(raw.read().column("image"), fmt_raw)
+    decoded = decode_images(pf.read().column("image"), fmt)
     assert decoded.shape == (40, 64, 64, 3)
     if encoding == "jpeg":
         assert np.abs(decoded.astype(int) - pixels).mean() < 8
@@ -101,7 +101,7 @@ def test_image_size_scales(tmp_path: pathlib.Path):
     synthesize(str(tmp_path), 200, shards=1, seed=2, image_size=128)
     fmt, (pf,), labels, _ = read_all(str(tmp_path))
     assert fmt.shape == (128, 128, 3)
-    images = shard.decode_images(pf.read().column("image"), fmt)
+    images = decode_images(pf.read().column("image"), fmt)
     assert images.shape == (200, 128, 128, 3) and images.std() > 20
     assert ((0.2 < labels.mean(axis=0)) & (labels.mean(axis=0) < 0.7)).all()
 
@@ -134,7 +134,7 @@ def test_task_subset_keeps_the_scenes(tmp_path: pathlib.Path):
 def test_refuses_to_mix_with_other_shards_but_overwrites_its_own(tmp_path: pathlib.Path):
     synthesize(str(tmp_path), 60, shards=2)
     synthesize(str(tmp_path), 60, shards=2, seed=1)
-    with pytest.raises(UserError, match=shard.shard_name(0, 2)):
+    with pytest.raises(UserError, match=shard_name(0, 2)):
         synthesize(str(tmp_path), 60, shards=3)
 
 
@@ -178,6 +178,6 @@ def test_writes_to_s3(s3):
     result = synthesize(path, 50, shards=2, seed=6)
     assert result.path == path
     fs, files, _ = list_shards(path)
-    assert [f.rsplit("/", 1)[1] for f in files] == [shard.shard_name(0, 2), shard.shard_name(1, 2)]
+    assert [f.rsplit("/", 1)[1] for f in files] == [shard_name(0, 2), shard_name(1, 2)]
     fmt, _, labels, splits = read_all(path)
     assert fmt.tasks == SEED_TASKS and labels.shape == (50, 4) and len(splits) == 50

@@ -6,7 +6,8 @@ import pytest
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
-from mtl_ray.train import epoch_lr, plan_resources
+from mtl_ray.runtime import plan_resources
+from mtl_ray.step import epoch_lr
 
 
 def test_two_cpu_default_leaves_one_cpu_for_ray_data():
@@ -49,6 +50,9 @@ def test_cosine_schedule_starts_at_lr_and_decays_toward_zero():
     assert rates[5] == pytest.approx(0.005)
 
 
-def test_constant_schedule_keeps_lr():
-    cfg = TrainConfig(lr=0.01, epochs=4, lr_schedule="constant")
-    assert [epoch_lr(cfg, e) for e in range(4)] == [0.01] * 4
+def test_constant_schedule_keeps_lr_where_cosine_decays():
+    constant = TrainConfig(lr=0.01, epochs=4, lr_schedule="constant")
+    cosine = TrainConfig(lr=0.01, epochs=4)
+    assert cosine.lr_schedule == "cosine"  # the default
+    assert [epoch_lr(constant, e) for e in range(4)] == [0.01] * 4
+    assert [epoch_lr(cosine, e) for e in range(4)] == pytest.approx([0.01, 0.01 * (1 + 2**-0.5) / 2, 0.005, 0.01 * (1 - 2**-0.5) / 2])

@@ -7,7 +7,7 @@ from mtl_ray.config import TrainConfig, TuneConfig, load
 from mtl_ray.errors import UserError
 from mtl_ray.registry import check_name
 from mtl_ray.tracking import epoch_metrics, flat_params, tracking_uri
-from mtl_ray.train import ResourcePlan
+from mtl_ray.runtime import ResourcePlan
 from mtl_ray.tune import check_search, concurrent_trials, param_space
 
 
@@ -106,9 +106,12 @@ def test_registry_names_mlflow_refuses_are_user_errors(name):
         check_name(name)
 
 
-def test_train_config_in_tune_config_is_checked():
-    with pytest.raises(Exception, match="batch_size"):
-        TuneConfig(train=TrainConfig(batch_size=0))
+def test_train_config_in_tune_config_is_checked(tmp_path):
+    path = tmp_path / "tune.yaml"
+    path.write_text("train: {batch_size: 0}\nsearch: {backbone: [xs]}\n")
+    with pytest.raises(UserError) as caught:
+        load(TuneConfig, str(path))
+    assert str(caught.value) == f"{path}: key 'train.batch_size': Input should be greater than or equal to 1 (got 0)"
 
 
 def test_optuna_search_alg_is_built_when_asked():

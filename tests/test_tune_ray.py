@@ -10,7 +10,7 @@ import yaml
 from test_registry import fresh_predict, own_probabilities
 
 from mtl_ray import checkpoint
-from mtl_ray.format import encode_one
+from mtl_ray.images import encode_image
 from mtl_ray.models import build
 from mtl_ray.synth import synthesize
 
@@ -26,7 +26,7 @@ def small_scenes(tmp_path_factory):
 
 def _images(tmp_path, n=4, size=SIZE):
     rng = np.random.default_rng(2)
-    encoded = [encode_one(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "png") for _ in range(n)]
+    encoded = [encode_image(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "png") for _ in range(n)]
     paths = []
     for i, data in enumerate(encoded):
         (tmp_path / f"i{i}.png").write_bytes(data)

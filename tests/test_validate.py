@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtl_ray.errors import UserError
-from mtl_ray.format import ShardFormat, ShardWriter, encode_images, make_table
+from mtl_ray.shards import ShardFormat, ShardWriter, encode_images, make_table
 from mtl_ray.storage import s3_filesystem
 from mtl_ray.validate import validate
 
@@ -145,6 +145,7 @@ def test_raw_hugging_face_struct_and_no_metadata(cli, tmp_path):
     t = pa.table({"img": hf, "cat": pa.array([1, 0, None, 1], pa.int8()), "split": ["train", "val", None, "test"]})
     pq.write_table(t, tmp_path / "hf.parquet")
     r = cli("data", "validate", tmp_path / "hf.parquet", "--image-column", "img", "--json", "-")
+    assert r.code == 0, r.err
     out = r.json()
     assert out["tasks"]["cat"] == {"rows": 4, "labeled": 3, "positive": 2, "label_rate": 0.75}
     assert out["image"]["encoding"] == "png" and out["decoded"] == 4

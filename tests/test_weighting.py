@@ -10,7 +10,8 @@ from mtl_ray import weighting
 from mtl_ray.errors import UserError
 from mtl_ray.losses import REDUCTIONS, masked_bce, task_terms
 from mtl_ray.models import MultiTaskNet, build
-from mtl_ray.weighting import known_tasks, project_conflicting
+from mtl_ray.losses import known_tasks
+from mtl_ray.weighting import project_conflicting
 
 NAN = float("nan")
 CONFIGS = {

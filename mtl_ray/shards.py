@@ -8,7 +8,6 @@ docs/format.md for the reasoning. Every later stage reads shards through this mo
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -18,14 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
-
-from mtl_ray.errors import UserError
+from mtl_ray.errors import UserError, first_line
+from mtl_ray.images import decode_image, encode_image, resize
 
 METADATA_KEY = b"mtl_ray"
 FORMAT_VERSION = 1
 ENCODINGS = ("png", "jpeg", "raw")
 SPLITS = ("train", "val", "test")
+TRAIN_SPLIT = "train"
+UNASSIGNED = "unassigned"
+"""The split of rows whose `split` is null, or of shards without a `split` column: training rows."""
 ID_COLUMN = "id"
 SPLIT_COLUMN = "split"
 DEFAULT_IMAGE_COLUMN = "image"
@@ -201,8 +202,7 @@ def open_shard(fs: pafs.FileSystem, path: str, where: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(fs.open_input_file(path))
     except (pa.ArrowInvalid, OSError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{where}: not a readable Parquet file ({msg})") from None
+        raise UserError(f"{where}: not a readable Parquet file ({first_line(exc)})") from None
 
 
 def shard_format(pf: pq.ParquetFile, where: str, image_column: str | None = None) -> ShardFormat:
@@ -215,6 +215,16 @@ def shard_format(pf: pq.ParquetFile, where: str, image_column: str | None = None
             first = image_bytes(pf.read_row_group(0, columns=[column]).column(column).slice(0, 1))
             sample = first[0].as_py() if len(first) else None
     return read_format(schema, where, image_column, sample)
+
+
+def split_members(split: str) -> tuple[str, ...]:
+    """The split values whose rows make up `split`: training rows are those marked train or unassigned."""
+    return (split, UNASSIGNED) if split == TRAIN_SPLIT else (split,)
+
+
+def split_mask(column: pa.Array | pa.ChunkedArray, split: str) -> pa.ChunkedArray | pa.BooleanArray:
+    """Which rows of a `split` column belong to `split` (a null split counts as training)."""
+    return pc.fill_null(pc.equal(column, split), split == TRAIN_SPLIT)
 
 
 # ---- decoding -------------------------------------------------------------------------------
@@ -241,11 +251,11 @@ def decode_images(column: pa.Array | pa.ChunkedArray, fmt: ShardFormat, size: in
     if fmt.encoding == "raw":
         images = _raw_view(arr, fmt.shape)
         if size is not None and images.shape[1:3] != (size, size):
-            images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+            images = np.stack([resize(im, size) for im in images])
         return images
     out = None
     for i, value in enumerate(arr):
-        rgb = decode_one(value.as_py(), where=where, row=row_offset + i, size=size)
+        rgb = decode_image(value.as_py(), where=where, row=row_offset + i, size=size)
         if out is None:
             out = np.empty((len(arr),) + rgb.shape, dtype=np.uint8)
         elif rgb.shape != out.shape[1:]:
@@ -257,19 +267,6 @@ def decode_images(column: pa.Array | pa.ChunkedArray, fmt: ShardFormat, size: in
     return out
 
 
-def decode_one(data: bytes, *, where: str = "", row: int = 0, size: int | None = None) -> np.ndarray:
-    """One encoded image (any mode Pillow reads: gray, RGBA, palette, ...) as uint8 RGB [H, W, 3]."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im)
-    except UnidentifiedImageError:
-        raise UserError(f"{where}: row {row}: cannot decode image (not an image format Pillow reads)") from None
-    except Exception as exc:  # Pillow raises many types for truncated or damaged data
-        detail = str(exc).splitlines()[0] if str(exc) else "damaged data"
-        raise UserError(f"{where}: row {row}: cannot decode image ({type(exc).__name__}: {detail})") from None
 
 
 def _raw_view(arr: pa.Array, shape: tuple[int, int, int]) -> np.ndarray:
@@ -282,7 +279,7 @@ def _raw_view(arr: pa.Array, shape: tuple[int, int, int]) -> np.ndarray:
     return images
 
 
-def labels(table: pa.Table | pa.RecordBatch, tasks: tuple[str, ...] | list[str], *, where: str = "", row_offset: int = 0) -> np.ndarray:
+def labels_of(table: pa.Table | pa.RecordBatch, tasks: tuple[str, ...] | list[str], *, where: str = "", row_offset: int = 0) -> np.ndarray:
     """Task labels as float32 [N, T]: 1.0, 0.0, or NaN for unknown. Values outside {0, 1} are errors."""
     out = np.empty((table.num_rows, len(tasks)), dtype=np.float32)
     for j, task in enumerate(tasks):
@@ -306,17 +303,9 @@ def encode_images(images: np.ndarray, fmt: ShardFormat) -> pa.Array:
         if images.shape[1:] != tuple(fmt.shape):
             raise ValueError(f"images have shape {images.shape[1:]}, format says {fmt.shape}")
         return pa.Array.from_buffers(pa.binary(width), len(images), [None, pa.py_buffer(images)])
-    return pa.array([encode_one(im, fmt.encoding) for im in images], type=pa.binary())
+    return pa.array([encode_image(im, fmt.encoding) for im in images], type=pa.binary())
 
 
-def encode_one(image: np.ndarray, encoding: str) -> bytes:
-    buf = io.BytesIO()
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    if encoding == "jpeg":
-        pil.save(buf, format="JPEG", quality=90)
-    else:
-        pil.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def label_array(values: np.ndarray) -> pa.Array:

@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make quickstart` and `make test`. Each creates .venv on first
+# use: the CPU build of torch first (a bare `torch` requirement would pull a multi-GB CUDA build),
+# then mtl-ray with its test extras. `make test-fast` is the inner loop: everything but the
+# end-to-end runs marked `slow`.
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: quickstart test test-fast lint
+
+$(INSTALLED): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --progress-bar off torch==2.13.0
+	$(BIN)/pip install --progress-bar off -e ".[test]"
+	touch $@
+
+quickstart: $(INSTALLED)
+	$(BIN)/mtl-ray quickstart
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+# pytest exits 5 when it collected no tests: that is a failure too.
+test: lint
+	$(BIN)/pytest; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$(( rc == 5 ? 1 : rc ))
+
+test-fast: lint
+	$(BIN)/pytest -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$(( rc == 5 ? 1 : rc ))
