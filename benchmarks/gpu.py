@@ -18,19 +18,21 @@ import tempfile
 import time
 
 import torch
-
 from ingest import plain_epoch
-from mtl_ray.shards import open_shard, shard_format
+
 from mtl_ray.config import TrainConfig
 from mtl_ray.models import build
+from mtl_ray.shards import open_shard, shard_format
+from mtl_ray.step import train_step
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
-from mtl_ray.step import train_step
 from mtl_ray.train import fit
 from mtl_ray.weighting import get as get_weighting
 
 
-def ceiling(model, optimizer, weighting, batch_size: int, size: int, tasks: int, device: torch.device, steps: int) -> float:
+def ceiling(
+    model, optimizer, weighting, batch_size: int, size: int, tasks: int, device: torch.device, steps: int
+) -> float:
     """Images/s with inputs already on the GPU: the most any input pipeline could deliver."""
     images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 2, (batch_size, tasks), device=device).float()
@@ -67,15 +69,24 @@ def main() -> int:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         weighting = get_weighting("equal", len(tasks))
         top = ceiling(model, optimizer, weighting, args.batch_size, args.image_size, len(tasks), device, steps=200)
-        plain = max(plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size, device) for _ in range(args.epochs))
+        plain = max(
+            plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size, device)
+            for _ in range(args.epochs)
+        )
         cfg = TrainConfig(backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs, workers=1, gpu=True)
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="gpu-bench")
         ours = max(h["train_images_per_s"] for h in result.history)
 
     summary = {
-        "mtl_ray_images_per_s": round(ours, 1), "plain_images_per_s": round(plain, 1), "ratio": round(ours / plain, 3),
-        "ceiling_images_per_s": round(top, 1), "ratio_to_ceiling": round(ours / top, 3),
-        "device": torch.cuda.get_device_name(), "backbone": args.backbone, "batch_size": args.batch_size, "image_size": args.image_size,
+        "mtl_ray_images_per_s": round(ours, 1),
+        "plain_images_per_s": round(plain, 1),
+        "ratio": round(ours / plain, 3),
+        "ceiling_images_per_s": round(top, 1),
+        "ratio_to_ceiling": round(ours / top, 3),
+        "device": torch.cuda.get_device_name(),
+        "backbone": args.backbone,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
     }
     print(json.dumps(summary, indent=2))
     if args.json and args.json != "-":

@@ -19,28 +19,37 @@ import tempfile
 import time
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
-from mtl_ray.shards import SPLIT_COLUMN, decode_images, labels_of, open_shard, shard_format
 from mtl_ray.config import TrainConfig
 from mtl_ray.models import build
+from mtl_ray.shards import SPLIT_COLUMN, decode_images, labels_of, open_shard, shard_format, split_mask
+from mtl_ray.step import train_step
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
-from mtl_ray.step import train_step
 from mtl_ray.train import fit
 from mtl_ray.weighting import get as get_weighting
 
 
-def plain_epoch(fs, paths: list[str], tasks: list[str], model, optimizer, weighting, batch_size: int, device: torch.device = torch.device("cpu")) -> float:
+def plain_epoch(
+    fs,
+    paths: list[str],
+    tasks: list[str],
+    model,
+    optimizer,
+    weighting,
+    batch_size: int,
+    device: torch.device | None = None,
+) -> float:
     """One epoch over the train rows, pyarrow batches straight into torch; returns images/s."""
+    device = device or torch.device("cpu")
     seen = 0
     started = time.perf_counter()
     for path in paths:
         pf = open_shard(fs, path, path)
         fmt = shard_format(pf, path)
         for batch in pf.iter_batches(batch_size=batch_size, columns=[fmt.image_column, SPLIT_COLUMN, *tasks]):
-            batch = batch.filter(pc.equal(batch.column(SPLIT_COLUMN), "train"))
+            batch = batch.filter(split_mask(batch.column(SPLIT_COLUMN), "train"))
             if batch.num_rows == 0:
                 continue
             images = torch.from_numpy(np.array(decode_images(batch.column(fmt.image_column), fmt)))
@@ -59,8 +68,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
-    parser.add_argument("--shuffle-buffer", type=int, default=TrainConfig().shuffle_buffer,
-                        help="mtl-ray side's per-epoch local shuffle (rows; 0 = off); the plain loop reads in file order")
+    parser.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=TrainConfig().shuffle_buffer,
+        help="mtl-ray side's per-epoch local shuffle (rows; 0 = off); the plain loop reads in file order",
+    )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
 
@@ -74,19 +87,37 @@ def main() -> int:
         model = build(args.backbone, len(tasks), channels_last=True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         weighting = get_weighting("equal", len(tasks))
-        plain = max(plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size) for _ in range(args.epochs))
+        plain = max(
+            plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size) for _ in range(args.epochs)
+        )
 
-        cfg = TrainConfig(backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs, workers=1, cpus_per_worker=float(args.threads),
-                          shuffle_buffer=args.shuffle_buffer)
+        cfg = TrainConfig(
+            backbone=args.backbone,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            workers=1,
+            cpus_per_worker=float(args.threads),
+            shuffle_buffer=args.shuffle_buffer,
+        )
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="ingest-bench")
         ours = max(h["train_images_per_s"] for h in result.history)
 
-    summary = {"mtl_ray_images_per_s": round(ours, 1), "plain_images_per_s": round(plain, 1), "ratio": round(ours / plain, 3),
-               "backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads, "epochs": args.epochs,
-               "shuffle_buffer": args.shuffle_buffer}
-    print(f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f} img/s  ratio {ours / plain:.3f}  "
-          f"({args.backbone}, batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer {args.shuffle_buffer}, "
-          f"best of {args.epochs} epochs)")
+    summary = {
+        "mtl_ray_images_per_s": round(ours, 1),
+        "plain_images_per_s": round(plain, 1),
+        "ratio": round(ours / plain, 3),
+        "backbone": args.backbone,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "epochs": args.epochs,
+        "shuffle_buffer": args.shuffle_buffer,
+    }
+    print(
+        f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f} img/s  ratio {ours / plain:.3f}  "
+        f"({args.backbone}, batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer "
+        f"{args.shuffle_buffer}, "
+        f"best of {args.epochs} epochs)"
+    )
     if args.json == "-":
         print(json.dumps(summary, indent=2))
     elif args.json:

@@ -5,7 +5,8 @@ directory, after a small warm-up run, and prints images per second. The figure i
 generator is single-threaded numpy (no BLAS), and Arrow's thread pools are set to one thread
 here. For a strict single-core number on a busy machine also pin the process:
 
-    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/synth.py [--n 8192] [--image-size 64] [--encoding raw] [--json FILE]
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/synth.py [--n 8192] [--image-size 64] [--encoding raw] \
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,11 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         synthesize(f"{tmp}/warmup", min(args.n, 512), image_size=args.image_size, encoding=args.encoding)
         result = synthesize(f"{tmp}/scenes", args.n, image_size=args.image_size, encoding=args.encoding)
     summary = {
-        "images_per_s": round(result.images_per_s, 1), "n": args.n, "image_size": args.image_size,
-        "encoding": args.encoding, "seconds": round(result.seconds, 3), "shards": result.shards,
+        "images_per_s": round(result.images_per_s, 1),
+        "n": args.n,
+        "image_size": args.image_size,
+        "encoding": args.encoding,
+        "seconds": round(result.seconds, 3),
+        "shards": result.shards,
     }
-    print(f"synth: {args.n:,} images {args.image_size}x{args.image_size} {args.encoding} in {result.seconds:.2f} s: "
-          f"{result.images_per_s:,.0f} images/s (one core)", file=sys.stderr if args.json == "-" else sys.stdout)
+    print(
+        f"synth: {args.n:,} images {args.image_size}x{args.image_size} {args.encoding} in {result.seconds:.2f} s: "
+        f"{result.images_per_s:,.0f} images/s (one core)",
+        file=sys.stderr if args.json == "-" else sys.stdout,
+    )
     if args.json:
         text = json.dumps(summary, indent=2) + "\n"
         if args.json == "-":

@@ -1,6 +1,6 @@
 """Ray job entry point: `mtl-ray compare` from a job config (see jobs/configs and docs/cluster.md).
 
-    ray job submit --working-dir . -- python jobs/compare.py --config jobs/configs/driving.yaml
+ray job submit --working-dir . -- python jobs/compare.py --config jobs/configs/driving.yaml
 """
 
 import sys

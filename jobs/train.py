@@ -1,6 +1,6 @@
 """Ray job entry point: `mtl-ray train` from a job config (see jobs/configs and docs/cluster.md).
 
-    ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/driving.yaml
+ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/driving.yaml
 """
 
 import sys

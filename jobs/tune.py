@@ -1,6 +1,6 @@
 """Ray job entry point: `mtl-ray tune` from a job config (see jobs/configs and docs/cluster.md).
 
-    ray job submit --working-dir . -- python jobs/tune.py --config jobs/configs/driving.yaml
+ray job submit --working-dir . -- python jobs/tune.py --config jobs/configs/driving.yaml
 """
 
 import sys

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mtl_ray.shards import SPLIT_COLUMN, decode_images, labels_of, open_shard, split_mask
-from mtl_ray.step import train_step
 from mtl_ray.errors import UserError
 from mtl_ray.losses import task_terms
 from mtl_ray.metrics import evaluate
 from mtl_ray.models import build
+from mtl_ray.shards import SPLIT_COLUMN, decode_images, labels_of, open_shard, split_mask
+from mtl_ray.step import train_step
 from mtl_ray.text import number
 from mtl_ray.validate import ValidationReport, validate
 from mtl_ray.weighting import get as get_weighting
@@ -74,7 +74,7 @@ def probe_fit(backbone: str, images: torch.Tensor, labels: torch.Tensor, steps: 
     order = torch.randperm(len(images))
     model.train()
     for step in range(steps):
-        idx = order[(step * PROBE_BATCH) % len(order):][:PROBE_BATCH]
+        idx = order[(step * PROBE_BATCH) % len(order) :][:PROBE_BATCH]
         train_step(model, optimizer, weighting, images[idx], labels[idx], torch.device("cpu"), "per_task")
     return model.eval()
 
@@ -87,7 +87,9 @@ def _auroc(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, c
     return evaluate(probs[:, [column]], labels[:, [column]].numpy(), ["t"])["t"]["auroc"]
 
 
-def gradient_cosines(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tasks: list[str]) -> dict[str, float]:
+def gradient_cosines(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tasks: list[str]
+) -> dict[str, float]:
     """Pairwise cosine of per-task gradients on the shared trunk, for tasks with known labels."""
     from mtl_ray.models import to_input
 
@@ -98,15 +100,22 @@ def gradient_cosines(model: torch.nn.Module, images: torch.Tensor, labels: torch
     for j, task in enumerate(tasks):
         if known[j]:
             g = torch.autograd.grad(terms[j], shared, retain_graph=True, allow_unused=True)
-            grads[task] = torch.cat([(torch.zeros_like(p) if x is None else x).reshape(-1) for p, x in zip(shared, g)])
-    return {f"{a}~{b}": float(torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0))
-            for a, b in itertools.combinations(grads, 2)}
+            grads[task] = torch.cat(
+                [(torch.zeros_like(p) if x is None else x).reshape(-1) for p, x in zip(shared, g, strict=True)]
+            )
+    return {
+        f"{a}~{b}": float(torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0))
+        for a, b in itertools.combinations(grads, 2)
+    }
 
 
 def data_amounts(labeled: dict[str, int]) -> dict[str, dict]:
     """Per task: own labels, the other tasks' labels, and their ratio."""
     total = sum(labeled.values())
-    return {t: {"labeled": n, "others_labeled": total - n, "ratio": (total - n) / n if n else None} for t, n in labeled.items()}
+    return {
+        t: {"labeled": n, "others_labeled": total - n, "ratio": (total - n) / n if n else None}
+        for t, n in labeled.items()
+    }
 
 
 @dataclass
@@ -158,12 +167,23 @@ def advise(data: str, *, rows: int = PROBE_ROWS, steps: int = PROBE_STEPS, size:
     capacity_verdict = "yes" if small_gap is not None and big_gap is not None and big_gap > small_gap + 0.01 else "no"
 
     conditions = {
-        "shared_features": {"verdict": shared_verdict, "evidence": {"mean_cosine": mean_cos, "pairs": cosines},
-                            "summary": f"mean gradient cosine between tasks on the shared trunk {mean_cos:+.3f}"},
-        "data_amounts": {"verdict": data_verdict, "evidence": {"focus": focus, "tasks": amounts},
-                         "summary": f"{focus} has {labeled[focus]:,} labels; the other tasks add {amounts[focus]['others_labeled']:,} ({ratio:.1f}x)"},
-        "capacity": {"verdict": capacity_verdict, "evidence": {"focus": focus, "probes": gaps, "steps": steps},
-                     "summary": f"{focus}: multi-task minus single-task AUROC {number(small_gap, '+.3f')} with {SMALL}, {number(big_gap, '+.3f')} with {BIG}"},
+        "shared_features": {
+            "verdict": shared_verdict,
+            "evidence": {"mean_cosine": mean_cos, "pairs": cosines},
+            "summary": f"mean gradient cosine between tasks on the shared trunk {mean_cos:+.3f}",
+        },
+        "data_amounts": {
+            "verdict": data_verdict,
+            "evidence": {"focus": focus, "tasks": amounts},
+            "summary": f"{focus} has {labeled[focus]:,} labels; the other tasks add "
+            "{amounts[focus]['others_labeled']:,} ({ratio:.1f}x)",
+        },
+        "capacity": {
+            "verdict": capacity_verdict,
+            "evidence": {"focus": focus, "probes": gaps, "steps": steps},
+            "summary": f"{focus}: multi-task minus single-task AUROC {number(small_gap, '+.3f')} with {SMALL}, "
+            "{number(big_gap, '+.3f')} with {BIG}",
+        },
     }
     return Advice(conditions, _recommend(shared_verdict, data_verdict, capacity_verdict, focus))
 
@@ -172,7 +192,10 @@ def _recommend(shared: str, amounts: str, capacity: str, focus: str) -> str:
     if shared == "no":
         return "tasks pull the shared trunk apart: train separate networks, or check with mtl-ray compare"
     if amounts == "no":
-        return f"{focus} already has as many labels as the other tasks together: expect little from sharing; confirm with mtl-ray compare"
+        return (
+            f"{focus} already has as many labels as the other tasks together: expect little from sharing; "
+            "confirm with mtl-ray compare"
+        )
     advice = f"multi-task learning is likely to help {focus}; confirm with mtl-ray compare --control shuffle"
     if capacity == "yes":
         advice += f" and prefer a backbone of at least {BIG}"

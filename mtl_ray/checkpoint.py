@@ -17,11 +17,16 @@ CHECKPOINT_FILE = "model.pt"
 META_FILE = "meta.json"
 
 
-def save(directory: str, model: torch.nn.Module, weighting: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         meta: dict) -> None:
+def save(
+    directory: str, model: torch.nn.Module, weighting: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict
+) -> None:
     """A training checkpoint: model, weighting and optimizer state, so a run can resume from it."""
-    state = {"model": model.state_dict(), "weighting": weighting.state_dict(), "optimizer": optimizer.state_dict(),
-             "epoch": meta["epoch"]}
+    state = {
+        "model": model.state_dict(),
+        "weighting": weighting.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": meta["epoch"],
+    }
     write(directory, state, meta)
 
 

@@ -64,8 +64,15 @@ def _cmd_synth(args: argparse.Namespace) -> Result:
             raise UserError(f"--label-rate {task}: given twice")
         rates[task] = frac
     return synthesize(
-        args.out, args.n, shards=args.shards, image_size=args.image_size, tasks=args.tasks,
-        extra_tasks=args.extra_tasks, label_rates=rates, encoding=args.encoding, seed=args.seed,
+        args.out,
+        args.n,
+        shards=args.shards,
+        image_size=args.image_size,
+        tasks=args.tasks,
+        extra_tasks=args.extra_tasks,
+        label_rates=rates,
+        encoding=args.encoding,
+        seed=args.seed,
         val_fraction=args.val_fraction,
     )
 
@@ -74,9 +81,19 @@ def _cmd_convert(args: argparse.Namespace) -> Result:
     from mtl_ray.convert import convert
 
     return convert(
-        args.src, args.out, image_column=args.image_column, tasks=args.tasks, labels_csv=args.labels_csv,
-        file_column=args.file_column, positive=args.positive, negative=args.negative, missing=args.missing,
-        image_size=args.image_size, encoding=args.encoding, strict=args.strict, report=args.report,
+        args.src,
+        args.out,
+        image_column=args.image_column,
+        tasks=args.tasks,
+        labels_csv=args.labels_csv,
+        file_column=args.file_column,
+        positive=args.positive,
+        negative=args.negative,
+        missing=args.missing,
+        image_size=args.image_size,
+        encoding=args.encoding,
+        strict=args.strict,
+        report=args.report,
         shards=args.shards,
     )
 
@@ -90,8 +107,13 @@ def _cmd_validate(args: argparse.Namespace) -> Result:
 def _train_config(args: argparse.Namespace):
     from mtl_ray import config
 
-    overrides = {"backbone": args.backbone, "epochs": args.epochs, "workers": args.workers, "gpu": args.gpu or None,
-                 "weighting": {"name": args.weighting} if args.weighting else None}
+    overrides = {
+        "backbone": args.backbone,
+        "epochs": args.epochs,
+        "workers": args.workers,
+        "gpu": args.gpu or None,
+        "weighting": {"name": args.weighting} if args.weighting else None,
+    }
     return config.load_train(args.config, overrides)
 
 
@@ -104,8 +126,15 @@ def _cmd_train(args: argparse.Namespace) -> Result:
 def _cmd_compare(args: argparse.Namespace) -> Result:
     from mtl_ray.compare import compare
 
-    return compare(args.data, val=args.val, config=_train_config(args), control=args.control, plots=args.plots,
-                   storage_path=args.storage, focus=args.focus)
+    return compare(
+        args.data,
+        val=args.val,
+        config=_train_config(args),
+        control=args.control,
+        plots=args.plots,
+        storage_path=args.storage,
+        focus=args.focus,
+    )
 
 
 def _cmd_advise(args: argparse.Namespace) -> Result:
@@ -144,20 +173,39 @@ def _cmd_submit(args: argparse.Namespace) -> Result:
     from mtl_ray.submit import submit
 
     command = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
-    return submit(command, cli_commands=cli_commands(), address=args.address, runtime_env_file=args.runtime_env, forward_env=not args.no_forward_env,
-                  follow=not args.no_wait)
+    return submit(
+        command,
+        cli_commands=cli_commands(),
+        address=args.address,
+        runtime_env_file=args.runtime_env,
+        forward_env=not args.no_forward_env,
+        follow=not args.no_wait,
+    )
 
 
 def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
-    p.add_argument("--config", metavar="F", help="YAML file with TrainConfig keys, or a job config (jobs/configs) whose train: section is used; flags override it")
+    p.add_argument(
+        "--config",
+        metavar="F",
+        help="YAML file with TrainConfig keys, or a job config (jobs/configs) whose train: section is used; "
+        "flags override it",
+    )
     p.add_argument("--backbone", help="backbone name (default s; see docs/models.md)")
-    p.add_argument("--weighting", metavar="NAME", help="task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad (parameters via --config)")
+    p.add_argument(
+        "--weighting",
+        metavar="NAME",
+        help="task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad (parameters via --config)",
+    )
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--workers", type=_positive_int, help="Ray Train workers (default 2 on CPU, 1 per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="train on GPUs (fails fast if the cluster has none)")
-    p.add_argument("--storage", metavar="PATH", help=f"where checkpoints go: directory or s3://bucket/prefix (default ./{DEFAULT_STORAGE})")
+    p.add_argument(
+        "--storage",
+        metavar="PATH",
+        help=f"where checkpoints go: directory or s3://bucket/prefix (default ./{DEFAULT_STORAGE})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +219,9 @@ def cli_commands() -> list[str]:
 
 def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser and its top-level subcommands."""
-    parser = argparse.ArgumentParser(prog="mtl-ray", description="Multi-task learning on images with Ray, PyTorch and MLflow.")
+    parser = argparse.ArgumentParser(
+        prog="mtl-ray", description="Multi-task learning on images with Ray, PyTorch and MLflow."
+    )
     parser.add_argument("--version", action="version", version=f"mtl-ray {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -181,59 +231,144 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
         p.set_defaults(handler=handler)
         return p
 
-    data = commands.add_parser("data", help="create, convert and check Parquet image shards").add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    data = commands.add_parser("data", help="create, convert and check Parquet image shards").add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND"
+    )
 
-    p = command(data, "synth", "write procedural driving scenes as shards (tasks: pedestrian, car, stop_sign, traffic_light)", _cmd_synth)
+    p = command(
+        data,
+        "synth",
+        "write procedural driving scenes as shards (tasks: pedestrian, car, stop_sign, traffic_light)",
+        _cmd_synth,
+    )
     p.add_argument("out", metavar="OUT", help="output directory or s3://bucket/prefix")
     p.add_argument("--n", type=_positive_int, required=True, help="number of images")
-    p.add_argument("--shards", type=_positive_int, help="number of Parquet files (default: by size, see docs/format.md)")
+    p.add_argument(
+        "--shards", type=_positive_int, help="number of Parquet files (default: by size, see docs/format.md)"
+    )
     p.add_argument("--image-size", type=_positive_int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--tasks", type=_task_list, help="comma-separated subset of the scene tasks (default: all four seed tasks)")
-    p.add_argument("--extra-tasks", type=int, default=0, metavar="M", help="add M derived tasks (counts, relations, conjunctions), at most 100")
-    p.add_argument("--label-rate", type=_label_rate, action="append", default=[], metavar="TASK=FRAC", help="fraction of training rows that carry TASK's label (repeatable; val keeps all labels)")
-    p.add_argument("--encoding", choices=["png", "jpeg", "raw"], default="raw", help="image encoding (default raw pixels)")
+    p.add_argument(
+        "--tasks", type=_task_list, help="comma-separated subset of the scene tasks (default: all four seed tasks)"
+    )
+    p.add_argument(
+        "--extra-tasks",
+        type=int,
+        default=0,
+        metavar="M",
+        help="add M derived tasks (counts, relations, conjunctions), at most 100",
+    )
+    p.add_argument(
+        "--label-rate",
+        type=_label_rate,
+        action="append",
+        default=[],
+        metavar="TASK=FRAC",
+        help="fraction of training rows that carry TASK's label (repeatable; val keeps all labels)",
+    )
+    p.add_argument(
+        "--encoding", choices=["png", "jpeg", "raw"], default="raw", help="image encoding (default raw pixels)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of rows in the fully labeled val split (default 0.2)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="fraction of rows in the fully labeled val split (default 0.2)"
+    )
 
-    p = command(data, "convert", "convert an image folder + CSV/JSONL labels, or any Parquet dataset, into mtl-ray shards", _cmd_convert)
+    p = command(
+        data,
+        "convert",
+        "convert an image folder + CSV/JSONL labels, or any Parquet dataset, into mtl-ray shards",
+        _cmd_convert,
+    )
     p.add_argument("src", metavar="SRC", help="image folder, or Parquet file/directory (Hugging Face exports included)")
     p.add_argument("out", metavar="OUT", help="output directory or s3://bucket/prefix")
     p.add_argument("--image-column", help="image column of a Parquet source (default: image)")
-    p.add_argument("--tasks", type=_task_list, help="comma-separated label columns to keep (default: every label-like column)")
+    p.add_argument(
+        "--tasks", type=_task_list, help="comma-separated label columns to keep (default: every label-like column)"
+    )
     p.add_argument("--labels-csv", metavar="F", help="CSV or JSONL label file for an image folder (one row per image)")
-    p.add_argument("--file-column", help="column of the label file naming the image file (default: first of file, filename, image, path)")
-    p.add_argument("--positive", action="append", default=[], metavar="V", help="extra label value meaning positive (repeatable)")
-    p.add_argument("--negative", action="append", default=[], metavar="V", help="extra label value meaning negative (repeatable)")
-    p.add_argument("--missing", action="append", default=[], metavar="V", help="extra label value meaning unknown (repeatable)")
+    p.add_argument(
+        "--file-column",
+        help="column of the label file naming the image file (default: first of file, filename, image, path)",
+    )
+    p.add_argument(
+        "--positive", action="append", default=[], metavar="V", help="extra label value meaning positive (repeatable)"
+    )
+    p.add_argument(
+        "--negative", action="append", default=[], metavar="V", help="extra label value meaning negative (repeatable)"
+    )
+    p.add_argument(
+        "--missing", action="append", default=[], metavar="V", help="extra label value meaning unknown (repeatable)"
+    )
     p.add_argument("--image-size", type=_positive_int, help="resize every image to S×S")
-    p.add_argument("--encoding", choices=["png", "jpeg", "raw"], default="png", help="output encoding (raw needs one image size)")
+    p.add_argument(
+        "--encoding", choices=["png", "jpeg", "raw"], default="png", help="output encoding (raw needs one image size)"
+    )
     p.add_argument("--shards", type=_positive_int, help="number of output Parquet files")
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable row instead of skipping it")
     p.add_argument("--report", metavar="F", help="where to list skipped rows (default: OUT/_skipped.jsonl when any)")
 
-    p = command(data, "validate", "check shards: schema across files, image decode, per-task label table", _cmd_validate)
+    p = command(
+        data, "validate", "check shards: schema across files, image decode, per-task label table", _cmd_validate
+    )
     p.add_argument("path", metavar="PATH", help="directory, Parquet file, or s3://bucket/prefix")
     p.add_argument("--full", action="store_true", help="decode every image (default: a sample per shard)")
     p.add_argument("--image-column", help="image column when shards carry no mtl_ray metadata (default: image)")
 
-    p = command(commands, "train", "train one multi-task model with Ray Train (resumes a run of the same --name)", _cmd_train)
+    p = command(
+        commands, "train", "train one multi-task model with Ray Train (resumes a run of the same --name)", _cmd_train
+    )
     _training_flags(p)
     p.add_argument("--name", metavar="RUN", help="run name; rerunning a name resumes from its last checkpoint")
 
-    p = command(commands, "compare", "multi-task model vs one single-task network per task, same backbone and epochs", _cmd_compare)
+    p = command(
+        commands,
+        "compare",
+        "multi-task model vs one single-task network per task, same backbone and epochs",
+        _cmd_compare,
+    )
     _training_flags(p)
-    p.add_argument("--control", choices=["shuffle"], help="also retrain the multi-task model with the other tasks' labels shuffled")
-    p.add_argument("--focus", metavar="TASK", help="the task the shuffle control keeps (default: the one with the fewest labels)")
+    p.add_argument(
+        "--control", choices=["shuffle"], help="also retrain the multi-task model with the other tasks' labels shuffled"
+    )
+    p.add_argument(
+        "--focus", metavar="TASK", help="the task the shuffle control keeps (default: the one with the fewest labels)"
+    )
     p.add_argument("--plots", metavar="DIR", help="write metrics.png, curves.png and task_weights.png here")
 
-    p = command(commands, "tune", "Ray Tune over backbone, weighting and lr; every trial tracked in MLflow; the best registered", _cmd_tune)
+    p = command(
+        commands,
+        "tune",
+        "Ray Tune over backbone, weighting and lr; every trial tracked in MLflow; the best registered",
+        _cmd_tune,
+    )
     p.add_argument("--data", metavar="PATH", help="training shards (default: the config's data key)")
-    p.add_argument("--val", metavar="PATH", help="validation shards (default: the config's val key, else the 'val' split of the data)")
-    p.add_argument("--config", required=True, metavar="F", help="YAML with data, train, search, scheduler, tracking and registry keys (docs/tune.md)")
-    p.add_argument("--name", metavar="NAME", help="tune job name (default tune-DATE-TIME); trials' Train runs are NAME-TRIAL_ID")
-    p.add_argument("--storage", metavar="PATH", help=f"where checkpoints go: directory or s3://bucket/prefix (default: config storage, else ./{DEFAULT_STORAGE})")
+    p.add_argument(
+        "--val",
+        metavar="PATH",
+        help="validation shards (default: the config's val key, else the 'val' split of the data)",
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        metavar="F",
+        help="YAML with data, train, search, scheduler, tracking and registry keys (docs/tune.md)",
+    )
+    p.add_argument(
+        "--name", metavar="NAME", help="tune job name (default tune-DATE-TIME); trials' Train runs are NAME-TRIAL_ID"
+    )
+    p.add_argument(
+        "--storage",
+        metavar="PATH",
+        help=f"where checkpoints go: directory or s3://bucket/prefix (default: config storage, else "
+        f"./{DEFAULT_STORAGE})",
+    )
 
-    p = command(commands, "register", "register a checkpoint as a model version; the alias moves only if mean_auroc beats the current one", _cmd_register)
+    p = command(
+        commands,
+        "register",
+        "register a checkpoint as a model version; the alias moves only if mean_auroc beats the current one",
+        _cmd_register,
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="RUN_ID", help="an MLflow run of a tune trial (its mtl_ray.checkpoint tag)")
     source.add_argument("--checkpoint", metavar="URI", help="a checkpoint directory or s3:// URI")
@@ -241,24 +376,60 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"the gated alias (default {DEFAULT_ALIAS})")
 
     p = command(commands, "predict", "per-task probabilities from a registered (or any pyfunc) model", _cmd_predict)
-    p.add_argument("--model", required=True, metavar="URI", help="e.g. models:/mtl-ray@champion, models:/mtl-ray/3, runs:/ID/model")
+    p.add_argument(
+        "--model", required=True, metavar="URI", help="e.g. models:/mtl-ray@champion, models:/mtl-ray/3, runs:/ID/model"
+    )
     p.add_argument("--data", metavar="PATH", help="shards to score (instead of image files)")
     p.add_argument("--limit", type=_positive_int, help="score at most this many rows of --data")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
 
-    p = command(commands, "quickstart", f"synthesise scenes, tune 4 trials, register the best as models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}, predict (local, CPU, minutes)", _cmd_quickstart)
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"shards go to DIR/data, checkpoints to DIR/runs (default ./{DEFAULT_OUT})")
+    p = command(
+        commands,
+        "quickstart",
+        f"synthesise scenes, tune 4 trials, register the best as models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}, "
+        f"predict (local, CPU, minutes)",
+        _cmd_quickstart,
+    )
+    p.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"shards go to DIR/data, checkpoints to DIR/runs (default ./{DEFAULT_OUT})",
+    )
     p.add_argument("--scenes", type=_positive_int, default=SCENES, help=f"synthetic scenes (default {SCENES})")
     p.add_argument("--epochs", type=_positive_int, default=EPOCHS, help=f"epochs per trial (default {EPOCHS})")
 
-    p = command(commands, "submit", "run an mtl-ray command or a jobs/ script as a Ray job; stream its logs; exit with its status", _cmd_submit)
+    p = command(
+        commands,
+        "submit",
+        "run an mtl-ray command or a jobs/ script as a Ray job; stream its logs; exit with its status",
+        _cmd_submit,
+    )
     p.add_argument("--address", metavar="URL", help="Ray Jobs API URL, http://HEAD:8265 (default: RAY_ADDRESS)")
-    p.add_argument("--runtime-env", metavar="F", help="YAML/JSON runtime env (working_dir, env_vars, pip, ...); default working_dir: .")
-    p.add_argument("--no-forward-env", action="store_true", help="do not forward MLFLOW_TRACKING_URI and the AWS variables of this shell")
+    p.add_argument(
+        "--runtime-env",
+        metavar="F",
+        help="YAML/JSON runtime env (working_dir, env_vars, pip, ...); default working_dir: .",
+    )
+    p.add_argument(
+        "--no-forward-env",
+        action="store_true",
+        help="do not forward MLFLOW_TRACKING_URI and the AWS variables of this shell",
+    )
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
-    p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="e.g. -- tune --config jobs/configs/driving.yaml")
+    p.add_argument(
+        "command_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND",
+        help="e.g. -- tune --config jobs/configs/driving.yaml",
+    )
 
-    p = command(commands, "advise", "measure the three conditions for multi-task learning: shared features, data amounts, capacity", _cmd_advise)
+    p = command(
+        commands,
+        "advise",
+        "measure the three conditions for multi-task learning: shared features, data amounts, capacity",
+        _cmd_advise,
+    )
     p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
     p.add_argument("--rows", type=_positive_int, default=1024, help="rows sampled for the probes (default 1024)")
     p.add_argument("--steps", type=_positive_int, default=60, help="training steps per probe (default 60)")
@@ -305,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
 def job_main(kind: str, argv: list[str] | None = None) -> int:
     """`jobs/{train,tune,compare}.py`: one job config (TuneConfig keys: data, val, storage, train,
     search, ...) run as that command; flags override the config's data, val and storage."""
-    p = argparse.ArgumentParser(prog=f"jobs/{kind}.py", description=f"Ray job entry point: mtl-ray {kind} from a job config")
+    p = argparse.ArgumentParser(
+        prog=f"jobs/{kind}.py", description=f"Ray job entry point: mtl-ray {kind} from a job config"
+    )
     p.add_argument("--config", required=True, metavar="F", help="job config, e.g. jobs/configs/driving.yaml")
     p.add_argument("--data", metavar="PATH", help="training shards (default: the config's data)")
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the config's val)")

@@ -27,11 +27,13 @@ from mtl_ray.train import TrainResult, fit
 from mtl_ray.validate import validate
 
 
-
 def delta_m(mtl: dict[str, dict], stl: dict[str, dict], metric: str = METRIC) -> float | None:
     """Δm % over the tasks where both sides have the metric (None if no task has)."""
-    gains = [(mtl[t][metric] - stl[t][metric]) / stl[t][metric] * 100 for t in stl
-             if mtl.get(t, {}).get(metric) is not None and stl[t].get(metric)]
+    gains = [
+        (mtl[t][metric] - stl[t][metric]) / stl[t][metric] * 100
+        for t in stl
+        if mtl.get(t, {}).get(metric) is not None and stl[t].get(metric)
+    ]
     return sum(gains) / len(gains) if gains else None
 
 
@@ -85,9 +87,14 @@ class CompareResult:
         }
         if self.control is not None:
             out["control"] = {
-                "kind": "shuffle", "focus": self.focus, "val": self.control.val,
-                "focus_auroc": {"mtl": self.mtl.val[self.focus][METRIC], "stl": self.stl_val[self.focus][METRIC],
-                                "control": self.control.val[self.focus][METRIC]},
+                "kind": "shuffle",
+                "focus": self.focus,
+                "val": self.control.val,
+                "focus_auroc": {
+                    "mtl": self.mtl.val[self.focus][METRIC],
+                    "stl": self.stl_val[self.focus][METRIC],
+                    "control": self.control.val[self.focus][METRIC],
+                },
                 "seconds": self.control.seconds,
             }
         return out
@@ -96,7 +103,12 @@ class CompareResult:
         head = ["task", "mtl auroc", "stl auroc", "Δ %"] + (["control auroc"] if self.control else [])
         rows = []
         for t in self.tasks:
-            row = [t, number(self.mtl.val[t][METRIC]), number(self.stl_val[t][METRIC]), number(self.delta_pct(t), "+.1f")]
+            row = [
+                t,
+                number(self.mtl.val[t][METRIC]),
+                number(self.stl_val[t][METRIC]),
+                number(self.delta_pct(t), "+.1f"),
+            ]
             if self.control:
                 row.append(number(self.control.val[t][METRIC]) + (" (focus)" if t == self.focus else " (shuffled)"))
             rows.append(row)
@@ -104,8 +116,10 @@ class CompareResult:
         dm = self.delta_m_pct
         verdict = "multi-task wins" if dm and dm > 0 else "single-task wins" if dm is not None else "no metric"
         lines.append(f"Δm {number(dm, '+.1f')} % ({verdict})")
-        lines.append(f"multi-task: 1 network, {self.mtl.params:,} parameters, {self.mtl.seconds:.0f} s; "
-                     f"single-task: {len(self.stl)} networks, {self.stl_params:,} parameters, {self.stl_seconds:.0f} s")
+        lines.append(
+            f"multi-task: 1 network, {self.mtl.params:,} parameters, {self.mtl.seconds:.0f} s; "
+            f"single-task: {len(self.stl)} networks, {self.stl_params:,} parameters, {self.stl_seconds:.0f} s"
+        )
         lines += [f"plot {p}" for p in self.plots]
         return "\n".join(lines)
 
@@ -118,25 +132,49 @@ class CompareResult:
         if self.control is not None:
             sides["shuffle control"] = self.control.val
         dm = self.delta_m_pct
-        bars = plots.bars(os.path.join(directory, "metrics.png"), self.tasks,
-                          {label: [val[t][METRIC] for t in self.tasks] for label, val in sides.items()},
-                          ylabel=f"validation {METRIC}", ylim=(0.4, 1.0),
-                          title=f"Δm = {dm:+.1f} %" if dm is not None else "Δm: no metric")
+        bars = plots.bars(
+            os.path.join(directory, "metrics.png"),
+            self.tasks,
+            {label: [val[t][METRIC] for t in self.tasks] for label, val in sides.items()},
+            ylabel=f"validation {METRIC}",
+            ylim=(0.4, 1.0),
+            title=f"Δm = {dm:+.1f} %" if dm is not None else "Δm: no metric",
+        )
         lines = []
         for i, t in enumerate(self.tasks):
             for side, run, style in (("mtl", self.mtl, "-"), ("stl", self.stl[t], "--")):
-                lines.append(plots.Line(f"{t} ({side})", [h["epoch"] for h in run.history],
-                                        [h["val"][t][METRIC] for h in run.history], style, f"C{i % 10}"))
-        curves = plots.curves(os.path.join(directory, "curves.png"), lines, xlabel="epoch", ylabel=f"validation {METRIC}")
+                lines.append(
+                    plots.Line(
+                        f"{t} ({side})",
+                        [h["epoch"] for h in run.history],
+                        [h["val"][t][METRIC] for h in run.history],
+                        style,
+                        f"C{i % 10}",
+                    )
+                )
+        curves = plots.curves(
+            os.path.join(directory, "curves.png"), lines, xlabel="epoch", ylabel=f"validation {METRIC}"
+        )
         epochs = [h["epoch"] for h in self.mtl.history]
-        weights = plots.curves(os.path.join(directory, "task_weights.png"),
-                               [plots.Line(t, epochs, [h["task_weights"][t] for h in self.mtl.history], marker="o")
-                                for t in self.tasks], xlabel="epoch", ylabel="task weight")
+        weights = plots.curves(
+            os.path.join(directory, "task_weights.png"),
+            [plots.Line(t, epochs, [h["task_weights"][t] for h in self.mtl.history], marker="o") for t in self.tasks],
+            xlabel="epoch",
+            ylabel="task weight",
+        )
         return [bars, curves, weights]
 
 
-def compare(data: str, *, val: str | None = None, config: TrainConfig | None = None, control: str | None = None,
-            plots: str | None = None, storage_path: str | None = None, focus: str | None = None) -> CompareResult:
+def compare(
+    data: str,
+    *,
+    val: str | None = None,
+    config: TrainConfig | None = None,
+    control: str | None = None,
+    plots: str | None = None,
+    storage_path: str | None = None,
+    focus: str | None = None,
+) -> CompareResult:
     """Train the multi-task model and one single-task network per task; see the module docstring."""
     cfg = config or TrainConfig()
     if control not in (None, "shuffle"):
@@ -147,8 +185,10 @@ def compare(data: str, *, val: str | None = None, config: TrainConfig | None = N
     train_counts = report.labeled_in("train")
     empty = [t for t, n in train_counts.items() if n == 0]
     if empty:
-        raise UserError(f"{data}: task {empty[0]!r} has no known label in the training rows; "
-                        "a single-task network cannot be trained for it")
+        raise UserError(
+            f"{data}: task {empty[0]!r} has no known label in the training rows; "
+            "a single-task network cannot be trained for it"
+        )
     if focus is not None and focus not in tasks:
         raise UserError(f"--focus {focus!r}: tasks are {', '.join(tasks)}")
     stamp = time.strftime("%Y%m%d-%H%M%S")

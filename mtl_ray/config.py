@@ -47,7 +47,9 @@ class TrainConfig(Strict):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1, description="per worker; small batches give more steps on small data")
     lr: float = Field(3e-3, gt=0)
-    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="cosine: lr decays per epoch to near 0 at the last")
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="cosine: lr decays per epoch to near 0 at the last"
+    )
     weight_decay: float = Field(1e-4, ge=0)
     loss_reduction: Literal["seed", "labeled", "per_task"] = "seed"
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
@@ -57,7 +59,9 @@ class TrainConfig(Strict):
     cpus_per_worker: float | None = Field(None, gt=0, description="default: leave at least 1 CPU to Ray Data")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept on storage")
     max_failures: int = Field(0, ge=0, description="worker-group restarts before the run fails")
-    shuffle_buffer: int = Field(1024, ge=0, description="rows each worker shuffles its stream in, anew each epoch; 0 = off")
+    shuffle_buffer: int = Field(
+        1024, ge=0, description="rows each worker shuffles its stream in, anew each epoch; 0 = off"
+    )
     seed: int = 0
 
 

@@ -25,10 +25,29 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mtl_ray.shards import DEFAULT_IMAGE_COLUMN, ENCODINGS, ID_COLUMN, METADATA_KEY, ROW_GROUP_ROWS, SPLIT_COLUMN, SPLITS, check_task_names_in, decode_images, default_shard_count, encode_images, image_bytes, make_table, open_shard, read_format, shard_name, ShardFormat, ShardWriter
 from mtl_ray import storage
 from mtl_ray.errors import UserError
 from mtl_ray.images import decode_image, encode_image, image_size, unreadable
+from mtl_ray.shards import (
+    DEFAULT_IMAGE_COLUMN,
+    ENCODINGS,
+    ID_COLUMN,
+    METADATA_KEY,
+    ROW_GROUP_ROWS,
+    SPLIT_COLUMN,
+    SPLITS,
+    ShardFormat,
+    ShardWriter,
+    check_task_names_in,
+    decode_images,
+    default_shard_count,
+    encode_images,
+    image_bytes,
+    make_table,
+    open_shard,
+    read_format,
+    shard_name,
+)
 
 POSITIVE = ("1", "true", "yes")
 NEGATIVE = ("0", "-1", "false", "no")
@@ -40,6 +59,7 @@ BATCH_ROWS = 256
 
 
 # ---- labels -----------------------------------------------------------------------------------
+
 
 def _key(value: object) -> str:
     """The lookup key of a label value: numbers in canonical form, text stripped and lower-cased."""
@@ -67,7 +87,11 @@ class LabelMap:
     """
 
     def __init__(self, positive: Sequence[str] = (), negative: Sequence[str] = (), missing: Sequence[str] = ()):
-        classes = (("positive", POSITIVE, positive, 1.0), ("negative", NEGATIVE, negative, 0.0), ("unknown", MISSING, missing, math.nan))
+        classes = (
+            ("positive", POSITIVE, positive, 1.0),
+            ("negative", NEGATIVE, negative, 0.0),
+            ("unknown", MISSING, missing, math.nan),
+        )
         self._values: dict[str, float] = {_key(v): value for _, builtin, _, value in classes for v in builtin}
         self._shown = {name: list(builtin) for name, builtin, _, _ in classes}
         given: dict[str, str] = {}
@@ -87,11 +111,17 @@ class LabelMap:
         return self._values.get(_key(value))
 
     def expected(self) -> str:
-        parts = [f"{name} {', '.join(repr(v) if v else 'empty' for v in values)}" for name, values in self._shown.items()]
-        return "; ".join(parts) + " (or null = unknown); add values with --positive/--negative/--missing, or pick label columns with --tasks"
+        parts = [
+            f"{name} {', '.join(repr(v) if v else 'empty' for v in values)}" for name, values in self._shown.items()
+        ]
+        return (
+            "; ".join(parts) + " (or null = unknown); add values with --positive/--negative/--missing, "
+            "or pick label columns with --tasks"
+        )
 
 
 # ---- rows -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Place:
@@ -124,13 +154,18 @@ class Batch:
         return self.files[i] if self.files else None
 
 
-def _labels(columns: Sequence[Sequence[object]], tasks: Sequence[str], mapping: LabelMap, place: Place, numbers: Sequence[int]) -> np.ndarray:
+def _labels(
+    columns: Sequence[Sequence[object]], tasks: Sequence[str], mapping: LabelMap, place: Place, numbers: Sequence[int]
+) -> np.ndarray:
     out = np.empty((len(numbers), len(tasks)), dtype=np.float32)
-    for j, (task, values) in enumerate(zip(tasks, columns)):
+    for j, (task, values) in enumerate(zip(tasks, columns, strict=True)):
         for i, value in enumerate(values):
             parsed = mapping.parse(value)
             if parsed is None:
-                raise UserError(f"{place.at(numbers[i])}: column {task!r}: label value {value!r} is not in the mapping; expected {mapping.expected()}")
+                raise UserError(
+                    f"{place.at(numbers[i])}: column {task!r}: label value {value!r} is not in the mapping; "
+                    f"expected {mapping.expected()}"
+                )
             out[i, j] = parsed
     return out
 
@@ -148,23 +183,25 @@ def _splits(values: Sequence[object], place: Place, numbers: Sequence[int]) -> l
 def _check_tasks(tasks: Sequence[str], columns: Sequence[str], place: Place) -> tuple[str, ...]:
     check_task_names_in(place.file, tuple(tasks))
     if DEFAULT_IMAGE_COLUMN in tasks:
-        raise UserError(f"{place.file}: task name {DEFAULT_IMAGE_COLUMN!r} is reserved for the image column; choose tasks with --tasks")
+        raise UserError(
+            f"{place.file}: task name {DEFAULT_IMAGE_COLUMN!r} is reserved for the image column; choose tasks "
+            f"with --tasks"
+        )
     for task in tasks:
         if task not in columns:
             raise UserError(f"{place.file}: task column {task!r} not found (columns: {', '.join(columns)})")
     return tuple(tasks)
 
 
-
-
-
-
 # ---- sources ----------------------------------------------------------------------------------
+
 
 class FolderSource:
     """Image files under a folder, one label-file row each (CSV with a header, or JSON lines)."""
 
-    def __init__(self, src: str, labels_file: str, *, tasks: Sequence[str] | None, file_column: str | None, mapping: LabelMap):
+    def __init__(
+        self, src: str, labels_file: str, *, tasks: Sequence[str] | None, file_column: str | None, mapping: LabelMap
+    ):
         self.src = src
         self.fs, self.root = storage.resolve(src)
         try:
@@ -182,9 +219,11 @@ class FolderSource:
         self.tasks = _check_tasks(tasks or default, header, self.place)
         self.numbers = [n for n, _ in rows]
         self.files = [_text(row.get(file_column)) or None for _, row in rows]
-        self.labels = _labels([[row.get(t) for _, row in rows] for t in self.tasks], self.tasks, mapping, self.place, self.numbers)
+        self.labels = _labels(
+            [[row.get(t) for _, row in rows] for t in self.tasks], self.tasks, mapping, self.place, self.numbers
+        )
         self.splits = _splits([row.get(SPLIT_COLUMN) for _, row in rows], self.place, self.numbers)
-        self.ids = [_text(row.get(ID_COLUMN)) or name or "" for (_, row), name in zip(rows, self.files)]
+        self.ids = [_text(row.get(ID_COLUMN)) or name or "" for (_, row), name in zip(rows, self.files, strict=True)]
 
     def _file_column(self, header: list[str], given: str | None) -> str:
         if given:
@@ -194,7 +233,10 @@ class FolderSource:
         for name in FILE_COLUMNS:
             if name in header:
                 return name
-        raise UserError(f"{self.place.file}: no image file column (expected one of {', '.join(FILE_COLUMNS)}, or name it with --file-column)")
+        raise UserError(
+            f"{self.place.file}: no image file column (expected one of {', '.join(FILE_COLUMNS)}, or name it "
+            f"with --file-column)"
+        )
 
     def size_of(self, data: bytes) -> tuple[int, int]:
         return image_size(data)
@@ -207,9 +249,16 @@ class FolderSource:
             part = slice(start, start + BATCH_ROWS)
             files = self.files[part]
             read = [self._read(name) for name in files]
-            yield Batch(self.place, self.numbers[part], self.ids[part], self.splits[part], self.labels[part],
-                        [data for data, _ in read], [problem for _, problem in read],
-                        [storage.display(posixpath.join(self.root, n), self.root, self.src) if n else None for n in files])
+            yield Batch(
+                self.place,
+                self.numbers[part],
+                self.ids[part],
+                self.splits[part],
+                self.labels[part],
+                [data for data, _ in read],
+                [problem for _, problem in read],
+                [storage.display(posixpath.join(self.root, n), self.root, self.src) if n else None for n in files],
+            )
 
     def _read(self, name: str | None) -> tuple[bytes | None, str | None]:
         if not name:
@@ -260,8 +309,11 @@ def _read_csv(text: str, path: str) -> tuple[list[str], list[tuple[int, dict]]]:
             if not fields:
                 continue
             if len(fields) != len(header):
-                raise UserError(f"{path}: line {reader.line_num}: {len(fields)} fields, expected {len(header)} ({', '.join(header)})")
-            rows.append((reader.line_num, dict(zip(header, fields))))
+                raise UserError(
+                    f"{path}: line {reader.line_num}: {len(fields)} fields, expected {len(header)} "
+                    f"({', '.join(header)})"
+                )
+            rows.append((reader.line_num, dict(zip(header, fields, strict=True))))
     except csv.Error as exc:
         raise UserError(f"{path}: line {reader.line_num}: unreadable CSV ({exc})") from None
     return header, rows
@@ -297,7 +349,11 @@ class ParquetSource:
         schema = self._open(self.paths[0]).schema_arrow
         if tasks is None:
             reserved = (ID_COLUMN, SPLIT_COLUMN, self.column)
-            tasks = [f.name for f in schema if f.name not in reserved and (pa.types.is_boolean(f.type) or pa.types.is_integer(f.type))]
+            tasks = [
+                f.name
+                for f in schema
+                if f.name not in reserved and (pa.types.is_boolean(f.type) or pa.types.is_integer(f.type))
+            ]
             if not tasks:
                 raise UserError(f"{place.file}: no label columns (bool or integer); name them with --tasks")
         self.tasks = _check_tasks(tasks, schema.names, place)
@@ -311,7 +367,10 @@ class ParquetSource:
         pf = open_shard(self.fs, path, place.file)
         names = pf.schema_arrow.names
         if self.column not in names:
-            raise UserError(f"{place.file}: image column {self.column!r} missing (columns: {', '.join(names)}); name it with --image-column")
+            raise UserError(
+                f"{place.file}: image column {self.column!r} missing (columns: {', '.join(names)}); name it "
+                f"with --image-column"
+            )
         if names.count(self.column) > 1:
             raise UserError(f"{place.file}: image column {self.column!r} appears more than once")
         return pf
@@ -346,7 +405,9 @@ class ParquetSource:
         names = pf.schema_arrow.names
         for task in self.tasks:
             if task not in names:
-                raise UserError(f"{place.file}: task column {task!r} missing (found in {self._place(self.paths[0]).file})")
+                raise UserError(
+                    f"{place.file}: task column {task!r} missing (found in {self._place(self.paths[0]).file})"
+                )
         extra = [c for c in (ID_COLUMN, SPLIT_COLUMN) if c in names]
         source_name = posixpath.relpath(path, self.root) if path != self.root else posixpath.basename(path)
         offset = 0
@@ -357,8 +418,9 @@ class ParquetSource:
             splits = record.column(SPLIT_COLUMN).to_pylist() if SPLIT_COLUMN in extra else [None] * len(numbers)
             images = image_bytes(record.column(self.column)).to_pylist()
             yield Batch(
-                place, numbers,
-                [_text(v) or f"{source_name}:{n}" for v, n in zip(ids, numbers)],
+                place,
+                numbers,
+                [_text(v) or f"{source_name}:{n}" for v, n in zip(ids, numbers, strict=True)],
                 _splits(splits, place, numbers),
                 _labels([record.column(t).to_pylist() for t in self.tasks], self.tasks, self.mapping, place, numbers),
                 images,
@@ -378,6 +440,7 @@ def _parquet_files(src: str) -> tuple[pafs.FileSystem, list[str]]:
 
 
 # ---- output -----------------------------------------------------------------------------------
+
 
 class ShardSink:
     """Deals rows, in order, into `count` shards of near-equal size, one ROW_GROUP_ROWS row group at a time.
@@ -446,6 +509,7 @@ def _check_no_shards(fs: pafs.FileSystem, root: str, out: str) -> None:
 
 # ---- conversion -------------------------------------------------------------------------------
 
+
 @dataclass
 class ConvertResult:
     """What `mtl-ray data convert` wrote: row, shard and skip counts, tasks, and the skip report."""
@@ -461,12 +525,22 @@ class ConvertResult:
     exit_code: int = 0
 
     def to_json(self) -> dict:
-        return {"rows": self.rows, "shards": self.shards, "tasks": self.tasks, "skipped": self.skipped,
-                "report": self.report, "out": self.out, "image": {"encoding": self.encoding, "shape": self.shape}}
+        return {
+            "rows": self.rows,
+            "shards": self.shards,
+            "tasks": self.tasks,
+            "skipped": self.skipped,
+            "report": self.report,
+            "out": self.out,
+            "image": {"encoding": self.encoding, "shape": self.shape},
+        }
 
     def render(self) -> str:
         size = f"{self.shape[1]}x{self.shape[0]}" if self.shape else "mixed sizes"
-        text = f"converted {_count(self.rows, 'row')} into {_count(self.shards, 'shard')} at {self.out} ({self.encoding}, {size}); tasks: {', '.join(self.tasks)}"
+        text = (
+            f"converted {_count(self.rows, 'row')} into {_count(self.shards, 'shard')} at {self.out} "
+            f"({self.encoding}, {size}); tasks: {', '.join(self.tasks)}"
+        )
         if self.skipped:
             text += f"\nskipped {_count(self.skipped, 'unreadable row')}, listed in {self.report}"
         return text
@@ -509,8 +583,12 @@ def convert(
     mapping = LabelMap(positive, negative, missing)
     if labels_csv:
         if image_column:
-            raise UserError("--image-column is for a Parquet source; an image folder's label file names its files (--file-column)")
-        source: FolderSource | ParquetSource = FolderSource(src, labels_csv, tasks=tasks, file_column=file_column, mapping=mapping)
+            raise UserError(
+                "--image-column is for a Parquet source; an image folder's label file names its files (--file-column)"
+            )
+        source: FolderSource | ParquetSource = FolderSource(
+            src, labels_csv, tasks=tasks, file_column=file_column, mapping=mapping
+        )
     else:
         if file_column:
             raise UserError("--file-column needs an image folder with --labels-csv")
@@ -530,9 +608,16 @@ def convert(
     written = sink.close()
     if scan.skips:
         _write_report(report_path, scan.skips)
-    return ConvertResult(out=out, rows=rows, shards=written, tasks=list(source.tasks), skipped=len(scan.skips),
-                         report=report_path if scan.skips else None, encoding=encoding,
-                         shape=list(fmt.shape) if fmt.shape else None)
+    return ConvertResult(
+        out=out,
+        rows=rows,
+        shards=written,
+        tasks=list(source.tasks),
+        skipped=len(scan.skips),
+        report=report_path if scan.skips else None,
+        encoding=encoding,
+        shape=list(fmt.shape) if fmt.shape else None,
+    )
 
 
 def _skip(scan: _Scan, batch: Batch, i: int, reason: str, strict: bool) -> None:
@@ -550,7 +635,7 @@ def _skip(scan: _Scan, batch: Batch, i: int, reason: str, strict: bool) -> None:
 def _scan(source: FolderSource | ParquetSource, strict: bool) -> _Scan:
     scan = _Scan()
     for batch in source.batches():
-        for i, (data, problem) in enumerate(zip(batch.images, batch.problems)):
+        for i, (data, problem) in enumerate(zip(batch.images, batch.problems, strict=True)):
             if problem is None:
                 try:
                     scan.sizes.add(source.size_of(data))
@@ -567,15 +652,25 @@ def _shape(sizes: set[tuple[int, int]], image_size: int | None, encoding: str, s
     if image_size:
         return (image_size, image_size, 3)
     if len(sizes) == 1:
-        (width, height), = sizes
+        ((width, height),) = sizes
         return (height, width, 3)
     if encoding == "raw" and sizes:
         shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4]) + (", ..." if len(sizes) > 4 else "")
-        raise UserError(f"{src}: raw encoding needs one image size but the images come in {len(sizes)} sizes ({shown}); give --image-size S")
+        raise UserError(
+            f"{src}: raw encoding needs one image size but the images come in {len(sizes)} sizes ({shown}); "
+            f"give --image-size S"
+        )
     return None
 
 
-def _write(source: FolderSource | ParquetSource, scan: _Scan, sink: ShardSink, fmt: ShardFormat, image_size: int | None, strict: bool) -> int:
+def _write(
+    source: FolderSource | ParquetSource,
+    scan: _Scan,
+    sink: ShardSink,
+    fmt: ShardFormat,
+    image_size: int | None,
+    strict: bool,
+) -> int:
     """Second pass: decode, convert and write every row the scan kept; returns the rows written.
 
     Pillow releases the GIL while it decodes and compresses, so a thread per core speeds this up.
@@ -583,9 +678,17 @@ def _write(source: FolderSource | ParquetSource, scan: _Scan, sink: ShardSink, f
     rows = 0
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for batch in source.batches():
-            keep = [i for i in range(len(batch)) if batch.problems[i] is None and (batch.place.file, batch.numbers[i]) not in scan.bad]
+            keep = [
+                i
+                for i in range(len(batch))
+                if batch.problems[i] is None and (batch.place.file, batch.numbers[i]) not in scan.bad
+            ]
             done = []
-            for i, image in zip(keep, pool.map(partial(_convert_row, source, batch, image_size=image_size, encoding=fmt.encoding), keep)):
+            for i, image in zip(
+                keep,
+                pool.map(partial(_convert_row, source, batch, image_size=image_size, encoding=fmt.encoding), keep),
+                strict=True,
+            ):
                 if isinstance(image, str):
                     _skip(scan, batch, i, image, strict)
                 else:
@@ -596,7 +699,9 @@ def _write(source: FolderSource | ParquetSource, scan: _Scan, sink: ShardSink, f
     return rows
 
 
-def _convert_row(source: FolderSource | ParquetSource, batch: Batch, i: int, image_size: int | None, encoding: str) -> np.ndarray | bytes | str:
+def _convert_row(
+    source: FolderSource | ParquetSource, batch: Batch, i: int, image_size: int | None, encoding: str
+) -> np.ndarray | bytes | str:
     """Row i as RGB pixels (raw output) or encoded bytes; the reason as a string when it cannot be decoded."""
     where, number = batch.place.file, batch.numbers[i]
     try:

@@ -103,7 +103,9 @@ def read(source: Source, size: int):
     ds = ray.data.read_parquet(list(source.paths), filesystem=source.fs)
     ds = ds.map_batches(SelectRows(source), batch_format="pyarrow", batch_size=None)
     if source.shuffle:
-        ds = ds.map_batches(ShuffleLabels(source.shuffle, source.seed), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
+        ds = ds.map_batches(
+            ShuffleLabels(source.shuffle, source.seed), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS
+        )
     if needs_decode(source.fmt, size):
         ds = ds.map_batches(DecodeToRaw(source.fmt, size), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
     return ds

@@ -127,9 +127,7 @@ class ResidualBlock(nn.Module):
         else:
             pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
             self.skip = nn.Sequential(pool, *_conv_bn(c_in, c_out, kernel=1))
-        self.body = nn.Sequential(
-            *_conv_bn(c_in, c_out, stride), nn.ReLU(inplace=True), *_conv_bn(c_out, c_out)
-        )
+        self.body = nn.Sequential(*_conv_bn(c_in, c_out, stride), nn.ReLU(inplace=True), *_conv_bn(c_out, c_out))
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +138,7 @@ def _cnn_trunk(spec: CNNSpec) -> tuple[nn.Module, int]:
     """ResNet stem (stride-2 conv, max-pool), stages that halve the resolution after the first, GAP."""
     layers: list[nn.Module] = [*_conv_bn(3, spec.widths[0], stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
     c_in = spec.widths[0]
-    for stage, (width, blocks) in enumerate(zip(spec.widths, spec.blocks)):
+    for stage, (width, blocks) in enumerate(zip(spec.widths, spec.blocks, strict=True)):
         for i in range(blocks):
             layers.append(ResidualBlock(c_in, width, stride=2 if stage > 0 and i == 0 else 1))
             c_in = width

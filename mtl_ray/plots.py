@@ -41,8 +41,15 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def bars(path: str, categories: Sequence[str], series: dict[str, Sequence[float | None]], *, ylabel: str,
-         title: str = "", ylim: tuple[float, float] | None = None) -> str:
+def bars(
+    path: str,
+    categories: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    *,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = None,
+) -> str:
     """Grouped bars: one group per category, one bar per series (None = missing)."""
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(categories), 3.6))
     width = 0.8 / max(len(series), 1)
@@ -58,8 +65,16 @@ def bars(path: str, categories: Sequence[str], series: dict[str, Sequence[float 
     return _save(fig, path)
 
 
-def curves(path: str, lines: Sequence[Line], *, xlabel: str, ylabel: str, title: str = "",
-           integer_x: bool = True, log_x: bool = False) -> str:
+def curves(
+    path: str,
+    lines: Sequence[Line],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    integer_x: bool = True,
+    log_x: bool = False,
+) -> str:
     """Line curves (None = missing point)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for line in lines:

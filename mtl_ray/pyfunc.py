@@ -46,9 +46,18 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
         from mtl_ray.images import decode_image
 
         if IMAGE_COLUMN not in model_input.columns:
-            raise UserError(f"model input: no {IMAGE_COLUMN!r} column; expected a DataFrame with encoded image bytes in {IMAGE_COLUMN!r}")
-        images = [decode_image(_as_bytes(v, row), where="model input", row=row, size=self.size) for row, v in enumerate(model_input[IMAGE_COLUMN])]
-        return pd.DataFrame(self.probabilities(np.stack(images) if images else np.empty((0, self.size, self.size, 3), np.uint8)), columns=self.tasks)
+            raise UserError(
+                f"model input: no {IMAGE_COLUMN!r} column; expected a DataFrame with encoded image bytes in "
+                f"{IMAGE_COLUMN!r}"
+            )
+        images = [
+            decode_image(_as_bytes(v, row), where="model input", row=row, size=self.size)
+            for row, v in enumerate(model_input[IMAGE_COLUMN])
+        ]
+        return pd.DataFrame(
+            self.probabilities(np.stack(images) if images else np.empty((0, self.size, self.size, 3), np.uint8)),
+            columns=self.tasks,
+        )
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] at the training size → float64 probabilities [N, T]."""
@@ -57,8 +66,8 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
         out = np.empty((len(images), len(self.tasks)), dtype=np.float64)
         with torch.no_grad():
             for start in range(0, len(images), PREDICT_BATCH):
-                x = to_input(torch.from_numpy(np.ascontiguousarray(images[start:start + PREDICT_BATCH])))
-                out[start:start + len(x)] = torch.sigmoid(self.model(x)).double().numpy()
+                x = to_input(torch.from_numpy(np.ascontiguousarray(images[start : start + PREDICT_BATCH])))
+                out[start : start + len(x)] = torch.sigmoid(self.model(x)).double().numpy()
         return out
 
 
@@ -69,4 +78,6 @@ def _as_bytes(value, row: int) -> bytes:
         return bytes(value)
     if isinstance(value, dict) and "bytes" in value:  # Hugging Face image struct
         return bytes(value["bytes"])
-    raise UserError(f"model input: row {row}: column {IMAGE_COLUMN!r} holds {type(value).__name__}; expected encoded image bytes")
+    raise UserError(
+        f"model input: row {row}: column {IMAGE_COLUMN!r} holds {type(value).__name__}; expected encoded image bytes"
+    )

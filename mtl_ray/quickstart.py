@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from mtl_ray.config import SchedulerConfig, TrainConfig, TuneConfig
@@ -51,28 +50,37 @@ class QuickstartResult:
 
     def to_json(self) -> dict:
         summary = self.tune.to_json()
-        return {"data": self.data, "best": summary["best"], "registered": summary["registered"],
-                "model_uri": self.model_uri, "tracking_uri": self.tune.tracking_uri, "trials": summary["trials"],
-                "predictions": self.predictions.to_json()["predictions"], "seconds": self.seconds}
+        return {
+            "data": self.data,
+            "best": summary["best"],
+            "registered": summary["registered"],
+            "model_uri": self.model_uri,
+            "tracking_uri": self.tune.tracking_uri,
+            "trials": summary["trials"],
+            "predictions": self.predictions.to_json()["predictions"],
+            "seconds": self.seconds,
+        }
 
     def render(self) -> str:
         best = self.tune.best
-        return "\n".join([
-            self.tune.render(),
-            "",
-            self.predictions.render(),
-            "",
-            f"quickstart done in {self.seconds:.0f} s",
-            f"  shards       {self.data}",
-            f"  best trial   {best.trial_id} {best.config} mean_auroc {number(best.mean_auroc)}",
-            f"  model        {self.model_uri}",
-            f"  MLflow       {self.tune.tracking_uri}",
-            f"  browse runs  mlflow ui --backend-store-uri {self.tune.tracking_uri}",
-            f"  predict      mtl-ray predict --model {self.model_uri} IMAGE...",
-            f"  load         MLFLOW_TRACKING_URI={self.tune.tracking_uri} python -c \"import mlflow.pyfunc; "
-            f"m = mlflow.pyfunc.load_model('{self.model_uri}')\"",
-            f"  serve        mlflow models serve -m {self.model_uri} --env-manager local -h 127.0.0.1 -p 5001",
-        ])
+        return "\n".join(
+            [
+                self.tune.render(),
+                "",
+                self.predictions.render(),
+                "",
+                f"quickstart done in {self.seconds:.0f} s",
+                f"  shards       {self.data}",
+                f"  best trial   {best.trial_id} {best.config} mean_auroc {number(best.mean_auroc)}",
+                f"  model        {self.model_uri}",
+                f"  MLflow       {self.tune.tracking_uri}",
+                f"  browse runs  mlflow ui --backend-store-uri {self.tune.tracking_uri}",
+                f"  predict      mtl-ray predict --model {self.model_uri} IMAGE...",
+                f'  load         MLFLOW_TRACKING_URI={self.tune.tracking_uri} python -c "import mlflow.pyfunc; '
+                f"m = mlflow.pyfunc.load_model('{self.model_uri}')\"",
+                f"  serve        mlflow models serve -m {self.model_uri} --env-manager local -h 127.0.0.1 -p 5001",
+            ]
+        )
 
 
 def quickstart(out: str = DEFAULT_OUT, *, scenes: int = SCENES, epochs: int = EPOCHS) -> QuickstartResult:
@@ -85,6 +93,10 @@ def quickstart(out: str = DEFAULT_OUT, *, scenes: int = SCENES, epochs: int = EP
     data = os.path.join(out, "data")
     synthesize(data, scenes, shards=4, seed=0)
     tuned = tune(data, config=quickstart_config(out, epochs), name=f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
-    predictions = predict(f"models:/{tuned.registered.name}@{tuned.registered.alias}", data=data, limit=PREDICT_ROWS,
-                          tracking_uri=tuned.tracking_uri)
+    predictions = predict(
+        f"models:/{tuned.registered.name}@{tuned.registered.alias}",
+        data=data,
+        limit=PREDICT_ROWS,
+        tracking_uri=tuned.tracking_uri,
+    )
     return QuickstartResult(data=data, tune=tuned, predictions=predictions, seconds=time.perf_counter() - started)

@@ -58,13 +58,24 @@ class RegisterResult:
         return f"models:/{self.name}@{self.alias}" if self.alias_moved else f"models:/{self.name}/{self.version}"
 
     def to_json(self) -> dict:
-        return {"name": self.name, "version": self.version, "alias": self.alias, "alias_moved": self.alias_moved,
-                "reason": self.reason, "mean_auroc": self.mean_auroc, "model_uri": self.model_uri,
-                "run_id": self.run_id, "tracking_uri": self.tracking_uri}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "alias_moved": self.alias_moved,
+            "reason": self.reason,
+            "mean_auroc": self.mean_auroc,
+            "model_uri": self.model_uri,
+            "run_id": self.run_id,
+            "tracking_uri": self.tracking_uri,
+        }
 
     def render(self) -> str:
         moved = f"alias {self.alias!r} moved to it" if self.alias_moved else f"alias {self.alias!r} stays"
-        return f"registered {self.name} version {self.version} (mean_auroc {number(self.mean_auroc)}): {moved}: {self.reason}"
+        return (
+            f"registered {self.name} version {self.version} (mean_auroc {number(self.mean_auroc)}): "
+            f"{moved}: {self.reason}"
+        )
 
 
 def fetch_checkpoint(uri: str, dest: str) -> str:
@@ -105,7 +116,9 @@ def _signature(tasks: list[str]):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec("binary", "image")]), outputs=Schema([ColSpec("double", t) for t in tasks]))
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]), outputs=Schema([ColSpec("double", t) for t in tasks])
+    )
 
 
 def _requirements() -> list[str]:
@@ -115,8 +128,14 @@ def _requirements() -> list[str]:
     import pyarrow
     import torch
 
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", f"pillow=={PIL.__version__}",
-            f"pyarrow=={pyarrow.__version__}", f"numpy=={np.__version__}", f"pandas=={pandas.__version__}"]
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"pillow=={PIL.__version__}",
+        f"pyarrow=={pyarrow.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pandas.__version__}",
+    ]
 
 
 def _version_tags(meta: dict, data: str | None) -> dict[str, str]:
@@ -160,8 +179,16 @@ def _gate(client, name: str, alias: str, score: float | None) -> tuple[bool, str
     return False, f"{GATE_METRIC} {score:.4f} does not beat {alias} version {champion.version} ({best:.4f})"
 
 
-def register_checkpoint(uri: str, *, name: str = DEFAULT_MODEL_NAME, alias: str = DEFAULT_ALIAS, run_id: str | None = None,
-                        data: str | None = None, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> RegisterResult:
+def register_checkpoint(
+    uri: str,
+    *,
+    name: str = DEFAULT_MODEL_NAME,
+    alias: str = DEFAULT_ALIAS,
+    run_id: str | None = None,
+    data: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> RegisterResult:
     """Log the checkpoint at `uri` as a pyfunc model into `run_id` (or a new run), register it as a
     new version of `name`, and move `alias` if its `mean_auroc` beats the alias's current version."""
     import mlflow
@@ -184,9 +211,14 @@ def register_checkpoint(uri: str, *, name: str = DEFAULT_MODEL_NAME, alias: str 
                 if run_id is None:
                     mlflow.set_tag(tracking.CHECKPOINT_TAG, uri)
                 info = mlflow.pyfunc.log_model(
-                    name=MODEL_ARTIFACT, python_model=MultiTaskModel(), artifacts={CHECKPOINT_ARTIFACT: served},
-                    code_paths=[os.path.dirname(mtl_ray.__file__)], signature=_signature(meta["tasks"]),
-                    input_example=_example(meta), pip_requirements=_requirements(), registered_model_name=name,
+                    name=MODEL_ARTIFACT,
+                    python_model=MultiTaskModel(),
+                    artifacts={CHECKPOINT_ARTIFACT: served},
+                    code_paths=[os.path.dirname(mtl_ray.__file__)],
+                    signature=_signature(meta["tasks"]),
+                    input_example=_example(meta),
+                    pip_requirements=_requirements(),
+                    registered_model_name=name,
                 )
             client = MlflowClient(uri_used)
             version = str(info.registered_model_version)
@@ -198,14 +230,30 @@ def register_checkpoint(uri: str, *, name: str = DEFAULT_MODEL_NAME, alias: str 
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"registering {uri} as {name!r} failed ({describe(exc)}); the checkpoint stays "
-                            f"on storage: run `mtl-ray register --checkpoint {uri}` when {uri_used} answers") from None
-    return RegisterResult(name=name, version=version, alias=alias, alias_moved=moved, reason=reason,
-                          mean_auroc=score, run_id=run.info.run_id, tracking_uri=uri_used)
+            raise UserError(
+                f"registering {uri} as {name!r} failed ({describe(exc)}); the checkpoint stays "
+                f"on storage: run `mtl-ray register --checkpoint {uri}` when {uri_used} answers"
+            ) from None
+    return RegisterResult(
+        name=name,
+        version=version,
+        alias=alias,
+        alias_moved=moved,
+        reason=reason,
+        mean_auroc=score,
+        run_id=run.info.run_id,
+        tracking_uri=uri_used,
+    )
 
 
-def register(run: str | None = None, checkpoint_uri: str | None = None, *, name: str = DEFAULT_MODEL_NAME,
-             alias: str = DEFAULT_ALIAS, tracking_uri: str | None = None) -> RegisterResult:
+def register(
+    run: str | None = None,
+    checkpoint_uri: str | None = None,
+    *,
+    name: str = DEFAULT_MODEL_NAME,
+    alias: str = DEFAULT_ALIAS,
+    tracking_uri: str | None = None,
+) -> RegisterResult:
     """`mtl-ray register`: a tune trial's run (its checkpoint tag) or a checkpoint URI."""
     if (run is None) == (checkpoint_uri is None):
         raise UserError("register: give exactly one of --run RUN_ID or --checkpoint URI")
@@ -221,11 +269,14 @@ def register(run: str | None = None, checkpoint_uri: str | None = None, *, name:
         raise UserError(f"--run {run}: no such run at {uri_used}") from None
     ckpt = found.data.tags.get(tracking.CHECKPOINT_TAG)
     if not ckpt:
-        raise UserError(f"--run {run}: the run has no {tracking.CHECKPOINT_TAG} tag (no epoch finished); use --checkpoint URI")
+        raise UserError(
+            f"--run {run}: the run has no {tracking.CHECKPOINT_TAG} tag (no epoch finished); use --checkpoint URI"
+        )
     return register_checkpoint(ckpt, name=name, alias=alias, run_id=run, tracking_uri=uri_used)
 
 
 # ---- pulling ------------------------------------------------------------------------------------
+
 
 @dataclass
 class PredictResult:
@@ -238,14 +289,22 @@ class PredictResult:
     exit_code: int = 0
 
     def to_json(self) -> dict:
-        rows = [{t: float(p) for t, p in zip(self.tasks, row)} for row in self.probabilities]
+        rows = [{t: float(p) for t, p in zip(self.tasks, row, strict=True)} for row in self.probabilities]
         return {"model": self.model, "tasks": self.tasks, "ids": self.ids, "predictions": rows}
 
     def render(self) -> str:
         shown = min(len(self.ids), 10)
-        rows = [[i, *(f"{p:.3f}" for p in row)] for i, row in zip(self.ids[:shown], self.probabilities[:shown])]
+        rows = [
+            [i, *(f"{p:.3f}" for p in row)] for i, row in zip(self.ids[:shown], self.probabilities[:shown], strict=True)
+        ]
         more = [f"... {len(self.ids) - shown} more (see --json)"] if len(self.ids) > shown else []
-        return "\n".join([f"{self.model}: {len(self.ids)} images, {len(self.tasks)} tasks", *table(["image", *self.tasks], rows), *more])
+        return "\n".join(
+            [
+                f"{self.model}: {len(self.ids)} images, {len(self.tasks)} tasks",
+                *table(["image", *self.tasks], rows),
+                *more,
+            ]
+        )
 
 
 def _images_from_shards(path: str, limit: int | None) -> tuple[list[str], list[bytes]]:
@@ -268,15 +327,27 @@ def _images_from_shards(path: str, limit: int | None) -> tuple[list[str], list[b
         if limit is not None:
             table = table.slice(0, limit - len(images))
         if fmt.encoding == "raw":
-            images.extend(encode_image(im, "png") for im in decode_images(table.column(fmt.image_column), fmt, where=shard))
+            images.extend(
+                encode_image(im, "png") for im in decode_images(table.column(fmt.image_column), fmt, where=shard)
+            )
         else:
             images.extend(v.as_py() for v in image_bytes(table.column(fmt.image_column)))
-        ids.extend(table.column("id").to_pylist() if "id" in cols else [f"{os.path.basename(shard)}#{i}" for i in range(table.num_rows)])
+        ids.extend(
+            table.column("id").to_pylist()
+            if "id" in cols
+            else [f"{os.path.basename(shard)}#{i}" for i in range(table.num_rows)]
+        )
     return ids, images
 
 
-def predict(model_uri: str, *, data: str | None = None, images: list[str] = (), limit: int | None = None,
-            tracking_uri: str | None = None) -> PredictResult:
+def predict(
+    model_uri: str,
+    *,
+    data: str | None = None,
+    images: list[str] = (),
+    limit: int | None = None,
+    tracking_uri: str | None = None,
+) -> PredictResult:
     """Load `model_uri` (e.g. `models:/mtl-ray@champion`) with `mlflow.pyfunc` and score images."""
     import mlflow.pyfunc
     import pandas as pd
@@ -300,4 +371,6 @@ def predict(model_uri: str, *, data: str | None = None, images: list[str] = (), 
     except Exception as exc:
         raise UserError(f"--model {model_uri}: cannot load ({describe(exc)})") from None
     out = model.predict(pd.DataFrame({"image": encoded}))
-    return PredictResult(model=model_uri, tasks=list(out.columns), ids=ids, probabilities=out.to_numpy(dtype=np.float64))
+    return PredictResult(
+        model=model_uri, tasks=list(out.columns), ids=ids, probabilities=out.to_numpy(dtype=np.float64)
+    )

@@ -32,8 +32,10 @@ def ensure_ray() -> None:
 
     address = os.environ.get("RAY_ADDRESS", "")
     if address.startswith(("http://", "https://")):
-        raise UserError(f"RAY_ADDRESS={address} is a Ray Jobs URL: run this as a job with `mtl-ray submit -- ...`, "
-                        "or unset RAY_ADDRESS to use a local Ray")
+        raise UserError(
+            f"RAY_ADDRESS={address} is a Ray Jobs URL: run this as a job with `mtl-ray submit -- ...`, "
+            "or unset RAY_ADDRESS to use a local Ray"
+        )
     if ray.is_initialized():
         configure_data()
         return
@@ -98,7 +100,9 @@ def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
     if cfg.gpu:
         workers = cfg.workers or max(1, int(gpus))
         if gpus < workers:
-            raise UserError(f"--gpu: {workers} training worker(s) need {workers} GPU(s) but the Ray cluster has {gpus:g}")
+            raise UserError(
+                f"--gpu: {workers} training worker(s) need {workers} GPU(s) but the Ray cluster has {gpus:g}"
+            )
     else:
         workers = cfg.workers or 2
     data_cpus = 1.0 if cpus < 8 else max(1.0, cpus * 0.25)

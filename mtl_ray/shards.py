@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
 from mtl_ray.errors import UserError, first_line
 from mtl_ray.images import decode_image, encode_image, resize
 
@@ -78,7 +79,11 @@ class ShardFormat:
             image_type = pa.binary(int(np.prod(self.shape)))
         else:
             image_type = pa.binary()
-        fields = [pa.field(ID_COLUMN, pa.string()), pa.field(SPLIT_COLUMN, pa.string()), pa.field(self.image_column, image_type)]
+        fields = [
+            pa.field(ID_COLUMN, pa.string()),
+            pa.field(SPLIT_COLUMN, pa.string()),
+            pa.field(self.image_column, image_type),
+        ]
         fields += [pa.field(t, pa.bool_()) for t in self.tasks]
         return pa.schema(fields, metadata=self.metadata())
 
@@ -104,7 +109,10 @@ def _parse_metadata(raw: bytes, where: str) -> dict:
     except ValueError:
         raise UserError(f"{where}: metadata key 'mtl_ray' is not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
-        raise UserError(f"{where}: metadata 'mtl_ray' version {meta.get('version') if isinstance(meta, dict) else None!r}: expected {FORMAT_VERSION}")
+        raise UserError(
+            f"{where}: metadata 'mtl_ray' version {meta.get('version') if isinstance(meta, dict) else None!r}: "
+            f"expected {FORMAT_VERSION}"
+        )
     tasks, image = meta.get("tasks"), meta.get("image")
     if not isinstance(tasks, list) or not isinstance(image, dict):
         raise UserError(f"{where}: metadata 'mtl_ray' needs 'tasks' (list) and 'image' (object)")
@@ -133,7 +141,9 @@ def sniff_encoding(data: bytes) -> str:
     return "png"
 
 
-def read_format(schema: pa.Schema, where: str, image_column: str | None = None, sample: bytes | None = None) -> ShardFormat:
+def read_format(
+    schema: pa.Schema, where: str, image_column: str | None = None, sample: bytes | None = None
+) -> ShardFormat:
     """The ShardFormat of one shard, from its `mtl_ray` metadata or, failing that, from its columns.
 
     Without metadata the tasks are every bool/int8 column except the reserved ones, and the encoding
@@ -149,7 +159,9 @@ def read_format(schema: pa.Schema, where: str, image_column: str | None = None, 
         shape = tuple(image["shape"]) if image.get("shape") else None
     else:
         column = image_column or DEFAULT_IMAGE_COLUMN
-        tasks = tuple(f.name for f in schema if f.type in LABEL_TYPES and f.name not in (ID_COLUMN, SPLIT_COLUMN, column))
+        tasks = tuple(
+            f.name for f in schema if f.type in LABEL_TYPES and f.name not in (ID_COLUMN, SPLIT_COLUMN, column)
+        )
         encoding, shape = None, None
     names = schema.names
     if column not in names:
@@ -158,17 +170,25 @@ def read_format(schema: pa.Schema, where: str, image_column: str | None = None, 
         raise UserError(f"{where}: image column {column!r} appears more than once")
     kind = _image_kind(schema.field(column))
     if not kind:
-        raise UserError(f"{where}: column {column!r} has type {schema.field(column).type}: expected binary (PNG/JPEG), struct<bytes, path> or fixed_size_binary (raw pixels)")
+        raise UserError(
+            f"{where}: column {column!r} has type {schema.field(column).type}: expected binary (PNG/JPEG), "
+            f"struct<bytes, path> or fixed_size_binary (raw pixels)"
+        )
     if kind == "raw":
         width = schema.field(column).type.byte_width
         if shape is None:
             shape = _square_shape(width, where, column)
         if int(np.prod(shape)) != width:
-            raise UserError(f"{where}: column {column!r} holds {width} bytes per image but metadata shape {list(shape)} needs {int(np.prod(shape))}")
+            raise UserError(
+                f"{where}: column {column!r} holds {width} bytes per image but metadata shape {list(shape)} "
+                f"needs {int(np.prod(shape))}"
+            )
         encoding = "raw"
     elif encoding in (None, "raw"):
         if encoding == "raw":
-            raise UserError(f"{where}: metadata says raw pixels but column {column!r} has type {schema.field(column).type}")
+            raise UserError(
+                f"{where}: metadata says raw pixels but column {column!r} has type {schema.field(column).type}"
+            )
         encoding = sniff_encoding(sample) if sample else "png"
     check_task_names_in(where, tasks)
     for t in tasks:
@@ -194,7 +214,10 @@ def _square_shape(width: int, where: str, column: str) -> tuple[int, int, int]:
         side = math.isqrt(width // channels)
         if side * side * channels == width:
             return (side, side, channels)
-    raise UserError(f"{where}: raw column {column!r} of {width} bytes per image is not square RGB or gray; write 'mtl_ray' metadata with its shape")
+    raise UserError(
+        f"{where}: raw column {column!r} of {width} bytes per image is not square RGB or gray; write 'mtl_ray' "
+        f"metadata with its shape"
+    )
 
 
 def open_shard(fs: pafs.FileSystem, path: str, where: str) -> pq.ParquetFile:
@@ -229,6 +252,7 @@ def split_mask(column: pa.Array | pa.ChunkedArray, split: str) -> pa.ChunkedArra
 
 # ---- decoding -------------------------------------------------------------------------------
 
+
 def image_bytes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     """The encoded-bytes array of an image column (unwrapping Hugging Face's struct<bytes, path>)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -237,7 +261,14 @@ def image_bytes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     return arr
 
 
-def decode_images(column: pa.Array | pa.ChunkedArray, fmt: ShardFormat, size: int | None = None, *, where: str = "", row_offset: int = 0) -> np.ndarray:
+def decode_images(
+    column: pa.Array | pa.ChunkedArray,
+    fmt: ShardFormat,
+    size: int | None = None,
+    *,
+    where: str = "",
+    row_offset: int = 0,
+) -> np.ndarray:
     """Decode an image column into uint8 [N, H, W, 3].
 
     Raw pixels are a zero-copy view of the Arrow buffer (no per-row Python); PNG/JPEG go through
@@ -259,14 +290,15 @@ def decode_images(column: pa.Array | pa.ChunkedArray, fmt: ShardFormat, size: in
         if out is None:
             out = np.empty((len(arr),) + rgb.shape, dtype=np.uint8)
         elif rgb.shape != out.shape[1:]:
-            raise UserError(f"{where}: row {row_offset + i}: image is {rgb.shape[1]}x{rgb.shape[0]} but earlier rows are {out.shape[2]}x{out.shape[1]}; give a size to resize")
+            raise UserError(
+                f"{where}: row {row_offset + i}: image is {rgb.shape[1]}x{rgb.shape[0]} but earlier rows are "
+                f"{out.shape[2]}x{out.shape[1]}; give a size to resize"
+            )
         out[i] = rgb
     if out is None:
         h, w = (size, size) if size else (fmt.shape[:2] if fmt.shape else (0, 0))
         out = np.empty((0, h, w, 3), dtype=np.uint8)
     return out
-
-
 
 
 def _raw_view(arr: pa.Array, shape: tuple[int, int, int]) -> np.ndarray:
@@ -279,7 +311,9 @@ def _raw_view(arr: pa.Array, shape: tuple[int, int, int]) -> np.ndarray:
     return images
 
 
-def labels_of(table: pa.Table | pa.RecordBatch, tasks: tuple[str, ...] | list[str], *, where: str = "", row_offset: int = 0) -> np.ndarray:
+def labels_of(
+    table: pa.Table | pa.RecordBatch, tasks: tuple[str, ...] | list[str], *, where: str = "", row_offset: int = 0
+) -> np.ndarray:
     """Task labels as float32 [N, T]: 1.0, 0.0, or NaN for unknown. Values outside {0, 1} are errors."""
     out = np.empty((table.num_rows, len(tasks)), dtype=np.float32)
     for j, task in enumerate(tasks):
@@ -288,12 +322,15 @@ def labels_of(table: pa.Table | pa.RecordBatch, tasks: tuple[str, ...] | list[st
             bad = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, pa.array([0, 1], col.type))))
             if pc.any(bad).as_py():
                 i = int(np.flatnonzero(np.asarray(pc.fill_null(bad, False)))[0])
-                raise UserError(f"{where}: row {row_offset + i}: task {task!r} has label {col[i].as_py()}: expected 0, 1 or null")
+                raise UserError(
+                    f"{where}: row {row_offset + i}: task {task!r} has label {col[i].as_py()}: expected 0, 1 or null"
+                )
         out[:, j] = np.asarray(pc.fill_null(col.cast(pa.float32()), np.nan))
     return out
 
 
 # ---- writing --------------------------------------------------------------------------------
+
 
 def encode_images(images: np.ndarray, fmt: ShardFormat) -> pa.Array:
     """uint8 [N, H, W, C] → the image column for `fmt` (raw: one zero-copy buffer; PNG/JPEG: Pillow)."""
@@ -306,15 +343,19 @@ def encode_images(images: np.ndarray, fmt: ShardFormat) -> pa.Array:
     return pa.array([encode_image(im, fmt.encoding) for im in images], type=pa.binary())
 
 
-
-
 def label_array(values: np.ndarray) -> pa.Array:
     """float [N] with NaN = unknown → nullable bool column."""
     unknown = np.isnan(values)
     return pa.array(np.nan_to_num(values) > 0.5, type=pa.bool_(), mask=unknown)
 
 
-def make_table(fmt: ShardFormat, images: pa.Array, label_matrix: np.ndarray, ids: list[str] | pa.Array, splits: list[str] | pa.Array) -> pa.Table:
+def make_table(
+    fmt: ShardFormat,
+    images: pa.Array,
+    label_matrix: np.ndarray,
+    ids: list[str] | pa.Array,
+    splits: list[str] | pa.Array,
+) -> pa.Table:
     """Assemble rows in the writer schema; `label_matrix` is float [N, T] with NaN = unknown."""
     columns = [pa.array(ids, pa.string()), pa.array(splits, pa.string()), images]
     columns += [label_array(label_matrix[:, j]) for j in range(len(fmt.tasks))]
@@ -328,7 +369,9 @@ class ShardWriter:
         self.fmt = fmt
         self.rows = 0
         self._sink = fs.open_output_stream(path)
-        self._writer = pq.ParquetWriter(self._sink, fmt.schema(), compression="zstd" if fmt.encoding == "raw" else "none")
+        self._writer = pq.ParquetWriter(
+            self._sink, fmt.schema(), compression="zstd" if fmt.encoding == "raw" else "none"
+        )
 
     def write(self, table: pa.Table) -> None:
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)

@@ -59,8 +59,15 @@ def _average_gradients(model: torch.nn.Module) -> None:
             p.grad /= n
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weighting: Weighting, images: torch.Tensor,
-               labels: torch.Tensor, device: torch.device, reduction: str = "seed") -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weighting: Weighting,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    reduction: str = "seed",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step: uint8 images moved as bytes, normalised on the device, bf16 on GPU.
 
     The weighting method turns the per-task loss terms into gradients. Methods that edit gradients
@@ -82,8 +89,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weighti
     return loss, terms.detach()
 
 
-def predict_batches(model: torch.nn.Module, batches: Iterable[dict], device: torch.device,
-                    autocast: bool) -> tuple[np.ndarray, np.ndarray]:
+def predict_batches(
+    model: torch.nn.Module, batches: Iterable[dict], device: torch.device, autocast: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and targets over an iterable of {"image", "labels"} batches."""
     model.eval()
     probs, targets = [], []

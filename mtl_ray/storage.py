@@ -36,7 +36,7 @@ def s3_filesystem() -> pafs.S3FileSystem:
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """Split a user PATH into a filesystem and the path inside it."""
     if is_s3(path):
-        rest = path[len("s3://"):].strip("/")
+        rest = path[len("s3://") :].strip("/")
         if not rest:
             raise UserError(f"{path}: expected s3://bucket/prefix")
         return s3_filesystem(), rest
@@ -89,7 +89,10 @@ def list_shards(path: str) -> tuple[pafs.FileSystem, list[str], list[str]]:
     shards = sorted(p for p in files if p.endswith(PARQUET_SUFFIX))
     ignored = sorted(p for p in files if not p.endswith(PARQUET_SUFFIX))
     if not shards:
-        raise UserError(f"{path}: no *.parquet shards found" + (f" ({len(ignored)} other files)" if ignored else " (empty directory)"))
+        raise UserError(
+            f"{path}: no *.parquet shards found"
+            + (f" ({len(ignored)} other files)" if ignored else " (empty directory)")
+        )
     return fs, shards, ignored
 
 

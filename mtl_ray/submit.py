@@ -25,9 +25,28 @@ from mtl_ray.errors import UserError, describe
 from mtl_ray.quickstart import DEFAULT_OUT
 from mtl_ray.runtime import DEFAULT_STORAGE
 
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION")
-EXCLUDES = [".venv", ".git", DEFAULT_STORAGE, DEFAULT_OUT, "mlruns", "mlruns.db", "*.db", "__pycache__", ".whl", ".mtl-ray-stack"]
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+EXCLUDES = [
+    ".venv",
+    ".git",
+    DEFAULT_STORAGE,
+    DEFAULT_OUT,
+    "mlruns",
+    "mlruns.db",
+    "*.db",
+    "__pycache__",
+    ".whl",
+    ".mtl-ray-stack",
+]
 LAST_LINES = 20
 AGENT_ATTEMPTS = 30
 
@@ -48,7 +67,10 @@ class SubmitResult:
         return {"job_id": self.job_id, "status": self.status, "address": self.address, "message": self.message}
 
     def render(self) -> str:
-        lines = [f"job {self.job_id}: {self.status}" + (f" ({self.message})" if self.message and self.status != "SUCCEEDED" else "")]
+        lines = [
+            f"job {self.job_id}: {self.status}"
+            + (f" ({self.message})" if self.message and self.status != "SUCCEEDED" else "")
+        ]
         if self.status != "SUCCEEDED" and self.last_lines:
             lines += ["last log lines:", *(f"  {line}" for line in self.last_lines)]
         return "\n".join(lines)
@@ -92,8 +114,10 @@ def _use_token_if_present() -> None:
 def _explain(address: str, exc: Exception, doing: str) -> UserError:
     text = describe(exc)
     if "auth" in text.lower() or " 401" in text or " 403" in text:
-        return UserError(f"--address {address}: authentication failed ({text}); set RAY_AUTH_TOKEN or put the "
-                         "cluster's token in ~/.ray/auth_token")
+        return UserError(
+            f"--address {address}: authentication failed ({text}); set RAY_AUTH_TOKEN or put the "
+            "cluster's token in ~/.ray/auth_token"
+        )
     return UserError(f"--address {address}: {doing} ({text})")
 
 
@@ -116,8 +140,15 @@ async def _follow(client, job_id: str, out) -> list[str]:
     return tail
 
 
-def submit(command: list[str], *, cli_commands: Collection[str], address: str | None = None,
-           runtime_env_file: str | None = None, forward_env: bool = True, follow: bool = True) -> SubmitResult:
+def submit(
+    command: list[str],
+    *,
+    cli_commands: Collection[str],
+    address: str | None = None,
+    runtime_env_file: str | None = None,
+    forward_env: bool = True,
+    follow: bool = True,
+) -> SubmitResult:
     """Submit `command` as a Ray job, stream its logs, and return its final status."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -146,4 +177,3 @@ def submit(command: list[str], *, cli_commands: Collection[str], address: str | 
     tail = asyncio.run(_follow(client, job_id, sys.stdout))
     info = client.get_job_info(job_id)
     return SubmitResult(job_id, info.status.value, address, info.message or "", tail)
-

@@ -27,8 +27,17 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import pyarrow.fs as pafs
 
-from mtl_ray.shards import ENCODINGS, ROW_GROUP_ROWS, default_shard_count, encode_images, make_table, shard_name, ShardFormat, ShardWriter
 from mtl_ray.errors import UserError
+from mtl_ray.shards import (
+    ENCODINGS,
+    ROW_GROUP_ROWS,
+    ShardFormat,
+    ShardWriter,
+    default_shard_count,
+    encode_images,
+    make_table,
+    shard_name,
+)
 from mtl_ray.storage import prepare_output
 
 SEED_TASKS = ("pedestrian", "car", "stop_sign", "traffic_light")
@@ -39,8 +48,14 @@ VISIBLE_FRACTION = 0.4
 
 PED, CAR, STOP, LIGHT, ROUND_SIGN, POLE, LAMP_POST, BUILDING, TREE, BOX = range(10)
 _SEED_KINDS = (PED, CAR, STOP, LIGHT)
-_DISTRACTORS = (("red_round_sign", ROUND_SIGN), ("bare_pole", POLE), ("lamp_post", LAMP_POST),
-                ("building", BUILDING), ("tree", TREE), ("box", BOX))
+_DISTRACTORS = (
+    ("red_round_sign", ROUND_SIGN),
+    ("bare_pole", POLE),
+    ("lamp_post", LAMP_POST),
+    ("building", BUILDING),
+    ("tree", TREE),
+    ("box", BOX),
+)
 
 # Canvas entries: 8 sky bands, ground, sidewalk, road, lane mark, then one entry per object part.
 _SKY_BANDS = 8
@@ -58,12 +73,22 @@ def _table(*colours: tuple[int, int, int]) -> np.ndarray:
     return np.array(colours, dtype=np.float32)
 
 
-_CAR_COLOURS = _table((200, 30, 30), (40, 70, 190), (235, 235, 235), (165, 168, 172), (35, 35, 40), (225, 195, 40), (40, 135, 60))
+_CAR_COLOURS = _table(
+    (200, 30, 30), (40, 70, 190), (235, 235, 235), (165, 168, 172), (35, 35, 40), (225, 195, 40), (40, 135, 60)
+)
 _CAR_RED, _CAR_BLUE, _CAR_WHITE = 0, 1, 2
 _LAMP_COLOURS = _table((255, 40, 30), (255, 175, 30), (40, 230, 90))  # red, amber, green, top to bottom
 _SKINS = _table((250, 215, 180), (205, 150, 110), (140, 95, 65), (95, 62, 42))
-_SHIRTS = _table((210, 40, 40), (40, 80, 200), (40, 150, 70), (230, 200, 50), (240, 240, 240), (30, 30, 30), (240, 130, 40),
-                 (150, 60, 160))
+_SHIRTS = _table(
+    (210, 40, 40),
+    (40, 80, 200),
+    (40, 150, 70),
+    (230, 200, 50),
+    (240, 240, 240),
+    (30, 30, 30),
+    (240, 130, 40),
+    (150, 60, 160),
+)
 _TROUSERS = _table((30, 40, 90), (25, 25, 25), (90, 90, 95), (100, 70, 45))
 _POLE_COLOURS = _table((130, 130, 135), (75, 78, 80), (45, 80, 50), (60, 70, 120), (200, 170, 40))
 _WALLS = _table((150, 145, 140), (175, 150, 120), (120, 90, 75), (200, 190, 170), (95, 100, 110))
@@ -93,16 +118,25 @@ class SynthResult:
 
     def to_json(self) -> dict:
         return {
-            "rows": self.rows, "shards": self.shards, "tasks": self.tasks, "path": self.path,
-            "encoding": self.encoding, "image_size": self.image_size, "seed": self.seed,
-            "split": self.split, "labeled": self.labeled, "positive": self.positive,
-            "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 1),
+            "rows": self.rows,
+            "shards": self.shards,
+            "tasks": self.tasks,
+            "path": self.path,
+            "encoding": self.encoding,
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "split": self.split,
+            "labeled": self.labeled,
+            "positive": self.positive,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 1),
         }
 
     def render(self) -> str:
         width = max(len("task"), *(len(t) for t in self.tasks))
         lines = [
-            f"wrote {self.rows:,} scenes ({self.image_size}x{self.image_size} {self.encoding}) to {self.path} in {self.shards} shard(s): "
+            f"wrote {self.rows:,} scenes ({self.image_size}x{self.image_size} {self.encoding}) to {self.path} "
+            f"in {self.shards} shard(s): "
             f"{self.split['train']:,} train, {self.split['val']:,} val (val fully labeled)",
             f"{self.seconds:.2f} s, {self.images_per_s:,.0f} images/s",
             f"{'task':<{width}}  train labeled  positive",
@@ -169,7 +203,7 @@ def synthesize(
             for split_name, local_rows in (("train", np.flatnonzero(~is_val)), ("val", np.flatnonzero(is_val))):
                 split[split_name] += len(local_rows)
                 for start in range(0, len(local_rows), ROW_GROUP_ROWS):
-                    chunk = local_rows[start:start + ROW_GROUP_ROWS]
+                    chunk = local_rows[start : start + ROW_GROUP_ROWS]
                     images, truth = render_scenes(scene_rng, len(chunk), image_size)
                     values = truth[:, columns].astype(np.float32)
                     if split_name == "train":
@@ -182,9 +216,18 @@ def synthesize(
         first_row += rows
     seconds = time.perf_counter() - started
     return SynthResult(
-        rows=n, shards=count, tasks=task_list, path=out, encoding=encoding, image_size=image_size, seed=seed,
-        split=split, labeled=dict(zip(task_list, labeled.tolist())), positive=dict(zip(task_list, positive.tolist())),
-        seconds=seconds, images_per_s=n / seconds,
+        rows=n,
+        shards=count,
+        tasks=task_list,
+        path=out,
+        encoding=encoding,
+        image_size=image_size,
+        seed=seed,
+        split=split,
+        labeled=dict(zip(task_list, labeled.tolist(), strict=True)),
+        positive=dict(zip(task_list, positive.tolist(), strict=True)),
+        seconds=seconds,
+        images_per_s=n / seconds,
     )
 
 
@@ -215,14 +258,20 @@ def _rates(label_rates: dict[str, float], task_list: list[str]) -> np.ndarray:
 def _refuse_stale_shards(fs: pafs.FileSystem, root: str, out: str, names: set[str]) -> None:
     """Parquet files this run would not overwrite would silently join the dataset: refuse them."""
     found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    stale = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-                   and f.path[len(root):].lstrip("/") not in names)
+    stale = sorted(
+        f.path
+        for f in found
+        if f.type == pafs.FileType.File and f.path.endswith(".parquet") and f.path[len(root) :].lstrip("/") not in names
+    )
     if stale:
-        raise UserError(f"{out}: already holds {len(stale)} other Parquet file(s) (e.g. {stale[0][len(root):].lstrip('/')}); "
-                        "remove them or choose another OUT")
+        raise UserError(
+            f"{out}: already holds {len(stale)} other Parquet file(s) (e.g. {stale[0][len(root) :].lstrip('/')}); "
+            "remove them or choose another OUT"
+        )
 
 
 # ---- scene rendering ------------------------------------------------------------------------
+
 
 def render_scenes(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """`n` scenes from `rng`: uint8 images [n, size, size, 3] and bool labels [n, T], T being the
@@ -267,8 +316,10 @@ def _background(rng: np.random.Generator, count: int, size: int) -> tuple[np.nda
     road = np.stack([horizon, far_x, near_x, far_half, near_half, sidewalk, lane, r[:, 7]], axis=1)
 
     palette = np.zeros((count, _PALETTE, 3), dtype=np.float32)
-    skies = np.array([[[70, 130, 210], [175, 205, 235]], [[150, 160, 175], [205, 208, 212]], [[85, 85, 150], [240, 165, 115]]],
-                     dtype=np.float32)  # top and horizon colour of a clear, an overcast and a dusk sky
+    skies = np.array(
+        [[[70, 130, 210], [175, 205, 235]], [[150, 160, 175], [205, 208, 212]], [[85, 85, 150], [240, 165, 115]]],
+        dtype=np.float32,
+    )  # top and horizon colour of a clear, an overcast and a dusk sky
     sky = skies[np.searchsorted([0.5, 0.8], r[:, 8])]  # day, overcast, dusk: 50, 30, 20 %
     sky = sky * (0.9 + 0.2 * r[:, 9])[:, None, None]
     mix = (np.arange(_SKY_BANDS, dtype=np.float32) + 0.5) / _SKY_BANDS
@@ -383,8 +434,10 @@ def _spawn_building(site: _Site, u: np.ndarray) -> _Spawned:
     lit_count = np.where(u[:, 5] < 0.55, np.minimum(1 + (4 * u[:, 6]).astype(np.intp), 4), 0)
     lit_colours = [_choose(_LIT, u[:, 7 + k]) for k in range(4)]
     colours = np.stack([_shade(wall, u[:, 4]), _fixed((45, 50, 65), m)] + lit_colours, axis=1)
-    keys = [(a, b, step, pane) for a, b in zip(w.tolist(), h.tolist())]
-    return _Spawned(u[:, 19] * site.size, keys, colours, (lit_count > 0).astype(np.intp), lit_count, u[:, 11:19].reshape(m, 4, 2))
+    keys = [(a, b, step, pane) for a, b in zip(w.tolist(), h.tolist(), strict=True)]
+    return _Spawned(
+        u[:, 19] * site.size, keys, colours, (lit_count > 0).astype(np.intp), lit_count, u[:, 11:19].reshape(m, 4, 2)
+    )
 
 
 def _spawn_tree(site: _Site, u: np.ndarray) -> _Spawned:
@@ -392,7 +445,9 @@ def _spawn_tree(site: _Site, u: np.ndarray) -> _Spawned:
     x = site.centre + sign * (site.outer + (2 + 0.35 * site.size * u[:, 1]) * site.f)
     d = _px((9 + 6 * u[:, 2]) * site.s * site.f, 5)
     trunk_w = _px(1.8 * site.s * site.f, 1)
-    keys = list(zip(d.tolist(), trunk_w.tolist(), np.maximum(2, np.round(0.55 * d)).astype(np.intp).tolist()))
+    keys = list(
+        zip(d.tolist(), trunk_w.tolist(), np.maximum(2, np.round(0.55 * d)).astype(np.intp).tolist(), strict=True)
+    )
     colours = np.stack([_choose(_LEAVES, u[:, 3]), _fixed((90, 60, 35), len(u))], axis=1)
     return _Spawned(x, keys, colours, np.zeros(len(u), dtype=np.intp))
 
@@ -400,8 +455,10 @@ def _spawn_tree(site: _Site, u: np.ndarray) -> _Spawned:
 def _spawn_car(site: _Site, u: np.ndarray) -> _Spawned:
     colour = np.minimum((u[:, 0] * len(_CAR_COLOURS)).astype(np.intp), len(_CAR_COLOURS) - 1)
     w = _px(22 * site.s * site.f * (0.85 + 0.3 * u[:, 1]), 10)
-    keys = list(zip(w.tolist(), (u[:, 2] < 0.5).astype(np.intp).tolist()))
-    colours = np.stack([_shade(_CAR_COLOURS[colour], u[:, 3]), _fixed((55, 75, 100), len(u)), _fixed((25, 25, 25), len(u))], axis=1)
+    keys = list(zip(w.tolist(), (u[:, 2] < 0.5).astype(np.intp).tolist(), strict=True))
+    colours = np.stack(
+        [_shade(_CAR_COLOURS[colour], u[:, 3]), _fixed((55, 75, 100), len(u)), _fixed((25, 25, 25), len(u))], axis=1
+    )
     return _Spawned(_on_road(site, u[:, 4]), keys, colours, colour)
 
 
@@ -409,7 +466,7 @@ def _spawn_pedestrian(site: _Site, u: np.ndarray) -> _Spawned:
     crossing = u[:, 0] < 0.2
     x = np.where(crossing, _on_road(site, 0.0625 + 0.875 * u[:, 1]), _kerb(site, u[:, 2], u[:, 3]))
     h = _px(19 * site.s * site.f * (0.85 + 0.3 * u[:, 4]), 9)
-    keys = list(zip(h.tolist(), (u[:, 5] < 0.5).astype(np.intp).tolist()))
+    keys = list(zip(h.tolist(), (u[:, 5] < 0.5).astype(np.intp).tolist(), strict=True))
     colours = np.stack([_choose(_SKINS, u[:, 6]), _choose(_SHIRTS, u[:, 7]), _choose(_TROUSERS, u[:, 8])], axis=1)
     return _Spawned(x, keys, colours, crossing.astype(np.intp))
 
@@ -425,12 +482,12 @@ def _sign(site: _Site, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _spawn_stop_sign(site: _Site, u: np.ndarray) -> _Spawned:
     x, d, pole, colours = _sign(site, u)
-    return _Spawned(x, list(zip(d.tolist(), pole.tolist())), colours, np.zeros(len(u), dtype=np.intp))
+    return _Spawned(x, list(zip(d.tolist(), pole.tolist(), strict=True)), colours, np.zeros(len(u), dtype=np.intp))
 
 
 def _spawn_round_sign(site: _Site, u: np.ndarray) -> _Spawned:
     x, d, pole, colours = _sign(site, u)
-    keys = list(zip(d.tolist(), pole.tolist(), (u[:, 6] < 0.6).tolist()))
+    keys = list(zip(d.tolist(), pole.tolist(), (u[:, 6] < 0.6).tolist(), strict=True))
     return _Spawned(x, keys, colours, np.zeros(len(u), dtype=np.intp))
 
 
@@ -440,21 +497,32 @@ def _spawn_traffic_light(site: _Site, u: np.ndarray) -> _Spawned:
     lit = np.minimum((3 * u[:, 4]).astype(np.intp), 2)
     box = _choose(np.array([(30, 30, 30), (45, 50, 35), (20, 22, 28)], dtype=np.float32), u[:, 5])
     colours = np.stack([box, _fixed((70, 70, 62), len(u)), _LAMP_COLOURS[lit], _fixed((75, 78, 80), len(u))], axis=1)
-    return _Spawned(_kerb(site, u[:, 0], u[:, 1]), list(zip(w.tolist(), pole.tolist(), lit.tolist())), colours, lit)
+    return _Spawned(
+        _kerb(site, u[:, 0], u[:, 1]), list(zip(w.tolist(), pole.tolist(), lit.tolist(), strict=True)), colours, lit
+    )
 
 
 def _spawn_pole(site: _Site, u: np.ndarray) -> _Spawned:
     h = _px(16 * site.s * site.f * (0.85 + 0.35 * u[:, 2]), 8)
     w = _px(1.5 * site.s * site.f * (0.8 + 0.6 * u[:, 3]), 1)
-    keys = list(zip(h.tolist(), w.tolist(), (u[:, 4] < 0.3).tolist()))
-    return _Spawned(_kerb(site, u[:, 0], u[:, 1]), keys, _choose(_POLE_COLOURS, u[:, 5])[:, None], np.zeros(len(u), dtype=np.intp))
+    keys = list(zip(h.tolist(), w.tolist(), (u[:, 4] < 0.3).tolist(), strict=True))
+    return _Spawned(
+        _kerb(site, u[:, 0], u[:, 1]), keys, _choose(_POLE_COLOURS, u[:, 5])[:, None], np.zeros(len(u), dtype=np.intp)
+    )
 
 
 def _spawn_lamp_post(site: _Site, u: np.ndarray) -> _Spawned:
     w = _px(5 * site.s * site.f, 3)
     pole = np.round(w * (4 + 2 * u[:, 2])).astype(np.intp)
-    colours = np.stack([_fixed((50, 52, 55), len(u)), _fixed((255, 240, 190), len(u)), _fixed((75, 78, 80), len(u))], axis=1)
-    return _Spawned(_kerb(site, u[:, 0], u[:, 1]), list(zip(w.tolist(), pole.tolist())), colours, np.zeros(len(u), dtype=np.intp))
+    colours = np.stack(
+        [_fixed((50, 52, 55), len(u)), _fixed((255, 240, 190), len(u)), _fixed((75, 78, 80), len(u))], axis=1
+    )
+    return _Spawned(
+        _kerb(site, u[:, 0], u[:, 1]),
+        list(zip(w.tolist(), pole.tolist(), strict=True)),
+        colours,
+        np.zeros(len(u), dtype=np.intp),
+    )
 
 
 def _spawn_box(site: _Site, u: np.ndarray) -> _Spawned:
@@ -462,12 +530,14 @@ def _spawn_box(site: _Site, u: np.ndarray) -> _Spawned:
     w = _px((12 + 12 * u[:, 4]) * site.s * site.f, 8)
     h = np.maximum(5, np.round(w * (0.45 + 0.35 * u[:, 5]))).astype(np.intp)
     colour = _shade(_choose(_CAR_COLOURS, u[:, 6]), u[:, 7])
-    keys = list(zip(w.tolist(), h.tolist(), (u[:, 8] < 0.5).tolist()))
+    keys = list(zip(w.tolist(), h.tolist(), (u[:, 8] < 0.5).tolist(), strict=True))
     return _Spawned(x, keys, np.stack([colour, colour * 0.6], axis=1), np.zeros(len(u), dtype=np.intp))
 
 
 # kind, cumulative probabilities of 1, 2, ... objects per scene, depth range (None: on the horizon), spawner
-_SPAWNS: tuple[tuple[int, tuple[float, ...], tuple[float, float] | None, Callable[[_Site, np.ndarray], _Spawned]], ...] = (
+_SPAWNS: tuple[
+    tuple[int, tuple[float, ...], tuple[float, float] | None, Callable[[_Site, np.ndarray], _Spawned]], ...
+] = (
     (BUILDING, (0.15, 0.35, 0.6, 0.85), None, _spawn_building),
     (TREE, (0.45, 0.8), (0.05, 0.9), _spawn_tree),
     (CAR, (0.48, 0.75, 0.9), (0.08, 1.08), _spawn_car),
@@ -501,12 +571,22 @@ def _place_objects(rng: np.random.Generator, road: np.ndarray, size: int) -> _Pl
         site = _Site(size / 64, size, 0.5 + 0.75 * np.maximum(t, 0), centre, half, half * road[scene, 5])
         spawned = spawn(site, u[:, 1:])
         colours = np.zeros((len(scene), _MAX_PARTS, 3), dtype=np.float32)
-        colours[:, :spawned.colours.shape[1]] = spawned.colours
+        colours[:, : spawned.colours.shape[1]] = spawned.colours
         lit_count = np.zeros(len(scene), dtype=np.intp) if spawned.lit_count is None else spawned.lit_count
         lit_spots = np.zeros((len(scene), 4, 2)) if spawned.lit_spots is None else spawned.lit_spots
-        for key, value in (("scene", scene), ("kind", np.full(len(scene), kind)), ("x", spawned.x), ("row", row), ("t", t),
-                           ("code", spawned.code), ("colours", colours), ("keys", spawned.keys), ("lit_count", lit_count),
-                           ("lit_spots", lit_spots), ("entries", _PARTS[kind] + lit_count)):
+        for key, value in (
+            ("scene", scene),
+            ("kind", np.full(len(scene), kind)),
+            ("x", spawned.x),
+            ("row", row),
+            ("t", t),
+            ("code", spawned.code),
+            ("colours", colours),
+            ("keys", spawned.keys),
+            ("lit_count", lit_count),
+            ("lit_spots", lit_spots),
+            ("entries", _PARTS[kind] + lit_count),
+        ):
             columns[key].append(value)
     keys = [k for part in columns.pop("keys") for k in part]
     arrays = {k: np.concatenate(v) for k, v in columns.items()}
@@ -515,12 +595,25 @@ def _place_objects(rng: np.random.Generator, road: np.ndarray, size: int) -> _Pl
     scene, entries = arrays["scene"], arrays["entries"]
     start = np.cumsum(entries) - entries
     first = scene * _PALETTE + _FIRST_PART + start - start[np.searchsorted(scene, scene)]
-    return _Placed(scene=scene, kind=arrays["kind"], x=arrays["x"], row=arrays["row"], t=arrays["t"], code=arrays["code"],
-                   first=first, entries=entries, colours=arrays["colours"], keys=[keys[i] for i in order.tolist()],
-                   lit_count=arrays["lit_count"], lit_spots=arrays["lit_spots"])
+    return _Placed(
+        scene=scene,
+        kind=arrays["kind"],
+        x=arrays["x"],
+        row=arrays["row"],
+        t=arrays["t"],
+        code=arrays["code"],
+        first=first,
+        entries=entries,
+        colours=arrays["colours"],
+        keys=[keys[i] for i in order.tolist()],
+        lit_count=arrays["lit_count"],
+        lit_spots=arrays["lit_spots"],
+    )
 
 
-def _paint(canvas: np.ndarray, placed: _Placed, palette: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _paint(
+    canvas: np.ndarray, placed: _Placed, palette: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Paint every object into its scene's canvas and set the palette entries of its parts.
 
     Entries are handed out in drawing order, so within a scene a nearer object's entries are
@@ -532,7 +625,7 @@ def _paint(canvas: np.ndarray, placed: _Placed, palette: np.ndarray, size: int) 
     count = len(canvas)
     used = np.arange(_MAX_PARTS) < placed.entries[:, None]
     palette.reshape(-1, 3)[(placed.first[:, None] + np.arange(_MAX_PARTS))[used]] = placed.colours[used]
-    sprites = [_SPRITES[kind](*key) for kind, key in zip(placed.kind.tolist(), placed.keys)]
+    sprites = [_SPRITES[kind](*key) for kind, key in zip(placed.kind.tolist(), placed.keys, strict=True)]
     numbers = np.array([sp[:10] for sp in sprites], dtype=np.intp).reshape(-1, 10).T
     height, width, anchor, key_parts, area, rows, cols, margin, step, pane = numbers
     top = np.round(placed.row).astype(np.intp) - height
@@ -549,8 +642,13 @@ def _paint(canvas: np.ndarray, placed: _Placed, palette: np.ndarray, size: int) 
         wy = top[b] + margin[b] + np.minimum((spot[:, 0] * rows[b]).astype(np.intp), rows[b] - 1) * step[b]
         wx = left[b] + margin[b] + np.minimum((spot[:, 1] * cols[b]).astype(np.intp), cols[b] - 1) * step[b]
         pane_ys, pane_xs = _pane(int(pane[b[0]]))  # the pane size depends only on the image size
-        _scatter(canvas, np.repeat(placed.scene[b], len(pane_ys)), (wy[:, None] + pane_ys).ravel(), (wx[:, None] + pane_xs).ravel(),
-                 np.repeat(entry[b] + _PARTS[BUILDING] + lit_k, len(pane_ys)))
+        _scatter(
+            canvas,
+            np.repeat(placed.scene[b], len(pane_ys)),
+            (wy[:, None] + pane_ys).ravel(),
+            (wx[:, None] + pane_xs).ravel(),
+            np.repeat(entry[b] + _PARTS[BUILDING] + lit_k, len(pane_ys)),
+        )
     flat = canvas.reshape(count, -1) + (np.arange(count, dtype=np.intp) * _PALETTE)[:, None]
     cumulative = np.concatenate([[0], np.cumsum(np.bincount(flat.ravel(), minlength=count * _PALETTE))])
     shown = cumulative[placed.first + key_parts] - cumulative[placed.first]
@@ -566,6 +664,7 @@ def _scatter(canvas: np.ndarray, scene: np.ndarray, y: np.ndarray, x: np.ndarray
 
 
 # ---- sprites: part maps, 0 = transparent, key parts numbered first --------------------------
+
 
 class _Sprite(NamedTuple):
     """An object's picture, anchored at its bottom centre: pixels as [3, n] rows y, x and part."""
@@ -586,8 +685,15 @@ class _Sprite(NamedTuple):
 def _finish(parts: np.ndarray, key_parts: int, grid: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)) -> _Sprite:
     ys, xs = np.nonzero(parts)
     values = parts[ys, xs]
-    return _Sprite(parts.shape[0], parts.shape[1], parts.shape[1] // 2, key_parts, int(np.count_nonzero(values <= key_parts)),
-                   *grid, np.stack([ys, xs, values]).astype(np.int32))
+    return _Sprite(
+        parts.shape[0],
+        parts.shape[1],
+        parts.shape[1] // 2,
+        key_parts,
+        int(np.count_nonzero(values <= key_parts)),
+        *grid,
+        np.stack([ys, xs, values]).astype(np.int32),
+    )
 
 
 @cache
@@ -610,13 +716,13 @@ def _octagon(d: int) -> np.ndarray:
 
 def _centred(parts: np.ndarray, mask: np.ndarray, top: int, value: int) -> None:
     left = (parts.shape[1] - mask.shape[1]) // 2
-    region = parts[top:top + mask.shape[0], left:left + mask.shape[1]]
+    region = parts[top : top + mask.shape[0], left : left + mask.shape[1]]
     region[mask] = value
 
 
 def _bar(parts: np.ndarray, top: int, bottom: int, width: int, value: int) -> None:
     left = (parts.shape[1] - width) // 2
-    parts[top:bottom, left:left + width] = value
+    parts[top:bottom, left : left + width] = value
 
 
 @cache
@@ -634,8 +740,8 @@ def _pedestrian_sprite(h: int, striding: int) -> _Sprite:
     _bar(parts, head, head + body, body_w, 2)
     _bar(parts, head, head + max(2, round(0.85 * body)), body_w + 2 * arm, 2)
     legs_left = (width - 2 * leg - gap) // 2
-    parts[head + body:, legs_left:legs_left + leg] = 3
-    parts[head + body:, legs_left + leg + gap:legs_left + 2 * leg + gap] = 3
+    parts[head + body :, legs_left : legs_left + leg] = 3
+    parts[head + body :, legs_left + leg + gap : legs_left + 2 * leg + gap] = 3
     return _finish(parts, 3)
 
 
@@ -649,14 +755,14 @@ def _car_sprite(w: int, hatchback: int) -> _Sprite:
     parts = np.zeros((height, w), dtype=np.uint8)
     c0, c1 = (round(0.12 * w), round(0.68 * w)) if hatchback else (round(0.22 * w), round(0.8 * w))
     parts[0:cabin, c0:c1] = 1
-    parts[1:cabin, c0 + 1:c1 - 1] = 2
+    parts[1:cabin, c0 + 1 : c1 - 1] = 2
     if c1 - c0 >= 9:
         parts[1:cabin, (c0 + c1) // 2] = 1
-    parts[cabin:cabin + body, :] = 1
+    parts[cabin : cabin + body, :] = 1
     disk = _disk(wheel)
     for centre in (round(0.22 * w), round(0.78 * w)):
         y0, x0 = height - wheel, max(0, min(w - wheel, centre - wheel // 2))
-        parts[y0:height, x0:x0 + wheel][disk] = 3
+        parts[y0:height, x0 : x0 + wheel][disk] = 3
     return _finish(parts, 3)
 
 
@@ -668,7 +774,7 @@ def _stop_sprite(d: int, pole: int) -> _Sprite:
     _centred(parts, _octagon(d), 0, 1)
     bar = max(1, round(0.22 * d))
     margin = max(1, round(0.18 * d))
-    parts[(d - bar) // 2:(d - bar) // 2 + bar, margin:d - margin] = 2
+    parts[(d - bar) // 2 : (d - bar) // 2 + bar, margin : d - margin] = 2
     return _finish(parts, 2)
 
 
@@ -705,7 +811,7 @@ def _pole_sprite(h: int, w: int, cap: bool) -> _Sprite:
     parts = np.zeros((h, w + 2 if cap else w), dtype=np.uint8)
     _bar(parts, 0, h, w, 1)
     if cap:
-        parts[:max(1, round(h / 10))] = 1
+        parts[: max(1, round(h / 10))] = 1
     return _finish(parts, 1)
 
 
@@ -734,7 +840,7 @@ def _box_sprite(w: int, h: int, banded: bool) -> _Sprite:
     """A plain box in a car colour (1), sometimes with a darker band (2)."""
     parts = np.ones((h, w), dtype=np.uint8)
     if banded:
-        parts[max(1, h // 3):max(2, h // 3 + h // 5)] = 2
+        parts[max(1, h // 3) : max(2, h // 3 + h // 5)] = 2
     return _finish(parts, 2)
 
 
@@ -746,13 +852,21 @@ def _building_sprite(w: int, h: int, step: int, pane: int) -> _Sprite:
     rows, cols = max(0, (h - 2 * margin + step - pane) // step), max(0, (w - 2 * margin + step - pane) // step)
     for r in range(rows):
         for c in range(cols):
-            parts[margin + r * step:margin + r * step + pane, margin + c * step:margin + c * step + pane] = 2
+            parts[margin + r * step : margin + r * step + pane, margin + c * step : margin + c * step + pane] = 2
     return _finish(parts, 2, (max(rows, 1), max(cols, 1), margin, step, pane))
 
 
 _SPRITES: dict[int, Callable[..., _Sprite]] = {
-    PED: _pedestrian_sprite, CAR: _car_sprite, STOP: _stop_sprite, LIGHT: _light_sprite, ROUND_SIGN: _round_sign_sprite,
-    POLE: _pole_sprite, LAMP_POST: _lamp_post_sprite, BUILDING: _building_sprite, TREE: _tree_sprite, BOX: _box_sprite,
+    PED: _pedestrian_sprite,
+    CAR: _car_sprite,
+    STOP: _stop_sprite,
+    LIGHT: _light_sprite,
+    ROUND_SIGN: _round_sign_sprite,
+    POLE: _pole_sprite,
+    LAMP_POST: _lamp_post_sprite,
+    BUILDING: _building_sprite,
+    TREE: _tree_sprite,
+    BOX: _box_sprite,
 }
 
 
@@ -762,7 +876,9 @@ _SPRITES: dict[int, Callable[..., _Sprite]] = {
 class _Summary:
     """Per scene and object kind, what the visible objects look like: [scenes, kinds] arrays."""
 
-    def __init__(self, scenes: int, size: int, placed: _Placed, shown: np.ndarray, at_edge: np.ndarray, visible: np.ndarray):
+    def __init__(
+        self, scenes: int, size: int, placed: _Placed, shown: np.ndarray, at_edge: np.ndarray, visible: np.ndarray
+    ):
         slot = (placed.scene * _KINDS + placed.kind)[visible]
         x, t, code = placed.x[visible] / size, placed.t[visible], placed.code[visible]
 
@@ -787,7 +903,9 @@ class _Summary:
         return self.count[:, kind] > 0
 
 
-def _labels(shown_pixels: np.ndarray, area: np.ndarray, at_edge: np.ndarray, placed: _Placed, count: int, size: int) -> np.ndarray:
+def _labels(
+    shown_pixels: np.ndarray, area: np.ndarray, at_edge: np.ndarray, placed: _Placed, count: int, size: int
+) -> np.ndarray:
     """bool [count, len(_ALL_TASKS)] from what _paint saw of each placed object.
 
     An object is visible when at least VISIBLE_FRACTION of its key parts' pixels (of the whole
@@ -801,8 +919,8 @@ def _labels(shown_pixels: np.ndarray, area: np.ndarray, at_edge: np.ndarray, pla
 
 def _derived_rules() -> list[tuple[str, Callable[[_Summary], np.ndarray]]]:
     """The extra tasks in their fixed order: a varied few first, then each family in turn."""
-    kinds = dict(zip(SEED_TASKS, _SEED_KINDS))
-    pairs = [(kinds[a], kinds[b], a, b) for i, a in enumerate(SEED_TASKS) for b in SEED_TASKS[i + 1:]]
+    kinds = dict(zip(SEED_TASKS, _SEED_KINDS, strict=True))
+    pairs = [(kinds[a], kinds[b], a, b) for i, a in enumerate(SEED_TASKS) for b in SEED_TASKS[i + 1 :]]
     ordered = [(kinds[a], kinds[b], a, b) for a in SEED_TASKS for b in SEED_TASKS if a != b]
     rules: dict[str, Callable[[_Summary], np.ndarray]] = {}
 
@@ -838,7 +956,10 @@ def _derived_rules() -> list[tuple[str, Callable[[_Summary], np.ndarray]]]:
         add(f"{a}_or_{b}", lambda f, ka=ka, kb=kb: f.has(ka) | f.has(kb))
     for name, k in kinds.items():
         for what in ("left", "right", "near", "far"):
-            add(f"{name}_{'on_' if what in ('left', 'right') else ''}{what}", lambda f, k=k, w=what: getattr(f, w)[:, k] > 0)
+            add(
+                f"{name}_{'on_' if what in ('left', 'right') else ''}{what}",
+                lambda f, k=k, w=what: getattr(f, w)[:, k] > 0,
+            )
         add(f"{name}_partly_hidden", lambda f, k=k: f.hidden[:, k] > 0)
         add(f"{name}_at_edge", lambda f, k=k: f.edge[:, k] > 0)
     for colour, code in (("red", _CAR_RED), ("blue", _CAR_BLUE), ("white", _CAR_WHITE)):
@@ -858,10 +979,12 @@ def _derived_rules() -> list[tuple[str, Callable[[_Summary], np.ndarray]]]:
     return list(rules.items())
 
 
-_RULES = [(name, lambda f, k=kind: f.has(k)) for name, kind in zip(SEED_TASKS, _SEED_KINDS)] + _derived_rules()
+_RULES = [
+    (name, lambda f, k=kind: f.has(k)) for name, kind in zip(SEED_TASKS, _SEED_KINDS, strict=True)
+] + _derived_rules()
 _ALL_TASKS = [name for name, _ in _RULES]
 
 
 def extra_task_names(m: int) -> list[str]:
     """The first `m` derived task names; the list is fixed, so the same m always gives the same names."""
-    return _ALL_TASKS[len(SEED_TASKS):len(SEED_TASKS) + m]
+    return _ALL_TASKS[len(SEED_TASKS) : len(SEED_TASKS) + m]

@@ -19,7 +19,11 @@ from mtl_ray.errors import UserError, describe
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 CONNECT_ATTEMPTS = 3
 # MLflow retries HTTP calls 7 times with backoff 2 by default (minutes against a dead server).
-_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+_HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 CHECKPOINT_TAG = "mtl_ray.checkpoint"
 TRIAL_TAG = "mtl_ray.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -30,8 +34,8 @@ def tracking_uri(configured: str | None = None) -> str:
     directory; relative sqlite paths become absolute so Ray processes in other directories agree."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        uri = prefix + os.path.abspath(uri[len(prefix):])
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + os.path.abspath(uri[len(prefix) :])
     return uri
 
 
@@ -51,7 +55,9 @@ def connect(uri: str, attempts: int = CONNECT_ATTEMPTS):
             return client
         except Exception as exc:  # MLflow wraps connection failures in several exception types
             if attempt == attempts:
-                raise UserError(f"tracking server {uri}: unreachable after {attempts} attempts ({describe(exc)})") from None
+                raise UserError(
+                    f"tracking server {uri}: unreachable after {attempts} attempts ({describe(exc)})"
+                ) from None
             time.sleep(attempt)
     raise AssertionError("unreachable")
 

@@ -76,12 +76,19 @@ def worker_loop(config: dict) -> None:
             group["lr"] = epoch_lr(cfg, epoch)
         shuffle = {}
         if cfg.shuffle_buffer:
-            shuffle = {"local_shuffle_buffer_size": cfg.shuffle_buffer, "local_shuffle_seed": hash((cfg.seed, epoch, rank)) % 2**31}
+            shuffle = {
+                "local_shuffle_buffer_size": cfg.shuffle_buffer,
+                "local_shuffle_seed": hash((cfg.seed, epoch, rank)) % 2**31,
+            }
         seen, loss_sum, batches = 0, 0.0, 0
         terms_sum = torch.zeros(len(tasks), device=device)
         started = time.perf_counter()
-        for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, device=device, **shuffle):
-            loss, terms = train_step(model, optimizer, weighting, batch["image"], batch["labels"], device, cfg.loss_reduction)
+        for batch in train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size, collate_fn=collate, device=device, **shuffle
+        ):
+            loss, terms = train_step(
+                model, optimizer, weighting, batch["image"], batch["labels"], device, cfg.loss_reduction
+            )
             seen += len(batch["image"])
             loss_sum += float(loss)
             terms_sum += terms
@@ -102,9 +109,16 @@ def worker_loop(config: dict) -> None:
             metrics.update({"mean_auroc": mean_auroc(per_task), "val": per_task})
             history.append(metrics)
             with tempfile.TemporaryDirectory() as d:
-                meta = {"epoch": epoch + 1, "first_epoch": first_epoch, "tasks": tasks, "backbone": cfg.backbone,
-                        "config": cfg.model_dump(), "image": {"size": fmt.shape[0], "channels": 3},
-                        "metrics": metrics, "history": history}
+                meta = {
+                    "epoch": epoch + 1,
+                    "first_epoch": first_epoch,
+                    "tasks": tasks,
+                    "backbone": cfg.backbone,
+                    "config": cfg.model_dump(),
+                    "image": {"size": fmt.shape[0], "channels": 3},
+                    "metrics": metrics,
+                    "history": history,
+                }
                 checkpoint.save(d, unwrap(model), weighting, optimizer, meta)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
@@ -133,23 +147,34 @@ class TrainResult:
 
     def to_json(self) -> dict:
         return {
-            "name": self.name, "tasks": self.tasks, "params": self.params, "epochs": self.epochs,
-            "first_epoch": self.first_epoch, "val": self.val, "mean_auroc": self.mean_auroc,
-            "checkpoint": self.checkpoint, "train_images_per_s": self.train_images_per_s, "seconds": self.seconds,
+            "name": self.name,
+            "tasks": self.tasks,
+            "params": self.params,
+            "epochs": self.epochs,
+            "first_epoch": self.first_epoch,
+            "val": self.val,
+            "mean_auroc": self.mean_auroc,
+            "checkpoint": self.checkpoint,
+            "train_images_per_s": self.train_images_per_s,
+            "seconds": self.seconds,
             "history": self.history,
         }
 
     def render(self) -> str:
         head = ["task", "auroc", "accuracy", "f1", "n_labeled"]
-        rows = [[t, number(m["auroc"]), number(m["accuracy"]), number(m["f1"]), str(m["n_labeled"])]
-                for t, m in self.val.items()]
-        return "\n".join([
-            f"run {self.name}: epochs {self.first_epoch}-{self.epochs}, {len(self.tasks)} tasks, "
-            f"{self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s",
-            *table(head, rows),
-            f"mean_auroc {number(self.mean_auroc)}",
-            f"checkpoint {self.checkpoint}",
-        ])
+        rows = [
+            [t, number(m["auroc"]), number(m["accuracy"]), number(m["f1"]), str(m["n_labeled"])]
+            for t, m in self.val.items()
+        ]
+        return "\n".join(
+            [
+                f"run {self.name}: epochs {self.first_epoch}-{self.epochs}, {len(self.tasks)} tasks, "
+                f"{self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s",
+                *table(head, rows),
+                f"mean_auroc {number(self.mean_auroc)}",
+                f"checkpoint {self.checkpoint}",
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -174,17 +199,28 @@ def _select_sources(data: str, val: str | None, report: ValidationReport) -> tup
     val_report = validate(val)
     val_report.raise_if_unusable()
     if list(val_report.fmt.tasks) != list(report.fmt.tasks):
-        raise UserError(f"{val}: validation tasks {list(val_report.fmt.tasks)} differ from training tasks "
-                        f"{list(report.fmt.tasks)} ({data})")
+        raise UserError(
+            f"{val}: validation tasks {list(val_report.fmt.tasks)} differ from training tasks "
+            f"{list(report.fmt.tasks)} ({data})"
+        )
     if val_report.rows == 0:
         raise UserError(f"{val}: empty validation data")
     split = "val" if val_report.rows_in("val") else None
-    return train_src, dataset.Source(val_report.fs, tuple(val_report.paths), val_report.fmt, split,
-                                     val_report.has_split_column)
+    return train_src, dataset.Source(
+        val_report.fs, tuple(val_report.paths), val_report.fmt, split, val_report.has_split_column
+    )
 
 
-def prepare(data: str, *, val: str | None = None, image_size: int | None = None, tasks: Sequence[str] | None = None,
-            labeled_only: bool = False, shuffle_labels: Sequence[str] = (), seed: int = 0) -> Inputs:
+def prepare(
+    data: str,
+    *,
+    val: str | None = None,
+    image_size: int | None = None,
+    tasks: Sequence[str] | None = None,
+    labeled_only: bool = False,
+    shuffle_labels: Sequence[str] = (),
+    seed: int = 0,
+) -> Inputs:
     """Validate the shards before Ray starts and choose the train/validation rows (see `fit`)."""
     report = validate(data)
     report.raise_if_unusable()
@@ -200,8 +236,16 @@ def prepare(data: str, *, val: str | None = None, image_size: int | None = None,
     return Inputs(data, train_src, val_src, size)
 
 
-def build_trainer(inputs: Inputs, cfg: TrainConfig, plan: ResourcePlan, *, name: str, storage_dir: str,
-                  storage_fs: object | None, callbacks: Sequence[object] = ()):
+def build_trainer(
+    inputs: Inputs,
+    cfg: TrainConfig,
+    plan: ResourcePlan,
+    *,
+    name: str,
+    storage_dir: str,
+    storage_fs: object | None,
+    callbacks: Sequence[object] = (),
+):
     """The `TorchTrainer` of one run: `worker_loop` on `plan`'s workers, checkpoints under storage/name."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -213,10 +257,14 @@ def build_trainer(inputs: Inputs, cfg: TrainConfig, plan: ResourcePlan, *, name:
             "batch_format": dataset.decoded_format(inputs.train.fmt, inputs.size),
             "torch_threads": plan.torch_threads,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
-                                               resources_per_worker={"CPU": plan.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_dir, storage_filesystem=storage_fs, callbacks=list(callbacks),
+            name=name,
+            storage_path=storage_dir,
+            storage_filesystem=storage_fs,
+            callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
@@ -233,15 +281,31 @@ def result_from_checkpoint(directory: str, *, name: str, location: str, seconds:
     metrics = meta["metrics"]
     params = sum(p.numel() for p in build(meta["backbone"], len(meta["tasks"])).parameters())
     return TrainResult(
-        name=name, tasks=meta["tasks"], params=params, epochs=meta["epoch"], first_epoch=meta["first_epoch"],
-        val=metrics["val"], mean_auroc=metrics["mean_auroc"], checkpoint=location,
-        train_images_per_s=metrics["train_images_per_s"], seconds=seconds, history=meta["history"],
+        name=name,
+        tasks=meta["tasks"],
+        params=params,
+        epochs=meta["epoch"],
+        first_epoch=meta["first_epoch"],
+        val=metrics["val"],
+        mean_auroc=metrics["mean_auroc"],
+        checkpoint=location,
+        train_images_per_s=metrics["train_images_per_s"],
+        seconds=seconds,
+        history=meta["history"],
     )
 
 
-def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None, storage_path: str | None = None,
-        name: str | None = None, tasks: Sequence[str] | None = None, labeled_only: bool = False,
-        shuffle_labels: Sequence[str] = ()) -> TrainResult:
+def fit(
+    data: str,
+    *,
+    val: str | None = None,
+    config: TrainConfig | None = None,
+    storage_path: str | None = None,
+    name: str | None = None,
+    tasks: Sequence[str] | None = None,
+    labeled_only: bool = False,
+    shuffle_labels: Sequence[str] = (),
+) -> TrainResult:
     """Train one multi-task model on the shards at `data`; resume if `name` already has checkpoints.
 
     `tasks` trains on a subset of the data's tasks (one task = a single-task baseline) and
@@ -251,8 +315,15 @@ def fit(data: str, *, val: str | None = None, config: TrainConfig | None = None,
     import ray
 
     cfg = config or TrainConfig()
-    inputs = prepare(data, val=val, image_size=cfg.image_size, tasks=tasks, labeled_only=labeled_only,
-                     shuffle_labels=shuffle_labels, seed=cfg.seed)
+    inputs = prepare(
+        data,
+        val=val,
+        image_size=cfg.image_size,
+        tasks=tasks,
+        labeled_only=labeled_only,
+        shuffle_labels=shuffle_labels,
+        seed=cfg.seed,
+    )
     check_model_config(cfg, len(inputs.train.fmt.tasks))
     storage_dir, storage_fs, shown = run_storage(storage_path)
 

@@ -37,6 +37,7 @@ NOT_SEARCHABLE = ("epochs", "workers", "gpu", "cpus_per_worker", "num_to_keep", 
 
 # ---- the search space ------------------------------------------------------------------------
 
+
 def _normalise(key: str, value: Any) -> Any:
     return {"name": value} if key == "weighting" and isinstance(value, str) else value
 
@@ -53,7 +54,12 @@ def _candidates(key: str, value: Any, where: str) -> tuple[str, list[Any]]:
             if not isinstance(args, list) or not args:
                 raise UserError(f"{where}: choice: expected a non-empty list of values")
             return kind, [_normalise(key, v) for v in args]
-        if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args) and args[0] < args[1]):
+        if not (
+            isinstance(args, list)
+            and len(args) == 2
+            and all(isinstance(a, (int, float)) for a in args)
+            and args[0] < args[1]
+        ):
             raise UserError(f"{where}: {kind}: expected [low, high] with low < high")
         if kind == "loguniform" and args[0] <= 0:
             raise UserError(f"{where}: loguniform: low must be positive")
@@ -67,7 +73,9 @@ def check_search(cfg: TuneConfig, num_tasks: int, source: str) -> dict[str, tupl
         raise UserError(f"{source}: search: empty search space; give at least one key, e.g. backbone: [xs, s]")
     searchable = [k for k in TrainConfig.model_fields if k not in NOT_SEARCHABLE]
     if cfg.metric not in REPORTED_METRICS:
-        raise UserError(f"{source}: metric {cfg.metric!r}: no trial reports it; trials report {', '.join(REPORTED_METRICS)}")
+        raise UserError(
+            f"{source}: metric {cfg.metric!r}: no trial reports it; trials report {', '.join(REPORTED_METRICS)}"
+        )
     forms = {}
     base = cfg.train.model_dump()
     for key, value in cfg.search.items():
@@ -92,9 +100,13 @@ def param_space(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     """Tune domains: lists become grid axes (choices with Optuna), the rest Tune's distributions."""
     from ray import tune
 
-    builders = {"grid": tune.grid_search, "choice": tune.choice,
-                "loguniform": lambda v: tune.loguniform(*v), "uniform": lambda v: tune.uniform(*v),
-                "randint": lambda v: tune.randint(int(v[0]), int(v[1]))}
+    builders = {
+        "grid": tune.grid_search,
+        "choice": tune.choice,
+        "loguniform": lambda v: tune.loguniform(*v),
+        "uniform": lambda v: tune.uniform(*v),
+        "randint": lambda v: tune.randint(int(v[0]), int(v[1])),
+    }
     return {key: builders[form](values) for key, (form, values) in forms.items()}
 
 
@@ -109,7 +121,10 @@ def concurrent_trials(plan: ResourcePlan, cluster: dict[str, float]) -> int:
 
 # ---- 2. the driver of one trial ----------------------------------------------------------------
 
-def train_driver(config: dict, *, inputs: Inputs, base: dict, plan: ResourcePlan, run_prefix: str, storage_path: str | None) -> None:
+
+def train_driver(
+    config: dict, *, inputs: Inputs, base: dict, plan: ResourcePlan, run_prefix: str, storage_path: str | None
+) -> None:
     """One Tune trial: fit a TorchTrainer on `base` updated with this trial's `config`."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -118,12 +133,20 @@ def train_driver(config: dict, *, inputs: Inputs, base: dict, plan: ResourcePlan
     cfg = TrainConfig(**{**base, **config})
     storage_dir, storage_fs, _ = run_storage(storage_path)
     trial_id = ray.tune.get_context().get_trial_id()
-    trainer = build_trainer(inputs, cfg, plan, name=f"{run_prefix}-{trial_id}", storage_dir=storage_dir,
-                            storage_fs=storage_fs, callbacks=[TuneReportCallback()])
+    trainer = build_trainer(
+        inputs,
+        cfg,
+        plan,
+        name=f"{run_prefix}-{trial_id}",
+        storage_dir=storage_dir,
+        storage_fs=storage_fs,
+        callbacks=[TuneReportCallback()],
+    )
     trainer.fit()
 
 
 # ---- MLflow: one child run per trial ------------------------------------------------------------
+
 
 class TrialLogger(Callback):
     """Ray Tune callback: one MLflow child run per trial under the tune job's parent run.
@@ -163,8 +186,11 @@ class TrialLogger(Callback):
         if trial.trial_id in self.run_ids:
             return
         client = self._client()
-        run = client.create_run(self.experiment, run_name=trial.trial_id,
-                                tags={tracking.PARENT_TAG: self.parent_run_id, tracking.TRIAL_TAG: trial.trial_id})
+        run = client.create_run(
+            self.experiment,
+            run_name=trial.trial_id,
+            tags={tracking.PARENT_TAG: self.parent_run_id, tracking.TRIAL_TAG: trial.trial_id},
+        )
         self.run_ids[trial.trial_id] = run.info.run_id
         for key, value in tracking.flat_params(trial.config).items():
             client.log_param(run.info.run_id, key, value)
@@ -206,6 +232,7 @@ class TrialLogger(Callback):
 
 # ---- 3. the tune job -------------------------------------------------------------------------
 
+
 @dataclass
 class TrialSummary:
     trial_id: str
@@ -236,19 +263,37 @@ class TuneResult:
     exit_code: int = 0
 
     def to_json(self) -> dict:
-        best = {"config": self.best.config, "mean_auroc": self.best.mean_auroc, "trial_id": self.best.trial_id,
-                "checkpoint": self.best.checkpoint, "run_id": self.best.run_id, "epochs": self.best.epochs}
-        return {"name": self.name, "metric": self.metric, "best": best, "trials": [t.to_json() for t in self.trials],
-                "registered": self.registered.to_json() if self.registered else None,
-                "tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id, "seconds": self.seconds,
-                "tracking_failures": self.tracking_failures}
+        best = {
+            "config": self.best.config,
+            "mean_auroc": self.best.mean_auroc,
+            "trial_id": self.best.trial_id,
+            "checkpoint": self.best.checkpoint,
+            "run_id": self.best.run_id,
+            "epochs": self.best.epochs,
+        }
+        return {
+            "name": self.name,
+            "metric": self.metric,
+            "best": best,
+            "trials": [t.to_json() for t in self.trials],
+            "registered": self.registered.to_json() if self.registered else None,
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent_run_id,
+            "seconds": self.seconds,
+            "tracking_failures": self.tracking_failures,
+        }
 
     def render(self) -> str:
         keys = sorted({k for t in self.trials for k in t.config})
-        rows = [[t.trial_id, *(_short(t.config.get(k)) for k in keys), str(t.epochs), t.status, number(t.mean_auroc)] for t in self.trials]
-        lines = [f"tune {self.name}: {len(self.trials)} trials in {self.seconds:.0f} s, best by {self.metric}",
-                 *table(["trial", *keys, "epochs", "status", "mean_auroc"], rows),
-                 f"best {self.best.trial_id}: mean_auroc {number(self.best.mean_auroc)}, checkpoint {self.best.checkpoint}"]
+        rows = [
+            [t.trial_id, *(_short(t.config.get(k)) for k in keys), str(t.epochs), t.status, number(t.mean_auroc)]
+            for t in self.trials
+        ]
+        lines = [
+            f"tune {self.name}: {len(self.trials)} trials in {self.seconds:.0f} s, best by {self.metric}",
+            *table(["trial", *keys, "epochs", "status", "mean_auroc"], rows),
+            f"best {self.best.trial_id}: mean_auroc {number(self.best.mean_auroc)}, checkpoint {self.best.checkpoint}",
+        ]
         if self.registered:
             lines.append(self.registered.render())
         lines.append(f"tracking {self.tracking_uri} (browse: mlflow ui --backend-store-uri {self.tracking_uri})")
@@ -270,11 +315,19 @@ def _summaries(results, cfg: TuneConfig, max_epochs: int, logger: TrialLogger, p
         epochs = int(m.get("epoch", 0))
         status = "error" if r.error else ("stopped_early" if epochs < max_epochs else "completed")
         ckpt = m.get("checkpoint_path")
-        out.append(TrialSummary(
-            trial_id=trial_id, config={k: r.config.get(k) for k in cfg.search}, status=status, epochs=epochs,
-            mean_auroc=m.get("mean_auroc"), metric=m.get(cfg.metric), checkpoint=f"{prefix}{ckpt}" if ckpt else None,
-            run_id=logger.run_ids.get(trial_id), error=describe(r.error) if r.error else None,
-        ))
+        out.append(
+            TrialSummary(
+                trial_id=trial_id,
+                config={k: r.config.get(k) for k in cfg.search},
+                status=status,
+                epochs=epochs,
+                mean_auroc=m.get("mean_auroc"),
+                metric=m.get(cfg.metric),
+                checkpoint=f"{prefix}{ckpt}" if ckpt else None,
+                run_id=logger.run_ids.get(trial_id),
+                error=describe(r.error) if r.error else None,
+            )
+        )
     return out
 
 
@@ -286,8 +339,15 @@ def _best(trials: list[TrialSummary], metric: str, mode: str) -> TrialSummary:
     return (max if mode == "max" else min)(scored, key=lambda t: t.metric)
 
 
-def tune(data: str | None = None, *, val: str | None = None, config: TuneConfig | None = None, source: str = "config",
-         name: str | None = None, storage_path: str | None = None) -> TuneResult:
+def tune(
+    data: str | None = None,
+    *,
+    val: str | None = None,
+    config: TuneConfig | None = None,
+    source: str = "config",
+    name: str | None = None,
+    storage_path: str | None = None,
+) -> TuneResult:
     """Search `config.search` with Ray Tune, log every trial to MLflow, register the best.
 
     `data`/`val` default to the config's `data`/`val` keys (how `jobs/configs` name their shards).
@@ -317,27 +377,55 @@ def tune(data: str | None = None, *, val: str | None = None, config: TuneConfig 
     experiment = tracking.experiment_id(client, cfg.tracking.experiment)
     parent = client.create_run(experiment, run_name=tune_name, tags={"mtl_ray.data": data, "mtl_ray.kind": "tune"})
     parent_id = parent.info.run_id
-    for key, value in {"search": json.dumps(cfg.search), "search_alg": cfg.search_alg, "metric": cfg.metric, "mode": mode,
-                       "scheduler": cfg.scheduler.name, "max_epochs": str(max_epochs), "num_samples": str(cfg.num_samples),
-                       **tracking.flat_params(cfg.train.model_dump(), "train.")}.items():
+    for key, value in {
+        "search": json.dumps(cfg.search),
+        "search_alg": cfg.search_alg,
+        "metric": cfg.metric,
+        "mode": mode,
+        "scheduler": cfg.scheduler.name,
+        "max_epochs": str(max_epochs),
+        "num_samples": str(cfg.num_samples),
+        **tracking.flat_params(cfg.train.model_dump(), "train."),
+    }.items():
         client.log_param(parent_id, key, value)
 
     ensure_ray()
     cluster = ray.cluster_resources()
     plan = plan_resources(cfg.train, {**cluster, "CPU": cluster.get("CPU", 0) - DRIVER_CPUS})
     concurrency = cfg.max_concurrent_trials or concurrent_trials(plan, cluster)
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(cfg.scheduler.grace_period, max_epochs),
-                               reduction_factor=cfg.scheduler.reduction_factor)
-                 if cfg.scheduler.name == "asha" else FIFOScheduler())
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_epochs,
+            grace_period=min(cfg.scheduler.grace_period, max_epochs),
+            reduction_factor=cfg.scheduler.reduction_factor,
+        )
+        if cfg.scheduler.name == "asha"
+        else FIFOScheduler()
+    )
     logger = TrialLogger(uri, experiment, parent_id, max_epochs, shown)
-    trainable = ray.tune.with_parameters(train_driver, inputs=inputs, base=base, plan=plan, run_prefix=tune_name, storage_path=storage_path)
+    trainable = ray.tune.with_parameters(
+        train_driver, inputs=inputs, base=base, plan=plan, run_prefix=tune_name, storage_path=storage_path
+    )
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trainable, {"CPU": DRIVER_CPUS}),
         param_space=param_space(forms),
-        tune_config=ray.tune.TuneConfig(metric=cfg.metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
-                                        num_samples=cfg.num_samples, max_concurrent_trials=concurrency),
-        run_config=ray.tune.RunConfig(name=tune_name, storage_path=storage_dir, storage_filesystem=storage_fs, callbacks=[logger],
-                                      failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures), verbose=0),
+        tune_config=ray.tune.TuneConfig(
+            metric=cfg.metric,
+            mode=mode,
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=concurrency,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=tune_name,
+            storage_path=storage_dir,
+            storage_filesystem=storage_fs,
+            callbacks=[logger],
+            failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures),
+            verbose=0,
+        ),
     )
     started = time.perf_counter()
     results = tuner.fit()
@@ -351,10 +439,26 @@ def tune(data: str | None = None, *, val: str | None = None, config: TuneConfig 
         _close_parent(client, parent_id, trials, failures)
     registered = None
     if cfg.registry.enabled:
-        registered = registry.register_checkpoint(best.checkpoint, name=cfg.registry.name, alias=cfg.registry.alias,
-                                                  run_id=best.run_id, data=data, tracking_uri=uri, experiment=cfg.tracking.experiment)
-    return TuneResult(name=tune_name, metric=cfg.metric, best=best, trials=trials, registered=registered, tracking_uri=uri,
-                      parent_run_id=parent_id, seconds=seconds, tracking_failures=failures)
+        registered = registry.register_checkpoint(
+            best.checkpoint,
+            name=cfg.registry.name,
+            alias=cfg.registry.alias,
+            run_id=best.run_id,
+            data=data,
+            tracking_uri=uri,
+            experiment=cfg.tracking.experiment,
+        )
+    return TuneResult(
+        name=tune_name,
+        metric=cfg.metric,
+        best=best,
+        trials=trials,
+        registered=registered,
+        tracking_uri=uri,
+        parent_run_id=parent_id,
+        seconds=seconds,
+        tracking_failures=failures,
+    )
 
 
 def _close_parent(client, parent_id: str, trials: list[TrialSummary], failures: list[str]) -> None:
@@ -365,7 +469,11 @@ def _close_parent(client, parent_id: str, trials: list[TrialSummary], failures: 
             top = max(scored, key=lambda t: t.mean_auroc)
             client.log_metric(parent_id, "best_mean_auroc", float(top.mean_auroc))
             client.set_tag(parent_id, "mtl_ray.best_trial", top.trial_id)
-        client.set_tag(parent_id, "mtl_ray.trials", json.dumps({s: sum(t.status == s for t in trials) for s in ("completed", "stopped_early", "error")}))
+        client.set_tag(
+            parent_id,
+            "mtl_ray.trials",
+            json.dumps({s: sum(t.status == s for t in trials) for s in ("completed", "stopped_early", "error")}),
+        )
         client.set_terminated(parent_id, "FINISHED")
     except Exception as exc:  # the trials' checkpoints are safe on storage either way
         failures.append(f"closing the parent run: {describe(exc)}")

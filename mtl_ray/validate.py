@@ -109,7 +109,11 @@ class ValidationReport:
             return
         first = self.problems[0] if self.problems else f"{self.path}: no readable shard"
         more = len(self.problems) - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''}; run: mtl-ray data validate {self.path})" if more > 0 else ""
+        suffix = (
+            f" (and {more} more problem{'s' if more > 1 else ''}; run: mtl-ray data validate {self.path})"
+            if more > 0
+            else ""
+        )
         raise UserError(first + suffix)
 
     def to_json(self) -> dict:
@@ -118,7 +122,9 @@ class ValidationReport:
             "usable": self.usable,
             "rows": self.rows,
             "shards": len(self.shards),
-            "tasks": {t: {**c, "label_rate": c["labeled"] / c["rows"] if c["rows"] else 0.0} for t, c in self.tasks.items()},
+            "tasks": {
+                t: {**c, "label_rate": c["labeled"] / c["rows"] if c["rows"] else 0.0} for t, c in self.tasks.items()
+            },
             "splits": self.splits,
             "image": self.fmt.to_json()["image"] if self.fmt else None,
             "decoded": self.decoded,
@@ -141,7 +147,9 @@ class ValidationReport:
         if self.tasks:
             lines.append(self._task_table())
         if self.ignored_files:
-            lines.append(f"ignored {len(self.ignored_files)} non-Parquet file{'s' if len(self.ignored_files) != 1 else ''}")
+            lines.append(
+                f"ignored {len(self.ignored_files)} non-Parquet file{'s' if len(self.ignored_files) != 1 else ''}"
+            )
         lines += [f"warning: {w}" for w in self.warnings]
         n = len(self.problems)
         lines.append("usable" if self.usable else f"NOT usable: {n} problem{'s' if n != 1 else ''} (listed on stderr)")
@@ -210,11 +218,21 @@ def _label_types(pf: pq.ParquetFile, fmt: ShardFormat) -> dict[str, pa.DataType]
 
 def _drift(ref: _Reference, name: str, fmt: ShardFormat, types: dict[str, pa.DataType]) -> list[str]:
     """Differences between a shard and the reference shard, one line each."""
-    problems = [f"{name}: task {t!r} is not in {ref.name} (every shard must have the same tasks)" for t in fmt.tasks if t not in ref.types]
-    problems += [f"{name}: task {t!r} of {ref.name} is missing (every shard must have the same tasks)" for t in ref.fmt.tasks if t not in types]
+    problems = [
+        f"{name}: task {t!r} is not in {ref.name} (every shard must have the same tasks)"
+        for t in fmt.tasks
+        if t not in ref.types
+    ]
     problems += [
-        f"{name}: task {t!r} has type {types[t]} but {ref.types[t]} in {ref.name} (label types must match across shards)"
-        for t in ref.fmt.tasks if t in types and types[t] != ref.types[t]
+        f"{name}: task {t!r} of {ref.name} is missing (every shard must have the same tasks)"
+        for t in ref.fmt.tasks
+        if t not in types
+    ]
+    problems += [
+        f"{name}: task {t!r} has type {types[t]} but {ref.types[t]} in {ref.name} (label types must match "
+        f"across shards)"
+        for t in ref.fmt.tasks
+        if t in types and types[t] != ref.types[t]
     ]
     for what, mine, theirs in (
         ("image column", fmt.image_column, ref.fmt.image_column),
@@ -232,7 +250,9 @@ def _split_codes(table: pa.Table, name: str, problems: list[str]) -> tuple[np.nd
         return np.zeros(table.num_rows, dtype=np.int64), [UNASSIGNED]
     col = table.column(SPLIT_COLUMN).combine_chunks()
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        problems.append(f"{name}: column {SPLIT_COLUMN!r} has type {col.type}: expected string ({', '.join(SPLITS)} or null)")
+        problems.append(
+            f"{name}: column {SPLIT_COLUMN!r} has type {col.type}: expected string ({', '.join(SPLITS)} or null)"
+        )
         return np.zeros(table.num_rows, dtype=np.int64), [UNASSIGNED]
     encoded = pc.dictionary_encode(col)
     values = encoded.dictionary.to_pylist()
@@ -240,19 +260,26 @@ def _split_codes(table: pa.Table, name: str, problems: list[str]) -> tuple[np.nd
     for k, value in enumerate(values):
         if value not in SPLITS:
             rows = np.flatnonzero(codes == k)
-            problems.append(f"{name}: row {rows[0]}: column {SPLIT_COLUMN!r} has value {value!r} ({len(rows)} row{'s' if len(rows) > 1 else ''}): expected {', '.join(SPLITS)} or null")
+            problems.append(
+                f"{name}: row {rows[0]}: column {SPLIT_COLUMN!r} has value {value!r} ({len(rows)} "
+                f"row{'s' if len(rows) > 1 else ''}): expected {', '.join(SPLITS)} or null"
+            )
     return codes, values + [UNASSIGNED]
 
 
-def _count_labels(report: ValidationReport, split_counts: dict[str, dict], pf: pq.ParquetFile, tasks: list[str], name: str) -> None:
+def _count_labels(
+    report: ValidationReport, split_counts: dict[str, dict], pf: pq.ParquetFile, tasks: list[str], name: str
+) -> None:
     """Add one shard's label counts, reading only its label and split columns."""
     split_column = [SPLIT_COLUMN] if SPLIT_COLUMN in pf.schema_arrow.names else []
     table = pf.read(columns=tasks + split_column)
     codes, split_names = _split_codes(table, name, report.problems)
     k = len(split_names)
     rows_by_split = np.bincount(codes, minlength=k)
-    for s, n in zip(split_names, rows_by_split):
-        entry = split_counts.setdefault(s, {"rows": 0, "tasks": {t: {"labeled": 0, "positive": 0} for t in report.tasks}})
+    for s, n in zip(split_names, rows_by_split, strict=True):
+        entry = split_counts.setdefault(
+            s, {"rows": 0, "tasks": {t: {"labeled": 0, "positive": 0} for t in report.tasks}}
+        )
         entry["rows"] += int(n)
     for task in tasks:
         try:
@@ -267,7 +294,7 @@ def _count_labels(report: ValidationReport, split_counts: dict[str, dict], pf: p
         counts["rows"] += table.num_rows
         counts["labeled"] += int(known.sum())
         counts["positive"] += int(positive_by_split.sum())
-        for s, labeled, positive in zip(split_names, labeled_by_split, positive_by_split):
+        for s, labeled, positive in zip(split_names, labeled_by_split, positive_by_split, strict=True):
             split_task = split_counts[s]["tasks"][task]
             split_task["labeled"] += int(labeled)
             split_task["positive"] += int(positive)
@@ -323,10 +350,15 @@ def _check_tasks(report: ValidationReport) -> None:
         if not c["rows"]:
             continue
         if c["labeled"] == 0:
-            report.problems.append(f"{report.path}: task {task!r} has no known label in any shard (every value is null)")
+            report.problems.append(
+                f"{report.path}: task {task!r} has no known label in any shard (every value is null)"
+            )
             continue
         if c["labeled"] < MIN_LABELS:
-            report.warnings.append(f"task {task!r} has only {c['labeled']} labeled rows (fewer than {MIN_LABELS}): too few to learn or evaluate it")
+            report.warnings.append(
+                f"task {task!r} has only {c['labeled']} labeled rows (fewer than {MIN_LABELS}): too few to "
+                f"learn or evaluate it"
+            )
         if c["positive"] == 0:
             report.warnings.append(f"task {task!r} has no positive label ({c['labeled']} labeled, all negative)")
         elif c["positive"] == c["labeled"]:

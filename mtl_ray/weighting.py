@@ -38,10 +38,6 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-
-
-
-
 def _masked(terms: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """`terms` with unknown tasks' entries replaced by 0 (`where`, so even a NaN cannot leak)."""
     return torch.where(known.to(terms.device), terms, torch.zeros_like(terms))
@@ -54,9 +50,9 @@ def _trainable(params) -> list[nn.Parameter]:
 def _flat_grads(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
     """d loss / d params, flattened and concatenated (zeros for parameters it does not reach)."""
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.cat([
-        (torch.zeros_like(p) if g is None else g).reshape(-1).float() for p, g in zip(params, grads)
-    ])
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1).float() for p, g in zip(params, grads, strict=True)]
+    )
 
 
 class Weighting(nn.Module):
@@ -112,7 +108,7 @@ class Weighting(nn.Module):
             return
         flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
         flat = self.reduce_mean(flat)
-        for p, g in zip(params, flat.split([p.numel() for p in params])):
+        for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
             p.grad = g.view_as(p).clone()
 
 
@@ -137,12 +133,18 @@ class Static(Weighting):
 
     name = "static"
 
-    def __init__(self, num_tasks: int, reduce_mean: ReduceMean | None = None, weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, num_tasks: int, reduce_mean: ReduceMean | None = None, weights: Sequence[float] | None = None
+    ) -> None:
         super().__init__(num_tasks, reduce_mean)
         if weights is None:
-            raise UserError(f"weighting 'static': parameter 'weights' is required: a list of {num_tasks} numbers >= 0, one per task")
+            raise UserError(
+                f"weighting 'static': parameter 'weights' is required: a list of {num_tasks} numbers >= 0, one per task"
+            )
         if not isinstance(weights, (list, tuple)):
-            raise UserError(f"weighting 'static': parameter 'weights' must be a list of {num_tasks} numbers >= 0, got {weights!r}")
+            raise UserError(
+                f"weighting 'static': parameter 'weights' must be a list of {num_tasks} numbers >= 0, got {weights!r}"
+            )
         if len(weights) != num_tasks:
             raise UserError(f"weighting 'static': expected {num_tasks} weights (one per task), got {len(weights)}")
         values = [_number(self.name, "weights", w) for w in weights]
@@ -192,7 +194,9 @@ class GradNorm(Weighting):
     manipulates_gradients = True
     MIN_WEIGHT = 1e-3
 
-    def __init__(self, num_tasks: int, reduce_mean: ReduceMean | None = None, alpha: float = 1.5, lr: float = 0.025) -> None:
+    def __init__(
+        self, num_tasks: int, reduce_mean: ReduceMean | None = None, alpha: float = 1.5, lr: float = 0.025
+    ) -> None:
         super().__init__(num_tasks, reduce_mean)
         self.alpha = _number(self.name, "alpha", alpha)
         self.lr = _number(self.name, "lr", lr, positive=True)
@@ -313,7 +317,7 @@ class PCGrad(Weighting):
         total = masked.sum()
         total.backward(inputs=heads)
         combined = project_conflicting(self.reduce_mean(grads), self.generator).sum(dim=0)
-        for p, g in zip(shared, combined.split([p.numel() for p in shared])):
+        for p, g in zip(shared, combined.split([p.numel() for p in shared]), strict=True):
             g = g.view(p.shape).to(p.dtype)
             if p.grad is None:
                 p.grad = torch.empty_like(p).copy_(g)

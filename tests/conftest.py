@@ -18,6 +18,13 @@ from mtl_ray.cli import main as cli_main
 from mtl_ray.runtime import free_port
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that starts Ray, a Tune job or the local stack is an end-to-end run: it must be marked slow."""
+    for item in items:
+        if {"ray_session", "stack"} & set(item.fixturenames) and not item.get_closest_marker("slow"):
+            raise pytest.UsageError(f"{item.nodeid} uses Ray: mark it @pytest.mark.slow")
+
+
 def wait_http(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -26,7 +33,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server at {url} did not come up in {timeout:.0f}s")
+                raise RuntimeError(f"server at {url} did not come up in {timeout:.0f}s") from None
             time.sleep(0.2)
 
 
@@ -139,16 +146,35 @@ def mlflow_server(_moto_server, tmp_path_factory):
 
     env = {**os.environ, **_s3_env(_moto_server), "MLFLOW_S3_ENDPOINT_URL": _moto_server}
     bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=_moto_server, region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=_moto_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
-        [exe, "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", f"s3://{bucket}/mlflow",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        [
+            exe,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            f"s3://{bucket}/mlflow",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -1,5 +1,7 @@
 """`mtl-ray advise`: the three conditions, measured on small synthetic data."""
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from mtl_ray.advise import data_amounts, gradient_cosines
@@ -54,3 +56,26 @@ def test_advise_needs_two_tasks(cli, tmp_path):
     synthesize(str(data), 40, tasks=["car"], seed=8)
     res = cli("advise", "--data", data)
     assert res.code == 2 and "one task only" in res.err
+
+
+def test_advise_counts_unassigned_rows_as_training_rows(cli, tmp_path):
+    """Rows with split 'train' and rows with a null split are both training rows (the rule of
+    `shards.split_members`); advise once counted only the 'train' ones when that split existed."""
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "scenes"
+    synthesize(str(data), 300, shards=1, label_rates={"traffic_light": 0.2}, seed=9)
+    (path,) = data.glob("*.parquet")
+    table = pq.read_table(path)
+    splits = table.column("split").to_pylist()
+    train_rows = [i for i, s in enumerate(splits) if s == "train"]
+    unassigned = set(train_rows[::2])
+    splits = [None if i in unassigned else s for i, s in enumerate(splits)]
+    index = table.schema.get_field_index("split")
+    pq.write_table(table.set_column(index, "split", pa.array(splits, pa.string())), path)
+    labeled = table.filter(pc.equal(table.column("split"), "train")).column("traffic_light").is_valid()
+    res = cli("advise", "--data", data, "--rows", 64, "--steps", 2, "--json", "-")
+    assert res.code == 0, res.err
+    focus = res.json()["conditions"]["data_amounts"]["evidence"]["tasks"]["traffic_light"]
+    assert focus["labeled"] == pc.sum(labeled.cast(pa.int64())).as_py()  # train and unassigned rows together
+    assert 0 < len(unassigned) < len(train_rows)

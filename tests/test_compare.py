@@ -37,17 +37,45 @@ def test_shuffle_control_permutes_labels_jointly_and_keeps_rates():
     assert np.array_equal(np.asarray(out.column("b")), ~shuffled)
 
 
+@pytest.mark.slow
 def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
     data = tmp_path / "scenes"
     synthesize(str(data), 600, tasks=["car", "traffic_light"], label_rates={"traffic_light": 0.3}, seed=4)
     plots = tmp_path / "plots"
-    job_config = tmp_path / "job.yaml"  # static weights: one per task for the multi-task model, none for single-task nets
+    job_config = (
+        tmp_path / "job.yaml"
+    )  # static weights: one per task for the multi-task model, none for single-task nets
     job_config.write_text("train: {weighting: {name: static, weights: [1, 3]}}\n")
-    res = cli("compare", "--data", data, "--config", job_config, "--epochs", 1, "--control", "shuffle", "--plots", plots,
-              "--storage", tmp_path / "runs", "--json", "-")
+    res = cli(
+        "compare",
+        "--data",
+        data,
+        "--config",
+        job_config,
+        "--epochs",
+        1,
+        "--control",
+        "shuffle",
+        "--plots",
+        plots,
+        "--storage",
+        tmp_path / "runs",
+        "--json",
+        "-",
+    )
     assert res.code == 0, res.err
     out = res.json()
-    for key in ("tasks", "mtl", "stl", "delta_m_pct", "mtl_seconds", "stl_seconds", "mtl_params", "stl_params", "control"):
+    for key in (
+        "tasks",
+        "mtl",
+        "stl",
+        "delta_m_pct",
+        "mtl_seconds",
+        "stl_seconds",
+        "mtl_params",
+        "stl_params",
+        "control",
+    ):
         assert key in out
     assert out["tasks"] == ["car", "traffic_light"]
     assert set(out["mtl"]) == set(out["stl"]) == {"car", "traffic_light"}
@@ -59,14 +87,17 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
             assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0, (side, task, metrics)
             assert 0.0 <= metrics["f1"] <= 1.0 and metrics["n_labeled"] > 0
     for task in out["tasks"]:
-        assert out["delta_pct"][task] == pytest.approx((out["mtl"][task]["auroc"] - out["stl"][task]["auroc"])
-                                                        / out["stl"][task]["auroc"] * 100)
+        assert out["delta_pct"][task] == pytest.approx(
+            (out["mtl"][task]["auroc"] - out["stl"][task]["auroc"]) / out["stl"][task]["auroc"] * 100
+        )
     assert out["delta_m_pct"] == pytest.approx(sum(out["delta_pct"].values()) / 2)
     assert 0.0 <= out["control"]["val"]["traffic_light"]["auroc"] <= 1.0
     for name in ("metrics.png", "curves.png", "task_weights.png"):
         path = plots / name
         assert path.stat().st_size > 1000 and path.read_bytes().startswith(b"\x89PNG")
-    assert sorted(out["plots"]) == sorted(os.path.join(str(plots), n) for n in ("metrics.png", "curves.png", "task_weights.png"))
+    assert sorted(out["plots"]) == sorted(
+        os.path.join(str(plots), n) for n in ("metrics.png", "curves.png", "task_weights.png")
+    )
 
 
 def test_compare_refuses_a_task_without_known_labels(cli, tmp_path):

@@ -84,10 +84,24 @@ NAN = math.nan
 
 # ---- image folder ----------------------------------------------------------------------------
 
+
 def test_folder_csv_round_trip_with_resize(cli, tmp_path):
     src = image_folder(tmp_path / "imgs", LABELS_CSV, sizes={"a": (20, 10), "c": (7, 13)})
     out = tmp_path / "out"
-    r = cli("data", "convert", src, out, "--labels-csv", src / "labels.csv", "--image-size", 16, "--shards", 2, "--json", "-")
+    r = cli(
+        "data",
+        "convert",
+        src,
+        out,
+        "--labels-csv",
+        src / "labels.csv",
+        "--image-size",
+        16,
+        "--shards",
+        2,
+        "--json",
+        "-",
+    )
     assert r.code == 0, r.err
     summary = r.json()
     assert summary["rows"] == 5 and summary["shards"] == 2 and summary["tasks"] == ["car", "person"]
@@ -147,8 +161,24 @@ def test_folder_jsonl_labels(tmp_path):
 def test_custom_values_and_task_choice(cli, tmp_path):
     csv_text = "path,car,person,notes\na.png,pos,neg,x\nb.png,NEG,n/a,y\n"
     src = image_folder(tmp_path / "imgs", csv_text)
-    r = cli("data", "convert", src, tmp_path / "out", "--labels-csv", src / "labels.csv", "--tasks", "car,person",
-            "--positive", "pos", "--negative", "neg", "--missing", "n/a", "--json", "-")
+    r = cli(
+        "data",
+        "convert",
+        src,
+        tmp_path / "out",
+        "--labels-csv",
+        src / "labels.csv",
+        "--tasks",
+        "car,person",
+        "--positive",
+        "pos",
+        "--negative",
+        "neg",
+        "--missing",
+        "n/a",
+        "--json",
+        "-",
+    )
     assert r.code == 0, r.err
     assert r.json()["tasks"] == ["car", "person"]
     assert same(read_back(str(tmp_path / "out"))["labels"], [[1, 0], [0, NAN]])
@@ -165,13 +195,16 @@ def test_label_map_user_values_override_builtins():
 
 # ---- unreadable images -----------------------------------------------------------------------
 
+
 def test_corrupt_and_missing_images_are_skipped_and_reported(cli, tmp_path):
     csv_text = "file,car\na.png,1\nbad.png,0\nb.png,1\ngone.png,1\ncut.png,0\nd.png,0\n"
     src = image_folder(tmp_path / "imgs", csv_text)
     (src / "bad.png").write_bytes(b"not an image at all")
     (src / "cut.png").write_bytes(png("RGB", (64, 64), (1, 2, 3))[:60])
     out = tmp_path / "out"
-    r = cli("data", "convert", src, out, "--labels-csv", src / "labels.csv", "--image-size", 8, "--shards", 4, "--json", "-")
+    r = cli(
+        "data", "convert", src, out, "--labels-csv", src / "labels.csv", "--image-size", 8, "--shards", 4, "--json", "-"
+    )
     assert r.code == 0, r.err
     summary = r.json()
     assert summary["rows"] == 3 and summary["skipped"] == 3
@@ -208,6 +241,7 @@ def test_nothing_readable_is_an_error(cli, tmp_path):
 
 # ---- bad label files -------------------------------------------------------------------------
 
+
 def test_label_value_outside_mapping(cli, tmp_path):
     src = image_folder(tmp_path / "imgs", "file,car,person\na.png,1,0\nb.png,maybe,1\n")
     err = failing(cli, src, tmp_path / "out", "--labels-csv", src / "labels.csv")
@@ -228,13 +262,16 @@ def test_jsonl_line_not_an_object(cli, tmp_path):
     assert "labels.jsonl: line 2" in err
 
 
-@pytest.mark.parametrize("csv_text, args, expected", [
-    ("file,car\na.png,1\n", ["--tasks", "car,car"], "duplicate task name 'car'"),
-    ("file,car\na.png,1\n", ["--tasks", "bus"], "task column 'bus' not found"),
-    ("file,car,car\na.png,1,0\n", [], "'car' appears more than once"),
-    ("name,car\na.png,1\n", [], "--file-column"),
-    ("file,car,split\na.png,1,training\n", [], "split 'training'"),
-])
+@pytest.mark.parametrize(
+    "csv_text, args, expected",
+    [
+        ("file,car\na.png,1\n", ["--tasks", "car,car"], "duplicate task name 'car'"),
+        ("file,car\na.png,1\n", ["--tasks", "bus"], "task column 'bus' not found"),
+        ("file,car,car\na.png,1,0\n", [], "'car' appears more than once"),
+        ("name,car\na.png,1\n", [], "--file-column"),
+        ("file,car,split\na.png,1,training\n", [], "split 'training'"),
+    ],
+)
 def test_bad_label_files(cli, tmp_path, csv_text, args, expected):
     src = image_folder(tmp_path / "imgs", csv_text)
     err = failing(cli, src, tmp_path / "out", "--labels-csv", src / "labels.csv", *args)
@@ -255,17 +292,20 @@ def test_refuses_output_with_shards(tmp_path):
 
 # ---- Parquet sources -------------------------------------------------------------------------
 
+
 def hf_table() -> pa.Table:
     """Hugging Face `datasets` layout: struct<bytes, path> grayscale PNGs, int64 labels 1/-1/null."""
     images = [{"bytes": png("L", (12, 12), 40 * i), "path": f"img{i}.png"} for i in range(4)]
     images.append({"bytes": None, "path": "lost.png"})
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    return pa.table({
-        "image": pa.array(images, image_type),
-        "smiling": pa.array([1, -1, None, 1, 1], pa.int64()),
-        "glasses": pa.array([-1, -1, 1, None, 1], pa.int64()),
-        "caption": ["a", "b", "c", "d", "e"],
-    })
+    return pa.table(
+        {
+            "image": pa.array(images, image_type),
+            "smiling": pa.array([1, -1, None, 1, 1], pa.int64()),
+            "glasses": pa.array([-1, -1, 1, None, 1], pa.int64()),
+            "caption": ["a", "b", "c", "d", "e"],
+        }
+    )
 
 
 def test_hugging_face_parquet_converts_and_validates(cli, tmp_path):
@@ -294,15 +334,24 @@ def test_hugging_face_parquet_converts_and_validates(cli, tmp_path):
 
 def test_parquet_with_id_split_and_raw_pixels(tmp_path):
     pixels = np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 48)
-    table = pa.table({
-        "pixels": pa.array([p.tobytes() for p in pixels], pa.binary(48)),
-        "id": [10, 11, 12],
-        "split": ["train", "VAL", None],
-        "a": pa.array([True, False, None]),
-        "b": pa.array(["yes", "no", ""]),
-    })
+    table = pa.table(
+        {
+            "pixels": pa.array([p.tobytes() for p in pixels], pa.binary(48)),
+            "id": [10, 11, 12],
+            "split": ["train", "VAL", None],
+            "a": pa.array([True, False, None]),
+            "b": pa.array(["yes", "no", ""]),
+        }
+    )
     pq.write_table(table, tmp_path / "src.parquet")
-    result = convert(str(tmp_path / "src.parquet"), str(tmp_path / "out"), image_column="pixels", tasks=["a", "b"], encoding="raw", image_size=2)
+    result = convert(
+        str(tmp_path / "src.parquet"),
+        str(tmp_path / "out"),
+        image_column="pixels",
+        tasks=["a", "b"],
+        encoding="raw",
+        image_size=2,
+    )
     assert (result.rows, result.shape) == (3, [2, 2, 3])
     back = read_back(str(tmp_path / "out"))
     assert back["ids"] == ["10", "11", "12"] and back["splits"] == ["train", "val", None]
@@ -329,6 +378,7 @@ def test_parquet_strict_names_file_and_row(cli, tmp_path):
 
 
 # ---- S3 --------------------------------------------------------------------------------------
+
 
 def test_s3_source_and_output(cli, s3, tmp_path):
     bucket = s3.bucket()

@@ -36,7 +36,11 @@ def test_aws_cluster_passes_rays_schema_and_has_the_node_types():
     for node in types.values():
         assert node["node_config"]["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] >= 100
     assert any("mtl-ray" in c for c in cluster["setup_commands"])
-    assert all("RAY_AUTH_MODE=token" in c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c)
+    assert all(
+        "RAY_AUTH_MODE=token" in c
+        for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+        if "ray start" in c
+    )
 
 
 def test_kuberay_rayjob_structure():
@@ -45,13 +49,17 @@ def test_kuberay_rayjob_structure():
     spec = job["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
     script, flag, config = spec["entrypoint"].split()[1:4]
-    assert os.path.isfile(os.path.join(ROOT, script)) and flag == "--config" and os.path.isfile(os.path.join(ROOT, config))
+    assert (
+        os.path.isfile(os.path.join(ROOT, script)) and flag == "--config" and os.path.isfile(os.path.join(ROOT, config))
+    )
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert "working_dir" in runtime_env and "env_vars" in runtime_env
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
     groups = cluster["workerGroupSpecs"]
-    gpu_limits = [c["resources"]["limits"].get("nvidia.com/gpu") for g in groups for c in g["template"]["spec"]["containers"]]
+    gpu_limits = [
+        c["resources"]["limits"].get("nvidia.com/gpu") for g in groups for c in g["template"]["spec"]["containers"]
+    ]
     assert any(gpu_limits), "no worker group asks for a GPU"
     for g in groups:
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]

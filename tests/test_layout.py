@@ -15,8 +15,26 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mtl_ray")
 MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE) if name.endswith(".py") and name != "__init__.py")
 
-NO_RAY = ["registry", "pyfunc", "advise", "validate", "convert", "synth", "tracking", "images", "shards", "storage",
-          "metrics", "step", "models", "losses", "weighting", "checkpoint", "config", "plots"]
+NO_RAY = [
+    "registry",
+    "pyfunc",
+    "advise",
+    "validate",
+    "convert",
+    "synth",
+    "tracking",
+    "images",
+    "shards",
+    "storage",
+    "metrics",
+    "step",
+    "models",
+    "losses",
+    "weighting",
+    "checkpoint",
+    "config",
+    "plots",
+]
 NO_TORCH = ["shards", "storage", "validate", "convert", "synth", "images", "config", "text", "errors"]
 
 
@@ -66,7 +84,7 @@ def test_no_import_cycles():
         state[module] = "open"
         for dep in graph[module]:
             if state.get(dep) == "open":
-                cycle = path[path.index(dep):] + [dep]
+                cycle = path[path.index(dep) :] + [dep]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if dep not in state:
                 visit(dep, path + [dep])
@@ -83,4 +101,6 @@ def test_the_shard_module_is_imported_one_way():
     for module in MODULES:
         for name, node in imports_of(module):
             if name == "shards":
-                assert isinstance(node, ast.ImportFrom) and node.module == "mtl_ray.shards", f"{module}: line {node.lineno}"
+                assert isinstance(node, ast.ImportFrom) and node.module == "mtl_ray.shards", (
+                    f"{module}: line {node.lineno}"
+                )

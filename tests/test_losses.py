@@ -31,10 +31,7 @@ def bce(x: float, y: float) -> float:
 
 def known_terms() -> dict[tuple[int, int], float]:
     return {
-        (i, j): bce(LOGITS[i][j], TARGETS[i][j])
-        for i in range(3)
-        for j in range(4)
-        if not math.isnan(TARGETS[i][j])
+        (i, j): bce(LOGITS[i][j], TARGETS[i][j]) for i in range(3) for j in range(4) if not math.isnan(TARGETS[i][j])
     }
 
 

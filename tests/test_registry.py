@@ -19,8 +19,8 @@ from mtl_ray import checkpoint
 from mtl_ray.config import TrainConfig
 from mtl_ray.images import decode_image, encode_image
 from mtl_ray.models import build, to_input
-from mtl_ray.synth import synthesize
 from mtl_ray.runtime import free_port
+from mtl_ray.synth import synthesize
 from mtl_ray.weighting import get as get_weighting
 
 TASKS = ["pedestrian", "car", "stop_sign", "traffic_light"]
@@ -32,11 +32,23 @@ def make_checkpoint(directory, mean_auroc: float, seed: int) -> torch.nn.Module:
     directory.mkdir(parents=True)
     torch.manual_seed(seed)
     model = build("xs", len(TASKS))
-    meta = {"epoch": 1, "first_epoch": 1, "tasks": TASKS, "backbone": "xs", "config": TrainConfig(backbone="xs").model_dump(),
-            "image": {"size": SIZE, "channels": 3},
-            "metrics": {"mean_auroc": mean_auroc, "train_images_per_s": 1.0, "val": {t: {"auroc": mean_auroc} for t in TASKS}},
-            "history": []}
-    checkpoint.save(str(directory), model, get_weighting("equal", len(TASKS)), torch.optim.AdamW(model.parameters()), meta)
+    meta = {
+        "epoch": 1,
+        "first_epoch": 1,
+        "tasks": TASKS,
+        "backbone": "xs",
+        "config": TrainConfig(backbone="xs").model_dump(),
+        "image": {"size": SIZE, "channels": 3},
+        "metrics": {
+            "mean_auroc": mean_auroc,
+            "train_images_per_s": 1.0,
+            "val": {t: {"auroc": mean_auroc} for t in TASKS},
+        },
+        "history": [],
+    }
+    checkpoint.save(
+        str(directory), model, get_weighting("equal", len(TASKS)), torch.optim.AdamW(model.parameters()), meta
+    )
     return model.eval()
 
 
@@ -123,7 +135,9 @@ FRESH = textwrap.dedent("""
 
 def fresh_predict(model_uri: str, paths: list[str], env: dict, cwd) -> dict:
     """Load and predict in a new Python process where the installed mtl_ray cannot be imported."""
-    done = subprocess.run([sys.executable, "-c", FRESH, model_uri, *paths], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH, model_uri, *paths], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -134,7 +148,9 @@ def test_a_fresh_process_without_mtl_ray_loads_the_champion(cli, local_mlflow, t
     encoded, paths = images
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    got = fresh_predict("models:/mtl-ray@champion", paths, {**os.environ, "MLFLOW_TRACKING_URI": local_mlflow}, elsewhere)
+    got = fresh_predict(
+        "models:/mtl-ray@champion", paths, {**os.environ, "MLFLOW_TRACKING_URI": local_mlflow}, elsewhere
+    )
     assert got["columns"] == TASKS
     assert "/artifacts/code/mtl_ray/" in got["code"]
     np.testing.assert_allclose(np.array(got["values"]), own_probabilities(model, encoded), atol=1e-5)
@@ -147,13 +163,33 @@ def test_mlflow_models_serve_answers_invocations(cli, local_mlflow, tmp_path, im
     port = free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([exe, "models", "serve", "-m", "models:/mtl-ray@champion", "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "models",
+            "serve",
+            "-m",
+            "models:/mtl-ray@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", timeout=120)
-        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in encoded[:3]]}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        body = {
+            "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in encoded[:3]]}
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
     finally:

@@ -28,6 +28,9 @@ def _client_env(stack_env: dict) -> dict:
     return env
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     bin_dir = os.path.dirname(sys.executable)
@@ -43,7 +46,9 @@ def stack(tmp_path_factory):
         down = _run(["bash", STACK, "down"], env, timeout=120)
         status = _run(["bash", STACK, "status"], env)
         assert down.returncode == 0, down.stderr
-        assert "moto: stopped" in status.stdout and "mlflow: stopped" in status.stdout and "ray: stopped" in status.stdout
+        assert (
+            "moto: stopped" in status.stdout and "mlflow: stopped" in status.stdout and "ray: stopped" in status.stdout
+        )
 
 
 def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(stack, tmp_path):
@@ -54,8 +59,25 @@ def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(s
     synth = _run([*cli, "data", "synth", data, "--n", "400", "--image-size", "32", "--shards", "2"], env)
     assert synth.returncode == 0, synth.stderr
 
-    job = _run([*cli, "submit", "--", "python", "jobs/tune.py", "--config", "jobs/configs/smoke.yaml",
-                "--data", data, "--storage", "s3://mtl-ray/e2e/runs", "--name", "smoke"], env, timeout=900)
+    job = _run(
+        [
+            *cli,
+            "submit",
+            "--",
+            "python",
+            "jobs/tune.py",
+            "--config",
+            "jobs/configs/smoke.yaml",
+            "--data",
+            data,
+            "--storage",
+            "s3://mtl-ray/e2e/runs",
+            "--name",
+            "smoke",
+        ],
+        env,
+        timeout=900,
+    )
     assert job.returncode == 0, (job.stdout[-3000:], job.stderr[-3000:])
     assert "SUCCEEDED" in job.stderr.splitlines()[-1] or "SUCCEEDED" in job.stdout.splitlines()[-1]
     assert "registered mtl-ray version 1" in job.stdout
@@ -68,7 +90,12 @@ def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(s
     for i in range(3):
         (tmp_path / f"{i}.png").write_bytes(encode_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png"))
         paths.append(str(tmp_path / f"{i}.png"))
-    got = fresh_predict("models:/mtl-ray@champion", paths, {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "PATH": "/usr/bin:/bin"}, tmp_path)
+    got = fresh_predict(
+        "models:/mtl-ray@champion",
+        paths,
+        {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "PATH": "/usr/bin:/bin"},
+        tmp_path,
+    )
     assert got["columns"] == ["pedestrian", "car", "stop_sign", "traffic_light"]
     values = np.array(got["values"])
     assert values.shape == (3, 4) and ((values >= 0) & (values <= 1)).all()

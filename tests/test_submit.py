@@ -10,11 +10,17 @@ from mtl_ray.submit import EXCLUDES, FORWARDED_ENV, entrypoint, runtime_env, sub
 def test_mtl_ray_commands_run_through_the_cli_module_and_scripts_run_as_given():
     commands = cli_commands()
     assert {"data", "train", "compare", "advise", "tune", "register", "predict", "quickstart"} <= set(commands)
-    assert entrypoint(["tune", "--config", "jobs/configs/smoke.yaml"], commands) == \
-        "python -m mtl_ray.cli tune --config jobs/configs/smoke.yaml"
-    assert entrypoint(["mtl-ray", "train", "--data", "s3://b/x y"], commands) == \
-        "python -m mtl_ray.cli train --data 's3://b/x y'"
-    assert entrypoint(["python", "jobs/tune.py", "--config", "c.yaml"], commands) == "python jobs/tune.py --config c.yaml"
+    assert (
+        entrypoint(["tune", "--config", "jobs/configs/smoke.yaml"], commands)
+        == "python -m mtl_ray.cli tune --config jobs/configs/smoke.yaml"
+    )
+    assert (
+        entrypoint(["mtl-ray", "train", "--data", "s3://b/x y"], commands)
+        == "python -m mtl_ray.cli train --data 's3://b/x y'"
+    )
+    assert (
+        entrypoint(["python", "jobs/tune.py", "--config", "c.yaml"], commands) == "python jobs/tune.py --config c.yaml"
+    )
     with pytest.raises(UserError, match="no command"):
         entrypoint([], commands)
 
@@ -28,12 +34,17 @@ def test_runtime_env_forwards_tracking_and_aws_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME_SECRET", "never")
     env = runtime_env(None, forward_env=True)
     assert env["working_dir"] == "." and env["excludes"] == EXCLUDES
-    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-                               "AWS_SECRET_ACCESS_KEY": "s"}
+    assert env["env_vars"] == {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_SECRET_ACCESS_KEY": "s",
+    }
     assert "env_vars" not in runtime_env(None, forward_env=False)
 
     f = tmp_path / "env.yaml"
-    f.write_text("working_dir: s3://bucket/code.zip\nenv_vars: {MLFLOW_TRACKING_URI: http://mlflow:5000}\npip: [optuna]\n")
+    f.write_text(
+        "working_dir: s3://bucket/code.zip\nenv_vars: {MLFLOW_TRACKING_URI: http://mlflow:5000}\npip: [optuna]\n"
+    )
     env = runtime_env(str(f), forward_env=True)
     assert env["working_dir"] == "s3://bucket/code.zip" and "excludes" not in env
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
@@ -41,11 +52,14 @@ def test_runtime_env_forwards_tracking_and_aws_variables(monkeypatch, tmp_path):
     assert env["pip"] == ["optuna"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("env_vars: [1, 2\n", "env.yaml:.*not valid YAML or JSON"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("env_vars: [A, B]\n", "env_vars: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("env_vars: [1, 2\n", "env.yaml:.*not valid YAML or JSON"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("env_vars: [A, B]\n", "env_vars: expected a mapping"),
+    ],
+)
 def test_bad_runtime_env_file_is_one_line(tmp_path, text, message):
     f = tmp_path / "env.yaml"
     f.write_text(text)

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mtl_ray.shards import decode_images, labels_of, open_shard, shard_format, shard_name, ShardFormat
 from mtl_ray.errors import UserError
+from mtl_ray.shards import ShardFormat, decode_images, labels_of, open_shard, shard_format, shard_name
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import MAX_EXTRA_TASKS, SEED_TASKS, extra_task_names, synthesize
 
@@ -93,7 +93,7 @@ def test_seed_tasks_are_neither_rare_nor_common(tmp_path: pathlib.Path):
     synthesize(str(tmp_path), 1000, shards=1, seed=11)
     fmt, _, labels, _ = read_all(str(tmp_path))
     positive = labels.mean(axis=0)
-    for task, rate in zip(fmt.tasks, positive):
+    for task, rate in zip(fmt.tasks, positive, strict=True):
         assert 0.2 < rate < 0.7, f"{task}: {rate:.2f} positive"
 
 
@@ -117,7 +117,7 @@ def test_extra_tasks_are_stable_distinct_and_not_constant(tmp_path: pathlib.Path
     fmt, _, labels, _ = read_all(str(tmp_path))
     assert list(fmt.tasks) == result.tasks
     rates = labels.mean(axis=0)
-    constant = [t for t, r in zip(fmt.tasks, rates) if r in (0.0, 1.0)]
+    constant = [t for t, r in zip(fmt.tasks, rates, strict=True) if r in (0.0, 1.0)]
     assert not constant
 
 
@@ -163,10 +163,26 @@ def test_bad_arguments_exit_2_with_one_line(cli, tmp_path: pathlib.Path, args: l
 
 def test_cli_json_summary(cli, tmp_path: pathlib.Path):
     out = str(tmp_path / "scenes")
-    result = cli("data", "synth", out, "--n", "40", "--shards", "2", "--extra-tasks", "3", "--label-rate", "car=0.5", "--json", "-")
+    result = cli(
+        "data",
+        "synth",
+        out,
+        "--n",
+        "40",
+        "--shards",
+        "2",
+        "--extra-tasks",
+        "3",
+        "--label-rate",
+        "car=0.5",
+        "--json",
+        "-",
+    )
     assert result.code == 0, result.err
     summary = result.json()
-    assert {"rows", "shards", "tasks", "path", "split", "labeled", "positive", "seconds", "images_per_s"} <= set(summary)
+    assert {"rows", "shards", "tasks", "path", "split", "labeled", "positive", "seconds", "images_per_s"} <= set(
+        summary
+    )
     assert summary["rows"] == 40 and summary["shards"] == 2 and summary["path"] == out
     assert summary["tasks"] == list(SEED_TASKS) + extra_task_names(3)
     assert "images/s" in result.err and "traffic_light" in result.err

@@ -55,4 +55,6 @@ def test_constant_schedule_keeps_lr_where_cosine_decays():
     cosine = TrainConfig(lr=0.01, epochs=4)
     assert cosine.lr_schedule == "cosine"  # the default
     assert [epoch_lr(constant, e) for e in range(4)] == [0.01] * 4
-    assert [epoch_lr(cosine, e) for e in range(4)] == pytest.approx([0.01, 0.01 * (1 + 2**-0.5) / 2, 0.005, 0.01 * (1 - 2**-0.5) / 2])
+    assert [epoch_lr(cosine, e) for e in range(4)] == pytest.approx(
+        [0.01, 0.01 * (1 + 2**-0.5) / 2, 0.005, 0.01 * (1 - 2**-0.5) / 2]
+    )

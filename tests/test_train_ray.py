@@ -4,6 +4,10 @@ These are the slow tests (one Ray instance for the session, tiny synthetic data)
 """
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pyarrow.fs as pafs
 import pytest
@@ -19,8 +23,23 @@ def scenes(tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow
 def test_two_workers_three_epochs_learn_the_seed_tasks(ray_session, cli, scenes, tmp_path):
-    res = cli("train", "--data", scenes, "--epochs", 3, "--workers", 2, "--storage", tmp_path / "runs", "--name", "learn", "--json", "-")
+    res = cli(
+        "train",
+        "--data",
+        scenes,
+        "--epochs",
+        3,
+        "--workers",
+        2,
+        "--storage",
+        tmp_path / "runs",
+        "--name",
+        "learn",
+        "--json",
+        "-",
+    )
     assert res.code == 0, res.err
     out = res.json()
     assert out["tasks"] == list(SEED_TASKS)
@@ -38,31 +57,64 @@ def test_two_workers_three_epochs_learn_the_seed_tasks(ray_session, cli, scenes,
     assert "mean_auroc" in res.err  # the human summary goes to stderr with --json -
 
 
-def test_rerun_with_same_name_resumes_from_last_checkpoint(ray_session, cli, scenes, tmp_path):
-    first = cli("train", "--data", scenes, "--epochs", 1, "--storage", tmp_path / "runs", "--name", "resume", "--json", "-")
-    assert first.code == 0, first.err
-    assert first.json()["epochs"] == 1
-    second = cli("train", "--data", scenes, "--epochs", 2, "--storage", tmp_path / "runs", "--name", "resume", "--json", "-")
-    assert second.code == 0, second.err
-    out = second.json()
-    assert out["first_epoch"] == 2 and out["epochs"] == 2
-    assert [h["epoch"] for h in out["history"]] == [1, 2]
-    assert out["history"][0] == first.json()["history"][0]
+@pytest.mark.slow
+def test_rerun_of_a_killed_driver_resumes_from_its_last_checkpoint(ray_session, cli, scenes, tmp_path):
+    """The driver (and the local Ray it started) killed by pid after its first checkpoint; the same
+    command again carries on from that checkpoint instead of starting over."""
+    runs = tmp_path / "runs"
+    command = ["train", "--data", scenes, "--epochs", 3, "--storage", runs, "--name", "killed"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # its own local Ray, not the session's
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "mtl_ray.cli", *map(str, command)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    snapshot = runs / "killed" / "checkpoint_manager_snapshot.json"  # written once a checkpoint is registered
+    deadline = time.monotonic() + 240
+    while not snapshot.exists():
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    driver.stderr.close()
+
+    again = cli(*command, "--json", "-")
+    assert again.code == 0, again.err
+    out = again.json()
+    assert out["first_epoch"] >= 2 and out["epochs"] == 3, out  # epoch 1 was not trained again
+    assert [h["epoch"] for h in out["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_reads_shards_from_and_checkpoints_to_s3(ray_session, cli, s3, tmp_path):
     bucket = s3.bucket()
     synthesize(f"s3://{bucket}/scenes", 600, seed=3)
-    res = cli("train", "--data", f"s3://{bucket}/scenes", "--epochs", 1, "--storage", f"s3://{bucket}/runs", "--name", "on-s3", "--json", "-")
+    res = cli(
+        "train",
+        "--data",
+        f"s3://{bucket}/scenes",
+        "--epochs",
+        1,
+        "--storage",
+        f"s3://{bucket}/runs",
+        "--name",
+        "on-s3",
+        "--json",
+        "-",
+    )
     assert res.code == 0, res.err
     checkpoint = res.json()["checkpoint"]
     assert checkpoint.startswith(f"s3://{bucket}/runs/on-s3/")
     from mtl_ray.storage import s3_filesystem
 
-    files = s3_filesystem().get_file_info(pafs.FileSelector(checkpoint[len("s3://"):]))
+    files = s3_filesystem().get_file_info(pafs.FileSelector(checkpoint[len("s3://") :]))
     assert {os.path.basename(f.path) for f in files} >= {"model.pt", "meta.json"}
 
 
+@pytest.mark.slow
 def test_validation_tasks_must_match_training_tasks(ray_session, cli, scenes, tmp_path):
     other = tmp_path / "other"
     synthesize(str(other), 50, tasks=["car", "pedestrian"], seed=1)
@@ -72,6 +124,7 @@ def test_validation_tasks_must_match_training_tasks(ray_session, cli, scenes, tm
     assert len(res.err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_empty_validation_split_is_an_error(ray_session, cli, tmp_path):
     data = tmp_path / "noval"
     synthesize(str(data), 40, val_fraction=0.0, seed=2)
@@ -89,6 +142,7 @@ def test_invalid_shards_fail_before_ray_starts(cli, tmp_path):
     assert "part-0.parquet" in res.err and "not a readable Parquet file" in res.err
 
 
+@pytest.mark.slow
 def test_unplaceable_requests_fail_fast(ray_session, cli, scenes):
     res = cli("train", "--data", scenes, "--workers", 64)
     assert res.code == 2 and "--workers 64: the Ray cluster has" in res.err
@@ -96,10 +150,25 @@ def test_unplaceable_requests_fail_fast(ray_session, cli, scenes):
     assert res.code == 2 and "--gpu:" in res.err and "GPU(s)" in res.err
 
 
+@pytest.mark.slow
 def test_gradient_editing_weighting_trains_under_ddp(ray_session, cli, scenes, tmp_path):
     config = tmp_path / "gradnorm.yaml"
     config.write_text("weighting: {name: gradnorm, alpha: 1.0}\n")
-    res = cli("train", "--data", scenes, "--epochs", 1, "--workers", 2, "--config", config, "--storage", tmp_path / "runs", "--json", "-")
+    res = cli(
+        "train",
+        "--data",
+        scenes,
+        "--epochs",
+        1,
+        "--workers",
+        2,
+        "--config",
+        config,
+        "--storage",
+        tmp_path / "runs",
+        "--json",
+        "-",
+    )
     assert res.code == 0, res.err
     weights = res.json()["history"][0]["task_weights"]
     assert list(weights) == list(SEED_TASKS)

@@ -3,11 +3,11 @@
 import pytest
 from ray import tune as ray_tune
 
-from mtl_ray.config import TrainConfig, TuneConfig, load
+from mtl_ray.config import TuneConfig, load
 from mtl_ray.errors import UserError
 from mtl_ray.registry import check_name
-from mtl_ray.tracking import epoch_metrics, flat_params, tracking_uri
 from mtl_ray.runtime import ResourcePlan
+from mtl_ray.tracking import epoch_metrics, flat_params, tracking_uri
 from mtl_ray.tune import check_search, concurrent_trials, param_space
 
 
@@ -16,8 +16,13 @@ def _config(**kw) -> TuneConfig:
 
 
 def test_search_space_lists_are_grid_axes_and_distributions_are_sampled():
-    cfg = _config(search={"backbone": ["xs", "s"], "weighting": ["equal", {"name": "gradnorm", "alpha": 1.5}],
-                          "lr": {"loguniform": [1e-4, 1e-2]}})
+    cfg = _config(
+        search={
+            "backbone": ["xs", "s"],
+            "weighting": ["equal", {"name": "gradnorm", "alpha": 1.5}],
+            "lr": {"loguniform": [1e-4, 1e-2]},
+        }
+    )
     space = param_space(check_search(cfg, 4, "t.yaml"))
     assert space["backbone"] == {"grid_search": ["xs", "s"]}
     assert space["weighting"] == {"grid_search": [{"name": "equal"}, {"name": "gradnorm", "alpha": 1.5}]}
@@ -40,19 +45,22 @@ def test_static_weight_vectors_are_searchable_and_checked_against_the_task_count
         check_search(bad, 4, "t.yaml")
 
 
-@pytest.mark.parametrize("search, message", [
-    ({}, "t.yaml: search: empty search space"),
-    ({"dropout": [0.1]}, "unknown key 'dropout'; searchable keys are backbone"),
-    ({"epochs": [1, 2]}, "search.epochs: not searchable"),
-    ({"backbone": ["xs", "huge"]}, "unknown backbone 'huge'"),
-    ({"weighting": ["equal", "magic"]}, "search.weighting: unknown weighting 'magic': available are equal"),
-    ({"weighting": [{"name": "dwa", "alpha": 2}]}, "search.weighting"),
-    ({"lr": []}, "search.lr: empty list"),
-    ({"lr": 0.01}, "search.lr: expected a list of values"),
-    ({"lr": {"loguniform": [0, 1]}}, "loguniform: low must be positive"),
-    ({"lr": {"uniform": [1, 0.1]}}, "uniform: expected \\[low, high\\]"),
-    ({"lr": [-1.0]}, "search.lr: key 'lr'"),
-])
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        ({}, "t.yaml: search: empty search space"),
+        ({"dropout": [0.1]}, "unknown key 'dropout'; searchable keys are backbone"),
+        ({"epochs": [1, 2]}, "search.epochs: not searchable"),
+        ({"backbone": ["xs", "huge"]}, "unknown backbone 'huge'"),
+        ({"weighting": ["equal", "magic"]}, "search.weighting: unknown weighting 'magic': available are equal"),
+        ({"weighting": [{"name": "dwa", "alpha": 2}]}, "search.weighting"),
+        ({"lr": []}, "search.lr: empty list"),
+        ({"lr": 0.01}, "search.lr: expected a list of values"),
+        ({"lr": {"loguniform": [0, 1]}}, "loguniform: low must be positive"),
+        ({"lr": {"uniform": [1, 0.1]}}, "uniform: expected \\[low, high\\]"),
+        ({"lr": [-1.0]}, "search.lr: key 'lr'"),
+    ],
+)
 def test_bad_search_space_names_the_key(search, message):
     with pytest.raises(UserError, match=message):
         check_search(_config(search=search), 4, "t.yaml")
@@ -91,13 +99,27 @@ def test_tracking_uri_precedence_and_absolute_sqlite(monkeypatch, tmp_path):
 
 def test_params_and_epoch_metrics_are_flat():
     assert flat_params({"backbone": "s", "weighting": {"name": "gradnorm", "alpha": 1.5}, "workers": None}) == {
-        "backbone": "s", "weighting.name": "gradnorm", "weighting.alpha": "1.5"}
-    report = {"epoch": 2, "train_loss": 0.5, "mean_auroc": 0.8, "train_images_per_s": 100.0,
-              "val": {"car": {"auroc": 0.9, "accuracy": 0.8, "f1": None, "n_labeled": 10}},
-              "task_weights": {"car": 1.0}}
-    assert epoch_metrics(report) == {"train_loss": 0.5, "mean_auroc": 0.8, "train_images_per_s": 100.0,
-                                     "val.car.auroc": 0.9, "val.car.accuracy": 0.8, "val.car.n_labeled": 10.0,
-                                     "weight.car": 1.0}
+        "backbone": "s",
+        "weighting.name": "gradnorm",
+        "weighting.alpha": "1.5",
+    }
+    report = {
+        "epoch": 2,
+        "train_loss": 0.5,
+        "mean_auroc": 0.8,
+        "train_images_per_s": 100.0,
+        "val": {"car": {"auroc": 0.9, "accuracy": 0.8, "f1": None, "n_labeled": 10}},
+        "task_weights": {"car": 1.0},
+    }
+    assert epoch_metrics(report) == {
+        "train_loss": 0.5,
+        "mean_auroc": 0.8,
+        "train_images_per_s": 100.0,
+        "val.car.auroc": 0.9,
+        "val.car.accuracy": 0.8,
+        "val.car.n_labeled": 10.0,
+        "weight.car": 1.0,
+    }
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "team:model", "mtl@champion"])

@@ -17,6 +17,9 @@ from mtl_ray.synth import synthesize
 SIZE = 32
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def small_scenes(tmp_path_factory):
     out = tmp_path_factory.mktemp("tune") / "shards"
@@ -41,24 +44,47 @@ def _checkpoint_model(directory: str) -> torch.nn.Module:
     return model.eval()
 
 
-def test_tune_tracks_every_trial_on_a_server_and_registers_the_best(ray_session, mlflow_server, small_scenes, cli, tmp_path, monkeypatch):
+def test_tune_tracks_every_trial_on_a_server_and_registers_the_best(
+    ray_session, mlflow_server, small_scenes, cli, tmp_path, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     config = tmp_path / "tune.yaml"
     # lr 1e-7 barely moves the weights: ASHA (keeping the top quarter at epoch 1) stops those trials.
-    config.write_text(yaml.safe_dump({
-        "train": {"epochs": 2, "batch_size": 16},
-        "search": {"backbone": ["xs", "s"], "lr": [3e-3, 1e-7]},
-        "scheduler": {"grace_period": 1, "reduction_factor": 4},
-        "registry": {"name": "tune-test"},
-    }))
-    out = cli("tune", "--data", small_scenes, "--config", config, "--storage", tmp_path / "runs", "--name", "t1", "--json", "-")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"epochs": 2, "batch_size": 16},
+                "search": {"backbone": ["xs", "s"], "lr": [3e-3, 1e-7]},
+                "scheduler": {"grace_period": 1, "reduction_factor": 4},
+                "registry": {"name": "tune-test"},
+            }
+        )
+    )
+    out = cli(
+        "tune",
+        "--data",
+        small_scenes,
+        "--config",
+        config,
+        "--storage",
+        tmp_path / "runs",
+        "--name",
+        "t1",
+        "--json",
+        "-",
+    )
     assert out.code == 0, out.err[-3000:]
     assert out.out.startswith("{"), (out.out[:1000], out.err[-2000:])
     result = out.json()
     assert result["tracking_uri"] == mlflow_server.uri
     trials = result["trials"]
     assert len(trials) == 4
-    assert {(t["config"]["backbone"], t["config"]["lr"]) for t in trials} == {("xs", 3e-3), ("s", 3e-3), ("xs", 1e-7), ("s", 1e-7)}
+    assert {(t["config"]["backbone"], t["config"]["lr"]) for t in trials} == {
+        ("xs", 3e-3),
+        ("s", 3e-3),
+        ("xs", 1e-7),
+        ("s", 1e-7),
+    }
     assert any(t["status"] == "stopped_early" and t["epochs"] == 1 for t in trials), trials
     assert all(t["status"] != "error" for t in trials)
     best = result["best"]
@@ -68,8 +94,10 @@ def test_tune_tracks_every_trial_on_a_server_and_registers_the_best(ray_session,
     from mlflow import MlflowClient
 
     client = MlflowClient(mlflow_server.uri)
-    children = client.search_runs([client.get_experiment_by_name("mtl-ray").experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    children = client.search_runs(
+        [client.get_experiment_by_name("mtl-ray").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'",
+    )
     assert len(children) == 4
     for run in children:
         trial = next(t for t in trials if t["run_id"] == run.info.run_id)
@@ -82,9 +110,16 @@ def test_tune_tracks_every_trial_on_a_server_and_registers_the_best(ray_session,
     assert best_run.data.tags["mtl_ray.checkpoint"] == best["checkpoint"]
 
     encoded, paths = _images(tmp_path)
-    got = fresh_predict("models:/tune-test@champion", paths, {"MLFLOW_TRACKING_URI": mlflow_server.uri, "PATH": "/usr/bin:/bin"}, tmp_path)
+    got = fresh_predict(
+        "models:/tune-test@champion",
+        paths,
+        {"MLFLOW_TRACKING_URI": mlflow_server.uri, "PATH": "/usr/bin:/bin"},
+        tmp_path,
+    )
     assert got["columns"] == ["pedestrian", "car", "stop_sign", "traffic_light"]
-    np.testing.assert_allclose(np.array(got["values"]), own_probabilities(_checkpoint_model(best["checkpoint"]), encoded), atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(got["values"]), own_probabilities(_checkpoint_model(best["checkpoint"]), encoded), atol=1e-5
+    )
 
 
 def test_quickstart_leaves_a_champion_a_fresh_process_can_use(ray_session, cli, tmp_path, monkeypatch):
@@ -98,12 +133,20 @@ def test_quickstart_leaves_a_champion_a_fresh_process_can_use(ray_session, cli, 
     assert result["data"] == "qs/data"
     assert len(result["trials"]) == 4
     assert {t["config"]["backbone"] for t in result["trials"]} == {"xs", "s"}
-    assert {json.dumps(t["config"]["weighting"]) for t in result["trials"]} == {'{"name": "equal"}', '{"name": "uncertainty"}'}
+    assert {json.dumps(t["config"]["weighting"]) for t in result["trials"]} == {
+        '{"name": "equal"}',
+        '{"name": "uncertainty"}',
+    }
     assert result["registered"]["alias_moved"] is True
     assert len(result["predictions"]) == 5
     assert "mlflow ui --backend-store-uri sqlite:///" in out.err
 
     encoded, paths = _images(tmp_path, size=64)  # the quickstart's scenes are 64 px
-    got = fresh_predict("models:/mtl-ray@champion", paths, {"MLFLOW_TRACKING_URI": result["tracking_uri"], "PATH": "/usr/bin:/bin"}, tmp_path)
+    got = fresh_predict(
+        "models:/mtl-ray@champion",
+        paths,
+        {"MLFLOW_TRACKING_URI": result["tracking_uri"], "PATH": "/usr/bin:/bin"},
+        tmp_path,
+    )
     model = _checkpoint_model(result["best"]["checkpoint"])
     np.testing.assert_allclose(np.array(got["values"]), own_probabilities(model, encoded, size=64), atol=1e-5)

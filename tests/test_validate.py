@@ -25,11 +25,23 @@ def images(n: int, fmt: ShardFormat = PNG) -> pa.Array:
     return encode_images(pixels, fmt)
 
 
-def table(n: int, fmt: ShardFormat = PNG, labels: np.ndarray | None = None, splits: list | None = None, image_column: pa.Array | None = None) -> pa.Table:
+def table(
+    n: int,
+    fmt: ShardFormat = PNG,
+    labels: np.ndarray | None = None,
+    splits: list | None = None,
+    image_column: pa.Array | None = None,
+) -> pa.Table:
     """n rows; by default every label known, alternating 1/0, all in the train split."""
     if labels is None:
         labels = np.tile((np.arange(n) % 2)[:, None], (1, len(fmt.tasks))).astype(np.float32)
-    return make_table(fmt, image_column if image_column is not None else images(n, fmt), labels, [f"r{i}" for i in range(n)], splits or ["train"] * n)
+    return make_table(
+        fmt,
+        image_column if image_column is not None else images(n, fmt),
+        labels,
+        [f"r{i}" for i in range(n)],
+        splits or ["train"] * n,
+    )
 
 
 def write(path: Path, t: pa.Table | None = None, fmt: ShardFormat = PNG) -> Path:
@@ -57,13 +69,25 @@ def failing(cli, *args) -> str:
 
 # ---- good data -------------------------------------------------------------------------------
 
+
 def test_good_dataset_json(cli, tmp_path):
     data = good_dataset(tmp_path / "data")
     (data / "README.txt").write_text("not a shard")
     r = cli("data", "validate", data, "--json", "-")
     assert r.code == 0, r.err
     out = r.json()
-    assert set(out) >= {"rows", "shards", "tasks", "problems", "splits", "warnings", "image", "decoded", "ignored_files", "usable"}
+    assert set(out) >= {
+        "rows",
+        "shards",
+        "tasks",
+        "problems",
+        "splits",
+        "warnings",
+        "image",
+        "decoded",
+        "ignored_files",
+        "usable",
+    }
     assert out["rows"] == 120 and out["shards"] == 2
     assert out["tasks"] == {
         "a": {"rows": 120, "labeled": 120, "positive": 60, "label_rate": 1.0},
@@ -72,7 +96,9 @@ def test_good_dataset_json(cli, tmp_path):
     assert out["problems"] == [] and out["warnings"] == [] and out["usable"] is True
     assert out["image"] == {"column": "image", "encoding": "png", "shape": [4, 4, 3]}
     assert out["decoded"] == 32 and out["ignored_files"] == 1
-    assert out["splits"] == {"train": {"rows": 120, "tasks": {"a": {"labeled": 120, "positive": 60}, "b": {"labeled": 120, "positive": 60}}}}
+    assert out["splits"] == {
+        "train": {"rows": 120, "tasks": {"a": {"labeled": 120, "positive": 60}, "b": {"labeled": 120, "positive": 60}}}
+    }
     assert "usable" in r.err and "ignored 1 non-Parquet file" in r.err
 
 
@@ -135,7 +161,9 @@ def test_warning_uneven_label_counts(tmp_path):
     write(tmp_path / "d" / "x.parquet", table(2100, fmt=RAW, labels=labels), fmt=RAW)
     report = validate(str(tmp_path / "d"))
     assert report.usable
-    assert any(w.startswith("uneven label counts: task 'a' has 2100 labeled rows, 'b' only 60") for w in report.warnings)
+    assert any(
+        w.startswith("uneven label counts: task 'a' has 2100 labeled rows, 'b' only 60") for w in report.warnings
+    )
 
 
 def test_raw_hugging_face_struct_and_no_metadata(cli, tmp_path):
@@ -152,6 +180,7 @@ def test_raw_hugging_face_struct_and_no_metadata(cli, tmp_path):
 
 
 # ---- bad input: one line on stderr, exit 2 ---------------------------------------------------
+
 
 def test_missing_path(cli, tmp_path):
     assert "no such file or directory" in failing(cli, tmp_path / "nope")
@@ -296,7 +325,10 @@ def test_raise_if_unusable(tmp_path):
     write(data / "zero.parquet")
     report = validate(str(data))
     assert report.exit_code == 2
-    with pytest.raises(UserError, match=r"bad\.parquet: not a readable Parquet file .*\(and 1 more problem; run: mtl-ray data validate "):
+    with pytest.raises(
+        UserError,
+        match=r"bad\.parquet: not a readable Parquet file .*\(and 1 more problem; run: mtl-ray data validate ",
+    ):
         report.raise_if_unusable()
 
 
@@ -316,5 +348,8 @@ def test_s3_round_trip(cli, s3):
     assert out["rows"] == 120 and out["shards"] == 2 and out["decoded"] == 120
     assert out["tasks"]["a"] == {"rows": 120, "labeled": 120, "positive": 60, "label_rate": 1.0}
     report = validate(f"s3://{bucket}/prefix")
-    assert [s.name for s in report.shards] == [f"s3://{bucket}/prefix/part-0.parquet", f"s3://{bucket}/prefix/part-1.parquet"]
+    assert [s.name for s in report.shards] == [
+        f"s3://{bucket}/prefix/part-0.parquet",
+        f"s3://{bucket}/prefix/part-1.parquet",
+    ]
     assert report.paths == [f"{bucket}/prefix/part-0.parquet", f"{bucket}/prefix/part-1.parquet"]

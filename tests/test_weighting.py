@@ -8,9 +8,8 @@ from torch import nn
 
 from mtl_ray import weighting
 from mtl_ray.errors import UserError
-from mtl_ray.losses import REDUCTIONS, masked_bce, task_terms
+from mtl_ray.losses import REDUCTIONS, known_tasks, masked_bce, task_terms
 from mtl_ray.models import MultiTaskNet, build
-from mtl_ray.losses import known_tasks
 from mtl_ray.weighting import project_conflicting
 
 NAN = float("nan")
@@ -29,12 +28,16 @@ def tiny_net(num_tasks: int = 2, dim: int = 8, hidden: int = 16) -> MultiTaskNet
     return MultiTaskNet(trunk, hidden, num_tasks)
 
 
-def toy_batch(generator: torch.Generator, m: int = 64, dim: int = 8, noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def toy_batch(
+    generator: torch.Generator, m: int = 64, dim: int = 8, noise: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two tasks from one direction of x: task 0 clean; task 1 the same rule with a fraction
     `noise` of its labels replaced by coin flips."""
     x = torch.randn(m, dim, generator=generator)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).float()
-    noisy = torch.where(torch.rand(m, generator=generator) < noise, torch.randint(0, 2, (m,), generator=generator).float(), y)
+    noisy = torch.where(
+        torch.rand(m, generator=generator) < noise, torch.randint(0, 2, (m,), generator=generator).float(), y
+    )
     return x, torch.stack([y, noisy], dim=1)
 
 
@@ -49,6 +52,7 @@ def grads(model: nn.Module) -> list[torch.Tensor]:
 
 
 # ---- task_terms ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_task_terms_sum_to_masked_bce(reduction):
@@ -70,12 +74,15 @@ def test_task_terms_bad_reduction():
 
 # ---- get -------------------------------------------------------------------------------------
 
+
 def test_available_and_get_every_method():
     assert weighting.available() == ["equal", "static", "uncertainty", "gradnorm", "dwa", "pcgrad"]
     for name, params in CONFIGS.items():
         method = weighting.get(name, num_tasks=2, **params)
         assert isinstance(method, weighting.Weighting) and method.name == name
-        assert method.weights() == pytest.approx({"static": [0.5, 2.0], "uncertainty": [0.5, 0.5]}.get(name, [1.0, 1.0]))
+        assert method.weights() == pytest.approx(
+            {"static": [0.5, 2.0], "uncertainty": [0.5, 0.5]}.get(name, [1.0, 1.0])
+        )
     assert [n for n in CONFIGS if weighting.METHODS[n].manipulates_gradients] == ["gradnorm", "pcgrad"]
 
 
@@ -93,7 +100,11 @@ def test_get_from_config_dict():
         ("equal", {"weights": [1, 1]}, "weighting 'equal': unknown parameter 'weights'; valid: none"),
         ("static", {"weights": [1.0, 2.0, 3.0]}, "weighting 'static': expected 2 weights (one per task), got 3"),
         ("static", {}, "weighting 'static': parameter 'weights' is required: a list of 2 numbers >= 0, one per task"),
-        ("static", {"weights": 1.0}, "weighting 'static': parameter 'weights' must be a list of 2 numbers >= 0, got 1.0"),
+        (
+            "static",
+            {"weights": 1.0},
+            "weighting 'static': parameter 'weights' must be a list of 2 numbers >= 0, got 1.0",
+        ),
         ("static", {"weights": [1.0, -1.0]}, "weighting 'static': parameter 'weights' must be a number >= 0, got -1.0"),
         ("gradnorm", {"alpha": "high"}, "weighting 'gradnorm': parameter 'alpha' must be a number >= 0, got 'high'"),
         ("gradnorm", {"lr": 0}, "weighting 'gradnorm': parameter 'lr' must be a number > 0, got 0"),
@@ -108,6 +119,7 @@ def test_get_errors_are_one_line(name, params, message):
 
 
 # ---- masked tasks ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_all_unknown_task_contributes_nothing(name):
@@ -128,7 +140,7 @@ def test_all_unknown_task_contributes_nothing(name):
         assert torch.all(model.heads.weight.grad[1] == 0) and model.heads.bias.grad[1] == 0
         assert all(math.isfinite(w) for w in method.weights())
         runs.append((grads(model), method))
-    for a, b in zip(runs[0][0], runs[1][0]):
+    for a, b in zip(runs[0][0], runs[1][0], strict=True):
         torch.testing.assert_close(a, b)
     method = runs[0][1]
     if name == "uncertainty":
@@ -151,6 +163,7 @@ def test_conv_net_with_unknown_task(name):
 
 
 # ---- uncertainty -----------------------------------------------------------------------------
+
 
 def test_uncertainty_down_weights_the_noisy_task():
     torch.manual_seed(0)
@@ -182,6 +195,7 @@ def test_uncertainty_reduces_its_gradient():
 
 
 # ---- gradnorm --------------------------------------------------------------------------------
+
 
 def test_gradnorm_weights_stay_positive_and_sum_to_T():
     """The noisy task's loss hardly falls, so GradNorm moves weight to it."""
@@ -243,6 +257,7 @@ def test_gradnorm_averages_over_workers_that_know_the_task():
 
 # ---- dwa -------------------------------------------------------------------------------------
 
+
 def test_dwa_weights_one_then_softmax_of_loss_ratios():
     """Epochs 1 and 2 train with weights 1; the end of epoch 2 sets epoch 3's from L(2)/L(1)."""
     method = weighting.get("dwa", num_tasks=2, temperature=2.0)
@@ -285,6 +300,7 @@ def test_dwa_uses_reduce_mean_for_epoch_losses():
 
 # ---- pcgrad ----------------------------------------------------------------------------------
 
+
 def test_projection_removes_conflicts():
     g = torch.Generator().manual_seed(0)
     conflicts = 0
@@ -316,9 +332,9 @@ def test_pcgrad_backward_sets_shared_grads_to_sum_of_projections():
         model.heads.weight[1] = model.heads.weight[0]
     shared = list(model.shared_parameters())
     terms = task_terms(model(x), y)
-    per_task = torch.stack([
-        torch.cat([g.reshape(-1) for g in torch.autograd.grad(terms[k], shared, retain_graph=True)]) for k in range(2)
-    ])
+    per_task = torch.stack(
+        [torch.cat([g.reshape(-1) for g in torch.autograd.grad(terms[k], shared, retain_graph=True)]) for k in range(2)]
+    )
     assert per_task[0] @ per_task[1] < 0
     want = project_conflicting(per_task).sum(dim=0)
     head_want = torch.autograd.grad(terms.sum(), list(model.task_parameters()), retain_graph=True)
@@ -326,7 +342,7 @@ def test_pcgrad_backward_sets_shared_grads_to_sum_of_projections():
     method = weighting.get("pcgrad", num_tasks=2)
     method.backward(terms, known_tasks(y), model)
     torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in shared]), want)
-    for p, g in zip(model.task_parameters(), head_want):
+    for p, g in zip(model.task_parameters(), head_want, strict=True):
         torch.testing.assert_close(p.grad, g)
 
 
