@@ -6,6 +6,8 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# As `activate` would: the tests and the local stack find this environment's ray, mlflow and moto_server first.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: quickstart test test-fast lint
 

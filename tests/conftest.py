@@ -25,6 +25,12 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid} uses Ray: mark it @pytest.mark.slow")
 
 
+def venv_tool(name: str) -> str:
+    """A console script of the environment running the tests, not whatever version PATH finds first."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.path.exists(beside) else shutil.which(name) or name
+
+
 def wait_http(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -53,7 +59,7 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def _moto_server(tmp_path_factory):
-    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    exe = venv_tool("moto_server")
     port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
@@ -155,7 +161,7 @@ def mlflow_server(_moto_server, tmp_path_factory):
     ).create_bucket(Bucket=bucket)
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    exe = venv_tool("mlflow")
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [
