@@ -24,7 +24,7 @@ from mtl_ray.errors import UserError
 from mtl_ray.losses import task_terms
 from mtl_ray.metrics import evaluate
 from mtl_ray.models import build
-from mtl_ray.shards import SPLIT_COLUMN, decode_images, labels_of, open_shard, split_mask
+from mtl_ray.shards import SPLIT_COLUMN, decode_column, labels_of, open_shard, split_mask
 from mtl_ray.step import train_step
 from mtl_ray.text import number
 from mtl_ray.validate import ValidationReport, validate
@@ -38,8 +38,11 @@ MANY_MORE = 5.0
 """Other tasks' labels per own label from which the data-amount condition holds."""
 
 
-def load_sample(report: ValidationReport, split: str, rows: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to `rows` rows of one split (training rows include unassigned ones) as uint8 images and labels."""
+def load_sample(
+    report: ValidationReport, split: str, rows: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `rows` rows of one split (training rows include unassigned ones) as uint8 images at `size`
+    (letterboxed) and labels; rows whose image cannot be read are left out, as training leaves them."""
     fmt = report.fmt
     images, labels, have = [], [], 0
     for shard in report.shards:
@@ -51,9 +54,10 @@ def load_sample(report: ValidationReport, split: str, rows: int, size: int) -> t
                 batch = batch.filter(split_mask(batch.column(SPLIT_COLUMN), split))
             if batch.num_rows == 0:
                 continue
-            images.append(decode_images(batch.column(fmt.image_column), fmt, size, where=shard.name))
-            labels.append(labels_of(batch, fmt.tasks, where=shard.name))
-            have += batch.num_rows
+            decoded = decode_column(batch.column(fmt.image_column), fmt, size)
+            images.append(decoded.images[~decoded.bad])
+            labels.append(labels_of(batch, fmt.tasks, where=shard.name)[~decoded.bad])
+            have += int((~decoded.bad).sum())
             if have >= rows:
                 break
         if have >= rows:
@@ -134,14 +138,16 @@ class Advice:
         return "\n".join(lines + [f"recommendation: {self.recommendation}"])
 
 
-def advise(data: str, *, rows: int = PROBE_ROWS, steps: int = PROBE_STEPS, size: int | None = None) -> Advice:
+def advise(
+    data: str, *, rows: int = PROBE_ROWS, steps: int = PROBE_STEPS, size: tuple[int, int] | None = None
+) -> Advice:
     """Measure the three conditions on the shards at `data` (see the module docstring)."""
     report = validate(data)
     report.raise_if_unusable()
     tasks = list(report.fmt.tasks)
     if len(tasks) < 2:
         raise UserError(f"{data}: one task only; multi-task learning needs at least two")
-    size = size or (report.fmt.shape[0] if report.fmt.shape else 64)
+    size = size or report.training_size()[0]
     labeled = report.labeled_in("train")
     focus = min(labeled, key=labeled.get)
 

@@ -43,6 +43,16 @@ def load(directory: str) -> tuple[dict, dict]:
     return state, load_meta(directory)
 
 
+def input_spec(meta: dict) -> tuple[tuple[int, int], str]:
+    """(height, width) and resize mode a checkpoint's model expects its images in.
+
+    Checkpoints from before non-square sizes hold one side and were trained on squashed images.
+    """
+    image = meta["image"]
+    size = image["size"]
+    return ((size, size) if isinstance(size, int) else tuple(size)), image.get("resize", "squash")
+
+
 def load_meta(directory: str) -> dict:
     with open(os.path.join(directory, META_FILE)) as f:
         return json.load(f)

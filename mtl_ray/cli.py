@@ -18,6 +18,7 @@ from typing import Protocol
 from mtl_ray import __version__
 from mtl_ray.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from mtl_ray.errors import UserError
+from mtl_ray.images import RESIZE_MODES
 from mtl_ray.quickstart import DEFAULT_OUT, EPOCHS, SCENES
 from mtl_ray.runtime import DEFAULT_STORAGE
 
@@ -43,6 +44,18 @@ def _label_rate(text: str) -> tuple[str, float]:
     if not sep or not task or not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected TASK=FRACTION with FRACTION in [0, 1]")
     return task, value
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    """`S` or `H,W` (height first, as in `image_size: [H, W]`)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=0) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer S or H,W")
+    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
 def _positive_int(text: str) -> int:
@@ -91,10 +104,12 @@ def _cmd_convert(args: argparse.Namespace) -> Result:
         negative=args.negative,
         missing=args.missing,
         image_size=args.image_size,
+        resize=args.resize,
         encoding=args.encoding,
         strict=args.strict,
         report=args.report,
         shards=args.shards,
+        val_fraction=args.val_fraction,
     )
 
 
@@ -108,6 +123,8 @@ def _train_config(args: argparse.Namespace):
     from mtl_ray import config
 
     overrides = {
+        "image_size": args.image_size,
+        "strict": args.strict or None,
         "backbone": args.backbone,
         "epochs": args.epochs,
         "workers": args.workers,
@@ -201,6 +218,17 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--workers", type=_positive_int, help="Ray Train workers (default 2 on CPU, 1 per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="train on GPUs (fails fast if the cluster has none)")
+    p.add_argument(
+        "--image-size",
+        type=_image_size,
+        metavar="S|H,W",
+        help="train at S×S or H×W (default: the shards' size when all images share one, else 64×64)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="an unreadable image stops the run (default: skipped and counted as skipped_images)",
+    )
     p.add_argument(
         "--storage",
         metavar="PATH",
@@ -299,7 +327,19 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p.add_argument(
         "--missing", action="append", default=[], metavar="V", help="extra label value meaning unknown (repeatable)"
     )
-    p.add_argument("--image-size", type=_positive_int, help="resize every image to S×S")
+    p.add_argument("--image-size", type=_image_size, metavar="S|H,W", help="resize every image to S×S or H×W")
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="letterbox",
+        help="how --image-size is reached: letterbox (whole frame, padded; default), squash, center_crop",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="put this fraction of the rows without a split into 'val', by a hash of the row id",
+    )
     p.add_argument(
         "--encoding", choices=["png", "jpeg", "raw"], default="png", help="output encoding (raw needs one image size)"
     )

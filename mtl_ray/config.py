@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mtl_ray.errors import UserError
 
@@ -53,7 +53,13 @@ class TrainConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     loss_reduction: Literal["seed", "labeled", "per_task"] = "seed"
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
-    image_size: int | None = Field(None, ge=8, description="resize images to S×S; default: the shards' size")
+    image_size: int | tuple[int, int] | None = Field(
+        None, description="S or [H, W]; default: the shards' size when all images share one, else 64×64"
+    )
+    resize: Literal["letterbox", "squash", "center_crop"] = Field(
+        "letterbox", description="to image_size: keep the whole frame and pad (letterbox), stretch, or fill and crop"
+    )
+    strict: bool = Field(False, description="an unreadable image stops the run instead of being skipped and counted")
     workers: int | None = Field(None, ge=1, description="Ray Train workers; default: 1 per GPU with --gpu, else 2")
     gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0, description="default: leave at least 1 CPU to Ray Data")
@@ -63,6 +69,21 @@ class TrainConfig(Strict):
         1024, ge=0, description="rows each worker shuffles its stream in, anew each epoch; 0 = off"
     )
     seed: int = 0
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        parts = list(value) if pair else [value]
+        if value is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in parts):
+            raise ValueError("expected a positive integer S or [H, W]")
+        return tuple(value) if pair else value
+
+    def size(self) -> tuple[int, int] | None:
+        """`image_size` as (height, width), or None for the data's own size."""
+        from mtl_ray.images import as_size
+
+        return as_size(self.image_size)
 
 
 def _location(error: dict) -> str:

@@ -10,6 +10,7 @@ read is skipped, counted and listed in a JSONL report; with `strict` it is an er
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -27,7 +28,17 @@ import pyarrow.parquet as pq
 
 from mtl_ray import storage
 from mtl_ray.errors import UserError
-from mtl_ray.images import decode_image, encode_image, image_size, unreadable
+from mtl_ray.images import (
+    Size,
+    UnreadableImage,
+    as_size,
+    encode_image,
+    fit,
+    image_size,
+    read_image,
+    show_size,
+    unreadable,
+)
 from mtl_ray.shards import (
     DEFAULT_IMAGE_COLUMN,
     ENCODINGS,
@@ -36,10 +47,11 @@ from mtl_ray.shards import (
     ROW_GROUP_ROWS,
     SPLIT_COLUMN,
     SPLITS,
+    UNASSIGNED,
     ShardFormat,
     ShardWriter,
     check_task_names_in,
-    decode_images,
+    decode_column,
     default_shard_count,
     encode_images,
     image_bytes,
@@ -238,11 +250,11 @@ class FolderSource:
             f"with --file-column)"
         )
 
-    def size_of(self, data: bytes) -> tuple[int, int]:
+    def size_of(self, data: bytes) -> Size:
         return image_size(data)
 
-    def decode(self, data: bytes, size: int | None, where: str, number: int) -> np.ndarray:
-        return decode_image(data, where=where, row=number, size=size)
+    def decode(self, data: bytes, size: Size | None, resize: str) -> np.ndarray:
+        return read_image(data, size=size, resize=resize)
 
     def batches(self) -> Iterator[Batch]:
         for start in range(0, len(self.numbers), BATCH_ROWS):
@@ -385,15 +397,16 @@ class ParquetSource:
             schema = pa.schema([schema.field(self.column)] + [pa.field(t, pa.bool_()) for t in self.tasks])
         return read_format(schema, place.file, self.column)
 
-    def size_of(self, data: bytes) -> tuple[int, int]:
+    def size_of(self, data: bytes) -> Size:
         if self.layout.encoding == "raw":
-            return self.layout.shape[1], self.layout.shape[0]
+            return tuple(self.layout.shape[:2])
         return image_size(data)
 
-    def decode(self, data: bytes, size: int | None, where: str, number: int) -> np.ndarray:
+    def decode(self, data: bytes, size: Size | None, resize: str) -> np.ndarray:
         if self.layout.encoding == "raw":
-            return decode_images(pa.array([data], pa.binary(len(data))), self.layout, size)[0]
-        return decode_image(data, where=where, row=number, size=size)
+            pixels = decode_column(pa.array([data], pa.binary(len(data))), self.layout).images[0]
+            return fit(pixels, size, resize) if size is not None else pixels
+        return read_image(data, size=size, resize=resize)
 
     def batches(self) -> Iterator[Batch]:
         for path in self.paths:
@@ -512,7 +525,7 @@ def _check_no_shards(fs: pafs.FileSystem, root: str, out: str) -> None:
 
 @dataclass
 class ConvertResult:
-    """What `mtl-ray data convert` wrote: row, shard and skip counts, tasks, and the skip report."""
+    """What `mtl-ray data convert` wrote: row, shard and skip counts, tasks, splits, and the skip report."""
 
     out: str
     rows: int
@@ -522,6 +535,7 @@ class ConvertResult:
     report: str | None
     encoding: str
     shape: list[int] | None
+    splits: dict[str, int] = field(default_factory=dict)
     exit_code: int = 0
 
     def to_json(self) -> dict:
@@ -533,21 +547,35 @@ class ConvertResult:
             "report": self.report,
             "out": self.out,
             "image": {"encoding": self.encoding, "shape": self.shape},
+            "splits": self.splits,
         }
 
     def render(self) -> str:
-        size = f"{self.shape[1]}x{self.shape[0]}" if self.shape else "mixed sizes"
-        text = (
+        size = f"{show_size(self.shape[:2])} HxW" if self.shape else "mixed sizes"
+        lines = [
             f"converted {_count(self.rows, 'row')} into {_count(self.shards, 'shard')} at {self.out} "
-            f"({self.encoding}, {size}); tasks: {', '.join(self.tasks)}"
-        )
+            f"({self.encoding}, {size}); tasks: {', '.join(self.tasks)}",
+            "splits: " + ", ".join(f"{name} {n:,}" for name, n in self.splits.items()),
+        ]
+        if not self.splits.get("val"):
+            lines.append(
+                "no val rows: training needs some; convert again with --val-fraction 0.2 (a split by row id "
+                "that stays put when you rerun or add images), or give train --val PATH"
+            )
         if self.skipped:
-            text += f"\nskipped {_count(self.skipped, 'unreadable row')}, listed in {self.report}"
-        return text
+            lines.append(f"skipped {_count(self.skipped, 'unreadable row')}, listed in {self.report}")
+        return "\n".join(lines)
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def hashed_split(row_id: str, val_fraction: float) -> str:
+    """'val' for a stable `val_fraction` of row ids, else 'train': a hash of the id, so a rerun, or a
+    conversion with more images, puts every row where it was before."""
+    digest = hashlib.blake2b(row_id.encode(), digest_size=8).digest()
+    return "val" if int.from_bytes(digest, "big") / 2**64 < val_fraction else "train"
 
 
 @dataclass
@@ -556,7 +584,7 @@ class _Scan:
 
     bad: set[tuple[str, int]] = field(default_factory=set)
     skips: list[dict] = field(default_factory=list)
-    sizes: set[tuple[int, int]] = field(default_factory=set)
+    sizes: set[Size] = field(default_factory=set)
     kept: int = 0
 
 
@@ -571,15 +599,25 @@ def convert(
     positive: Sequence[str] = (),
     negative: Sequence[str] = (),
     missing: Sequence[str] = (),
-    image_size: int | None = None,
+    image_size: int | Size | None = None,
+    resize: str = "letterbox",
     encoding: str = "png",
     strict: bool = False,
     report: str | None = None,
     shards: int | None = None,
+    val_fraction: float | None = None,
 ) -> ConvertResult:
-    """Convert an image folder + label file (`labels_csv`) or a Parquet dataset at SRC into shards at OUT."""
+    """Convert an image folder + label file (`labels_csv`) or a Parquet dataset at SRC into shards at OUT.
+
+    Every image is decoded as `mtl_ray.images` does (EXIF orientation, bit depth, alpha) and, with
+    `image_size` (height, width), resized by `resize`. `val_fraction` puts that share of the rows
+    without a split of their own into `val`, by a hash of the row id (`hashed_split`).
+    """
     if encoding not in ENCODINGS:
         raise UserError(f"encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise UserError(f"--val-fraction {val_fraction}: expected a fraction between 0 and 1")
+    image_size = as_size(image_size)
     mapping = LabelMap(positive, negative, missing)
     if labels_csv:
         if image_column:
@@ -604,19 +642,20 @@ def convert(
         raise UserError(f"{src}: no readable images ({len(scan.skips)} rows skipped, listed in {report_path})")
     count = min(shards or default_shard_count(scan.kept), scan.kept)
     sink = ShardSink(out_fs, out_root, fmt, count, scan.kept)
-    rows = _write(source, scan, sink, fmt, image_size, strict)
+    written_splits = _write(source, scan, sink, fmt, _Output(image_size, resize, strict, val_fraction))
     written = sink.close()
     if scan.skips:
         _write_report(report_path, scan.skips)
     return ConvertResult(
         out=out,
-        rows=rows,
+        rows=sum(written_splits.values()),
         shards=written,
         tasks=list(source.tasks),
         skipped=len(scan.skips),
         report=report_path if scan.skips else None,
         encoding=encoding,
         shape=list(fmt.shape) if fmt.shape else None,
+        splits=dict(sorted(written_splits.items(), key=lambda kv: (SPLITS + (UNASSIGNED,)).index(kv[0]))),
     )
 
 
@@ -648,34 +687,46 @@ def _scan(source: FolderSource | ParquetSource, strict: bool) -> _Scan:
     return scan
 
 
-def _shape(sizes: set[tuple[int, int]], image_size: int | None, encoding: str, src: str) -> tuple[int, int, int] | None:
+def _shape(sizes: set[Size], image_size: Size | None, encoding: str, src: str) -> tuple[int, int, int] | None:
     if image_size:
-        return (image_size, image_size, 3)
+        return (*image_size, 3)
     if len(sizes) == 1:
-        ((width, height),) = sizes
-        return (height, width, 3)
+        return (*next(iter(sizes)), 3)
     if encoding == "raw" and sizes:
-        shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4]) + (", ..." if len(sizes) > 4 else "")
+        shown = ", ".join(show_size(size) for size in sorted(sizes)[:4]) + (", ..." if len(sizes) > 4 else "")
         raise UserError(
-            f"{src}: raw encoding needs one image size but the images come in {len(sizes)} sizes ({shown}); "
-            f"give --image-size S"
+            f"{src}: raw encoding needs one image size but the images come in {len(sizes)} sizes (HxW: {shown}); "
+            f"give --image-size S or HxW"
         )
     return None
 
 
+@dataclass(frozen=True)
+class _Output:
+    """How the second pass turns rows into output rows."""
+
+    size: Size | None
+    resize: str
+    strict: bool
+    val_fraction: float | None
+
+
+@dataclass(frozen=True)
+class _Converted:
+    """One row's output image (pixels for raw output, else encoded bytes), or why it has none."""
+
+    image: np.ndarray | bytes | None
+    reason: str | None = None
+
+
 def _write(
-    source: FolderSource | ParquetSource,
-    scan: _Scan,
-    sink: ShardSink,
-    fmt: ShardFormat,
-    image_size: int | None,
-    strict: bool,
-) -> int:
-    """Second pass: decode, convert and write every row the scan kept; returns the rows written.
+    source: FolderSource | ParquetSource, scan: _Scan, sink: ShardSink, fmt: ShardFormat, output: _Output
+) -> dict[str, int]:
+    """Second pass: decode, convert and write every row the scan kept; returns the rows written per split.
 
     Pillow releases the GIL while it decodes and compresses, so a thread per core speeds this up.
     """
-    rows = 0
+    written: dict[str, int] = {}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for batch in source.batches():
             keep = [
@@ -684,40 +735,45 @@ def _write(
                 if batch.problems[i] is None and (batch.place.file, batch.numbers[i]) not in scan.bad
             ]
             done = []
-            for i, image in zip(
-                keep,
-                pool.map(partial(_convert_row, source, batch, image_size=image_size, encoding=fmt.encoding), keep),
-                strict=True,
-            ):
-                if isinstance(image, str):
-                    _skip(scan, batch, i, image, strict)
+            convert_row = partial(_convert_row, source, batch, output=output, encoding=fmt.encoding)
+            for i, row in zip(keep, pool.map(convert_row, keep), strict=True):
+                if row.reason is not None:
+                    _skip(scan, batch, i, row.reason, output.strict)
                 else:
-                    done.append((i, image))
+                    done.append((i, row.image))
             if done:
-                sink.add(_table(batch, done, fmt))
-                rows += len(done)
-    return rows
+                splits = [batch.splits[i] for i, _ in done]
+                if output.val_fraction is not None:
+                    splits = [
+                        s or hashed_split(batch.ids[i], output.val_fraction)
+                        for s, (i, _) in zip(splits, done, strict=True)
+                    ]
+                sink.add(_table(batch, done, splits, fmt))
+                for split in splits:
+                    written[split or UNASSIGNED] = written.get(split or UNASSIGNED, 0) + 1
+    return written
 
 
 def _convert_row(
-    source: FolderSource | ParquetSource, batch: Batch, i: int, image_size: int | None, encoding: str
-) -> np.ndarray | bytes | str:
-    """Row i as RGB pixels (raw output) or encoded bytes; the reason as a string when it cannot be decoded."""
-    where, number = batch.place.file, batch.numbers[i]
+    source: FolderSource | ParquetSource, batch: Batch, i: int, output: _Output, encoding: str
+) -> _Converted:
+    """Row i as RGB pixels (raw output) or encoded bytes, or the reason it cannot be decoded."""
     try:
-        image = source.decode(batch.images[i], image_size, where, number)
-    except UserError as exc:
-        return str(exc).removeprefix(f"{where}: row {number}: ")
-    return image if encoding == "raw" else encode_image(image, encoding)
+        image = source.decode(batch.images[i], output.size, output.resize)
+    except UnreadableImage as exc:
+        return _Converted(None, str(exc))
+    return _Converted(image if encoding == "raw" else encode_image(image, encoding))
 
 
-def _table(batch: Batch, done: list[tuple[int, np.ndarray | bytes]], fmt: ShardFormat) -> pa.Table:
+def _table(
+    batch: Batch, done: list[tuple[int, np.ndarray | bytes]], splits: list[str | None], fmt: ShardFormat
+) -> pa.Table:
     index = [i for i, _ in done]
     if fmt.encoding == "raw":
         images = encode_images(np.stack([image for _, image in done]), fmt)
     else:
         images = pa.array([image for _, image in done], pa.binary())
-    return make_table(fmt, images, batch.labels[index], [batch.ids[i] for i in index], [batch.splits[i] for i in index])
+    return make_table(fmt, images, batch.labels[index], [batch.ids[i] for i in index], splits)
 
 
 def _write_report(path: str, skips: list[dict]) -> None:

@@ -1,15 +1,24 @@
 """Ray Data pipelines from shards to training batches.
 
-Shards are read with `read_parquet`; one batch function keeps a source's rows and columns, and —
-only when the images are encoded or need resizing — another decodes them once in Ray Data tasks
-into raw pixels. Training workers then turn each Arrow batch into tensors with a zero-copy view
-(`ShardCollate`), so the per-batch Python path on the workers is the same small one for every
-encoding.
+Shards are read with `read_parquet` (only the columns training needs, plus each row's file path);
+one batch function keeps a source's rows, and — only when the images are encoded or need resizing —
+another decodes them once in Ray Data tasks into raw pixels at the training size. Training workers
+then turn each Arrow batch into tensors with a zero-copy view (`ShardCollate`), so the per-batch
+Python path on the workers is the same small one for every encoding.
+
+An image that cannot be read (null, or bytes Pillow rejects) is marked in a `SKIP_COLUMN`, dropped
+by `ShardCollate` and counted in its batch's `skipped`; with `strict` the Ray Data task writes where
+and why into a `PROBLEM_COLUMN` and `ShardCollate`, in the training worker, raises it as a
+`UserError` naming the shard and row. The batch functions here never raise for bad data: Ray Data
+wraps an exception from a task in `UserCodeException`, which reaches the driver without its cause,
+while an exception from the worker reaches it whole (`runtime.user_error_in`). Validation decodes
+only a sample, so this is where a corrupt image deep inside a shard is met.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,9 +27,17 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from mtl_ray.shards import SPLIT_COLUMN, ShardFormat, decode_images, encode_images, labels_of, split_mask
+from mtl_ray.errors import UserError
+from mtl_ray.images import Size
+from mtl_ray.shards import SPLIT_COLUMN, ShardFormat, decode_column, encode_images, image_bytes, labels_of, split_mask
 
 DECODE_BATCH_ROWS = 256
+PATH_COLUMN = "path"
+"""Added by `read_parquet(include_paths=True)`: the shard each row came from, for error messages."""
+SKIP_COLUMN = "__mtl_ray_skip"
+"""True for rows whose image cannot be read: dropped and counted by `ShardCollate`."""
+PROBLEM_COLUMN = "__mtl_ray_problem"
+"""With `strict`: "SHARD: row N: why" for the first unreadable row of a batch, for `ShardCollate` to raise."""
 
 
 @dataclass(frozen=True)
@@ -37,35 +54,81 @@ class Source:
     shuffle: tuple[str, ...] = ()
     """Label columns to permute across rows (Caruana's control: same label rates, no signal)."""
     seed: int = 0
+    strict: bool = False
+    """An unreadable image is an error naming its shard and row, not a skipped and counted row."""
 
 
-def decoded_format(fmt: ShardFormat, size: int) -> ShardFormat:
-    """The format of batches after decoding: raw RGB pixels at size×size."""
-    return replace(fmt, encoding="raw", shape=(size, size, 3))
+def decoded_format(fmt: ShardFormat, size: Size) -> ShardFormat:
+    """The format of batches after decoding: raw RGB pixels at `size` (height, width)."""
+    return replace(fmt, encoding="raw", shape=(*size, 3))
 
 
-def needs_decode(fmt: ShardFormat, size: int) -> bool:
-    return fmt.encoding != "raw" or tuple(fmt.shape) != (size, size, 3)
+def needs_decode(fmt: ShardFormat, size: Size) -> bool:
+    return fmt.encoding != "raw" or tuple(fmt.shape) != (*size, 3)
+
+
+def locate(fs: pafs.FileSystem, path: str, column: str, value: bytes | None) -> str:
+    """'SHARD: row N' for the first row of shard `path` whose image is `value` (None: a null image).
+
+    Ray Data batches do not know their row numbers; this reads the shard's image column again, once,
+    when a run is about to stop on that row.
+    """
+    import pyarrow.parquet as pq
+
+    shown = f"s3://{path}" if fs.type_name == "s3" else path
+    images = image_bytes(pq.read_table(fs.open_input_file(path), columns=[column]).column(column))
+    if value is None:
+        found = pc.is_null(images)
+    else:
+        found = pc.fill_null(pc.equal(images, pa.scalar(value, images.type)), False)
+    rows = np.flatnonzero(np.asarray(found))
+    return f"{shown}: row {int(rows[0])}" if len(rows) else shown
 
 
 class SelectRows:
-    """Ray Data batch function: a source's rows (its split; labeled rows only if asked) and columns."""
+    """Ray Data batch function: a source's rows (its split; labeled rows only if asked) and the
+    columns training needs, with null images marked in SKIP_COLUMN (or an error when strict)."""
 
     def __init__(self, source: Source):
+        self.source = source
         self.split = source.split if source.has_split_column else None
-        self.labeled_only = source.labeled_only
-        self.tasks = source.fmt.tasks
-        self.columns = [source.fmt.image_column, *source.fmt.tasks]
+        self.columns = [source.fmt.image_column, *source.fmt.tasks, PATH_COLUMN]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         keep = []
         if self.split is not None:
             keep.append(split_mask(batch.column(SPLIT_COLUMN), self.split))
-        if self.labeled_only:
-            keep.append(functools.reduce(pc.or_, [pc.is_valid(batch.column(t)) for t in self.tasks]))
+        if self.source.labeled_only:
+            keep.append(functools.reduce(pc.or_, [pc.is_valid(batch.column(t)) for t in self.source.fmt.tasks]))
         if keep:
             batch = batch.filter(functools.reduce(pc.and_, keep))
-        return batch.select(self.columns)
+        batch = batch.select(self.columns)
+        batch = batch.append_column(SKIP_COLUMN, pa.array(np.zeros(batch.num_rows, dtype=bool)))
+        if self.source.strict:
+            batch = batch.append_column(PROBLEM_COLUMN, pa.nulls(batch.num_rows, pa.string()))
+        nulls = np.array(pc.is_null(batch.column(self.source.fmt.image_column)), dtype=bool)
+        first = (int(np.flatnonzero(nulls)[0]), "image is null") if nulls.any() else None
+        return mark_unreadable(batch, self.source, nulls, first)
+
+
+def mark_unreadable(batch: pa.Table, source: Source, bad: np.ndarray, first: tuple[int, str] | None) -> pa.Table:
+    """`batch` with rows `bad` marked in SKIP_COLUMN; when strict, the first one's shard, row and reason
+    (`first`: index in the batch, reason) written into PROBLEM_COLUMN."""
+    if not bad.any():
+        return batch
+    skip = np.asarray(batch.column(SKIP_COLUMN)) | bad
+    batch = batch.set_column(batch.schema.get_field_index(SKIP_COLUMN), SKIP_COLUMN, pa.array(skip))
+    if source.strict and first is not None:
+        row, reason = first
+        column = source.fmt.image_column
+        value = image_bytes(batch.column(column))[row].as_py()
+        where = locate(source.fs, batch.column(PATH_COLUMN)[row].as_py(), column, value)
+        problems = batch.column(PROBLEM_COLUMN).to_pylist()
+        problems[row] = problems[row] or f"{where}: {reason} (--strict)"
+        batch = batch.set_column(
+            batch.schema.get_field_index(PROBLEM_COLUMN), PROBLEM_COLUMN, pa.array(problems, pa.string())
+        )
+    return batch
 
 
 class ShuffleLabels:
@@ -83,36 +146,44 @@ class ShuffleLabels:
 
 
 class DecodeToRaw:
-    """Ray Data batch function: encoded (or other-sized) images → raw size×size RGB pixels."""
+    """Ray Data batch function: encoded (or other-sized) images → raw RGB pixels at `size` by `resize`;
+    unreadable ones are marked in SKIP_COLUMN (or, when strict, an error naming shard and row)."""
 
-    def __init__(self, fmt: ShardFormat, size: int):
-        self.fmt = fmt
-        self.out = decoded_format(fmt, size)
+    def __init__(self, source: Source, size: Size, resize: str):
+        self.source = source
+        self.fmt = source.fmt
+        self.out = decoded_format(source.fmt, size)
         self.size = size
+        self.resize = resize
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        images = decode_images(batch.column(self.fmt.image_column), self.fmt, self.size, where="decode")
-        column = encode_images(images, self.out)
-        return batch.set_column(batch.schema.get_field_index(self.fmt.image_column), self.fmt.image_column, column)
+        column = self.fmt.image_column
+        decoded = decode_column(batch.column(column), self.fmt, self.size, resize=self.resize)
+        already = np.asarray(batch.column(SKIP_COLUMN))
+        batch = mark_unreadable(batch, self.source, decoded.bad & ~already, decoded.first)
+        return batch.set_column(batch.schema.get_field_index(column), column, encode_images(decoded.images, self.out))
 
 
-def read(source: Source, size: int):
-    """A Ray Dataset of `source`'s rows with raw size×size images and the task label columns."""
+def read(source: Source, size: Size, resize: str = "letterbox"):
+    """A Ray Dataset of `source`'s rows with raw images at `size` (height, width) and the task labels."""
     import ray.data
 
-    ds = ray.data.read_parquet(list(source.paths), filesystem=source.fs)
+    columns = [source.fmt.image_column, *source.fmt.tasks] + ([SPLIT_COLUMN] if source.has_split_column else [])
+    ds = ray.data.read_parquet(list(source.paths), filesystem=source.fs, columns=columns, include_paths=True)
     ds = ds.map_batches(SelectRows(source), batch_format="pyarrow", batch_size=None)
     if source.shuffle:
         ds = ds.map_batches(
             ShuffleLabels(source.shuffle, source.seed), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS
         )
     if needs_decode(source.fmt, size):
-        ds = ds.map_batches(DecodeToRaw(source.fmt, size), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
-    return ds
+        ds = ds.map_batches(DecodeToRaw(source, size, resize), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
+    return ds.drop_columns([PATH_COLUMN])
 
 
 class ShardCollate(ArrowBatchCollateFn):
-    """Arrow batch of raw pixels + label columns → {"image": uint8 [N,H,W,3], "labels": float32 [N,T]}."""
+    """Arrow batch of raw pixels + label columns → {"image": uint8 [N,H,W,3], "labels": float32 [N,T],
+    "skipped": int64 []}, without the rows marked unreadable (counted in "skipped"); a marked row
+    with a problem written (strict runs) is raised as a UserError here, in the training worker."""
 
     def __init__(self, fmt: ShardFormat):
         self.fmt = fmt
@@ -120,6 +191,30 @@ class ShardCollate(ArrowBatchCollateFn):
     def __call__(self, batch: pa.Table) -> dict:
         import torch  # here, not at module level: Ray Data tasks import this module and never need torch
 
-        images = decode_images(batch.column(self.fmt.image_column), self.fmt)
+        skip = batch.column(SKIP_COLUMN)
+        skipped = pc.sum(skip.cast(pa.int64())).as_py() or 0
+        if skipped and PROBLEM_COLUMN in batch.column_names:
+            problems = batch.column(PROBLEM_COLUMN).drop_null()
+            raise UserError(problems[0].as_py() if len(problems) else "an unreadable image (--strict)")
+        if skipped:
+            batch = batch.filter(pc.invert(skip))
+        images = decode_column(batch.column(self.fmt.image_column), self.fmt).images
         labels = labels_of(batch, self.fmt.tasks)
-        return {"image": torch.from_numpy(np.array(images)), "labels": torch.from_numpy(labels)}
+        return {
+            "image": torch.from_numpy(np.array(images)),
+            "labels": torch.from_numpy(labels),
+            "skipped": torch.tensor(skipped),
+        }
+
+
+class CountSkipped:
+    """Iterates collated batches, adding up their "skipped" counts in `skipped`."""
+
+    def __init__(self, batches: Iterable[dict]):
+        self.batches = batches
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.batches:
+            self.skipped += int(batch["skipped"])
+            yield batch

@@ -125,7 +125,8 @@ class ResidualBlock(nn.Module):
         if stride == 1 and c_in == c_out:
             self.skip: nn.Module = nn.Identity()
         else:
-            pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+            # ceil_mode: for an odd side the main path's padded stride-2 conv rounds up, so must the pool.
+            pool = nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
             self.skip = nn.Sequential(pool, *_conv_bn(c_in, c_out, kernel=1))
         self.body = nn.Sequential(*_conv_bn(c_in, c_out, stride), nn.ReLU(inplace=True), *_conv_bn(c_out, c_out))
         self.act = nn.ReLU(inplace=True)
@@ -156,6 +157,10 @@ def _torchvision_resnet(name: str, pretrained: bool = False) -> tuple[nn.Module,
 
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50")
+MIN_SIDE = 16
+"""Smallest image side the own family takes: its stem and pooling leave a 1×1 map by the second stage."""
+MIN_SIDE_TORCHVISION = 32
+"""Smallest image side for the torchvision ResNets: their last stage is 1×1 at 32 px."""
 
 BACKBONES: dict[str, TrunkBuilder] = {
     **{name: functools.partial(_cnn_trunk, spec) for name, spec in CNN_SPECS.items()},
@@ -176,6 +181,11 @@ def torchvision_available() -> bool:
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def min_image_side(backbone: str) -> int:
+    """The smallest height or width `backbone` is meant for; every size from it up works, odd ones too."""
+    return MIN_SIDE_TORCHVISION if backbone in TORCHVISION_BACKBONES else MIN_SIDE
 
 
 def available() -> list[str]:

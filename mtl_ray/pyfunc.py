@@ -2,7 +2,8 @@
 
 Input: a pandas DataFrame with an `image` column of encoded image bytes (PNG, JPEG, anything
 Pillow reads). Output: a DataFrame with one probability column per task, in task order.
-Preprocessing (decode, RGB, resize to the training size, normalisation) happens inside, with the
+Preprocessing (decode as `mtl_ray.images` does, resize to the training size by the training run's
+`resize` mode, normalisation) happens inside, with the
 same functions training used.
 
 The model carries its own code: `mtl_ray.registry` logs it with `code_paths=[<the mtl_ray
@@ -33,10 +34,11 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
         self.load(state, meta)
 
     def load(self, state: dict, meta: dict) -> None:
+        from mtl_ray import checkpoint
         from mtl_ray.models import build
 
         self.tasks = list(meta["tasks"])
-        self.size = int(meta["image"]["size"])
+        self.size, self.resize = checkpoint.input_spec(meta)
         self.model = build(meta["backbone"], len(self.tasks))
         self.model.load_state_dict(state["model"])
         self.model.eval()
@@ -51,11 +53,11 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
                 f"{IMAGE_COLUMN!r}"
             )
         images = [
-            decode_image(_as_bytes(v, row), where="model input", row=row, size=self.size)
+            decode_image(_as_bytes(v, row), where="model input", row=row, size=self.size, resize=self.resize)
             for row, v in enumerate(model_input[IMAGE_COLUMN])
         ]
         return pd.DataFrame(
-            self.probabilities(np.stack(images) if images else np.empty((0, self.size, self.size, 3), np.uint8)),
+            self.probabilities(np.stack(images) if images else np.empty((0, *self.size, 3), np.uint8)),
             columns=self.tasks,
         )
 

@@ -106,9 +106,9 @@ def _example(meta: dict):
 
     from mtl_ray.images import encode_image
 
-    size = int(meta["image"]["size"])
+    size, _ = checkpoint.input_spec(meta)
     rng = np.random.default_rng(0)
-    images = [encode_image(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "png") for _ in range(2)]
+    images = [encode_image(rng.integers(0, 256, (*size, 3), dtype=np.uint8), "png") for _ in range(2)]
     return pd.DataFrame({"image": images})
 
 
@@ -146,7 +146,8 @@ def _version_tags(meta: dict, data: str | None) -> dict[str, str]:
         "weighting": json.dumps(meta["config"]["weighting"]),
         GATE_METRIC: str(metrics.get(GATE_METRIC)),
         "epochs": str(meta["epoch"]),
-        "image_size": str(meta["image"]["size"]),
+        "image_size": "x".join(map(str, checkpoint.input_spec(meta)[0])),
+        "resize": checkpoint.input_spec(meta)[1],
         "code_version": f"mtl-ray {mtl_ray.__version__}",
         "python": platform.python_version(),
     }

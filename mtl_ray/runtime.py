@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mtl_ray import storage
 from mtl_ray.config import TrainConfig
-from mtl_ray.errors import UserError
+from mtl_ray.errors import UserError, first_line
 
 MIN_CPUS_PER_WORKER = 0.25
 DEFAULT_STORAGE = "mtl-ray-runs"
@@ -119,11 +119,43 @@ def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
     return ResourcePlan(workers, round(per_worker, 3), cfg.gpu, max(1, int(per_worker)), data_cpus)
 
 
-def check_model_config(cfg: TrainConfig, num_tasks: int) -> None:
-    """Backbone and weighting errors surface here, before Ray starts, not inside a worker."""
-    from mtl_ray.models import available
+def check_model_config(cfg: TrainConfig, num_tasks: int, size: tuple[int, int] | None = None) -> None:
+    """Backbone, image size and weighting errors surface here, before Ray starts, not inside a worker.
+
+    `size` is the (height, width) the run trains at, when it is known (`cfg.image_size` otherwise).
+    """
+    from mtl_ray.images import show_size
+    from mtl_ray.models import available, min_image_side
     from mtl_ray.weighting import get as get_weighting
 
     if cfg.backbone not in available():
         raise UserError(f"unknown backbone {cfg.backbone!r}: available are {', '.join(available())}")
+    size = size or cfg.size()
+    least = min_image_side(cfg.backbone)
+    if size is not None and min(size) < least:
+        raise UserError(
+            f"image size {show_size(size)} (HxW) is below backbone {cfg.backbone!r}'s "
+            f"minimum of {least} px per side: set image_size to at least {least}"
+        )
     get_weighting(cfg.weighting.name, num_tasks, **cfg.weighting.params())
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError behind an exception from Ray, as its own one line, or None.
+
+    A UserError raised in a Ray Train worker or a Ray Data task reaches the driver wrapped: in a
+    `RayTaskError` (its `cause`), in Ray Train's worker-group error (`worker_failures`), or chained
+    as `__cause__`. The wrappers' messages carry tracebacks; the user needs the one line.
+    """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, UserError) and type(current).__module__.startswith("mtl_ray"):
+            return UserError(first_line(current))
+        failures = getattr(current, "worker_failures", None) or {}
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__, *failures.values()]
+    return None

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mtl_ray.errors import UserError, first_line
-from mtl_ray.images import decode_image, encode_image, resize
+from mtl_ray.images import Size, UnreadableImage, encode_image, fit, read_image
 
 METADATA_KEY = b"mtl_ray"
 FORMAT_VERSION = 1
@@ -261,44 +261,80 @@ def image_bytes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     return arr
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """An image column decoded: pixels [N, H, W, 3] (zeros where `bad`), which rows were unreadable,
+    and the first of them as (index in the column, reason)."""
+
+    images: np.ndarray
+    bad: np.ndarray
+    first: tuple[int, str] | None
+
+
 def decode_images(
     column: pa.Array | pa.ChunkedArray,
     fmt: ShardFormat,
-    size: int | None = None,
+    size: Size | None = None,
     *,
+    resize: str = "letterbox",
     where: str = "",
     row_offset: int = 0,
 ) -> np.ndarray:
-    """Decode an image column into uint8 [N, H, W, 3].
+    """Decode an image column into uint8 [N, H, W, 3]; a null or unreadable image is a UserError naming
+    `where` and its row (counted from `row_offset`). See `decode_column`."""
+    decoded = decode_column(column, fmt, size, resize=resize)
+    if decoded.first:
+        row, reason = decoded.first
+        raise UserError(f"{where}: row {row_offset + row}: {reason}")
+    return decoded.images
+
+
+def decode_column(
+    column: pa.Array | pa.ChunkedArray, fmt: ShardFormat, size: Size | None = None, *, resize: str = "letterbox"
+) -> Decoded:
+    """Decode an image column, marking the rows that cannot be decoded instead of stopping at them.
 
     Raw pixels are a zero-copy view of the Arrow buffer (no per-row Python); PNG/JPEG go through
-    Pillow once per image. `size` resizes to size×size; without it all images must share a shape.
-    Nulls and undecodable bytes raise a UserError naming `where` and the row.
+    `images.read_image` once per image. `size` (height, width) resizes by `resize`; without it all
+    images must share a shape.
     """
     arr = image_bytes(column)
-    if arr.null_count:
-        row = row_offset + int(np.flatnonzero(np.asarray(arr.is_null()))[0])
-        raise UserError(f"{where}: row {row}: image is null")
+    bad = np.array(arr.is_null(), dtype=bool) if arr.null_count else np.zeros(len(arr), dtype=bool)
+    reasons = {i: "image is null" for i in np.flatnonzero(bad)[:1].tolist()}
     if fmt.encoding == "raw":
         images = _raw_view(arr, fmt.shape)
-        if size is not None and images.shape[1:3] != (size, size):
-            images = np.stack([resize(im, size) for im in images])
-        return images
+        if size is not None and images.shape[1:3] != tuple(size):
+            images = np.stack([fit(im, size, resize) for im in images]) if len(images) else _empty(size)
+        if bad.any():
+            images = images.copy()
+            images[bad] = 0
+        return Decoded(images, bad, next(iter(reasons.items()), None))
     out = None
     for i, value in enumerate(arr):
-        rgb = decode_image(value.as_py(), where=where, row=row_offset + i, size=size)
+        if bad[i]:
+            continue
+        try:
+            rgb = read_image(value.as_py(), size=size, resize=resize)
+            if out is not None and rgb.shape != out.shape[1:]:
+                raise UnreadableImage(
+                    f"image is {rgb.shape[1]}x{rgb.shape[0]} but earlier rows are "
+                    f"{out.shape[2]}x{out.shape[1]}; give a size to resize"
+                )
+        except UnreadableImage as exc:
+            bad[i] = True
+            reasons.setdefault(i, str(exc))
+            continue
         if out is None:
-            out = np.empty((len(arr),) + rgb.shape, dtype=np.uint8)
-        elif rgb.shape != out.shape[1:]:
-            raise UserError(
-                f"{where}: row {row_offset + i}: image is {rgb.shape[1]}x{rgb.shape[0]} but earlier rows are "
-                f"{out.shape[2]}x{out.shape[1]}; give a size to resize"
-            )
+            out = np.zeros((len(arr),) + rgb.shape, dtype=np.uint8)
         out[i] = rgb
     if out is None:
-        h, w = (size, size) if size else (fmt.shape[:2] if fmt.shape else (0, 0))
-        out = np.empty((0, h, w, 3), dtype=np.uint8)
-    return out
+        out = _empty(size or (fmt.shape[:2] if fmt.shape else (0, 0)), len(arr))
+    first = min(reasons) if reasons else None
+    return Decoded(out, bad, (first, reasons[first]) if reasons else None)
+
+
+def _empty(size: Size, rows: int = 0) -> np.ndarray:
+    return np.zeros((rows, *size, 3), dtype=np.uint8)
 
 
 def _raw_view(arr: pa.Array, shape: tuple[int, int, int]) -> np.ndarray:

@@ -22,7 +22,15 @@ import torch
 from mtl_ray import checkpoint, dataset
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
-from mtl_ray.runtime import ResourcePlan, check_model_config, ensure_ray, plan_resources, run_storage
+from mtl_ray.images import show_size
+from mtl_ray.runtime import (
+    ResourcePlan,
+    check_model_config,
+    ensure_ray,
+    plan_resources,
+    run_storage,
+    user_error_in,
+)
 from mtl_ray.shards import ShardFormat
 from mtl_ray.step import all_reduce_sum, epoch_lr, mean_over_workers, predict_batches, train_step
 from mtl_ray.text import number, table
@@ -80,7 +88,7 @@ def worker_loop(config: dict) -> None:
                 "local_shuffle_buffer_size": cfg.shuffle_buffer,
                 "local_shuffle_seed": hash((cfg.seed, epoch, rank)) % 2**31,
             }
-        seen, loss_sum, batches = 0, 0.0, 0
+        seen, loss_sum, batches, skipped = 0, 0.0, 0, 0
         terms_sum = torch.zeros(len(tasks), device=device)
         started = time.perf_counter()
         for batch in train_shard.iter_torch_batches(
@@ -90,11 +98,12 @@ def worker_loop(config: dict) -> None:
                 model, optimizer, weighting, batch["image"], batch["labels"], device, cfg.loss_reduction
             )
             seen += len(batch["image"])
+            skipped += int(batch["skipped"])
             loss_sum += float(loss)
             terms_sum += terms
             batches += 1
         elapsed = time.perf_counter() - started
-        total_seen, total_loss, total_batches = all_reduce_sum([seen, loss_sum, batches])
+        total_seen, total_loss, total_batches, total_skipped = all_reduce_sum([seen, loss_sum, batches, skipped])
         weighting.epoch_end(terms_sum / max(batches, 1))
         metrics = {
             "epoch": epoch + 1,
@@ -103,10 +112,18 @@ def worker_loop(config: dict) -> None:
             "task_weights": dict(zip(tasks, weighting.weights(), strict=True)),
         }
         if rank == 0:
-            val_batches = val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 256), collate_fn=collate)
+            val_batches = dataset.CountSkipped(
+                val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 256), collate_fn=collate)
+            )
             probs, targets = predict_batches(unwrap(model), val_batches, device, autocast=on_gpu)
             per_task = evaluate(probs, targets, tasks)
-            metrics.update({"mean_auroc": mean_auroc(per_task), "val": per_task})
+            metrics.update(
+                {
+                    "mean_auroc": mean_auroc(per_task),
+                    "val": per_task,
+                    "skipped_images": int(total_skipped) + val_batches.skipped,
+                }
+            )
             history.append(metrics)
             with tempfile.TemporaryDirectory() as d:
                 meta = {
@@ -115,7 +132,7 @@ def worker_loop(config: dict) -> None:
                     "tasks": tasks,
                     "backbone": cfg.backbone,
                     "config": cfg.model_dump(),
-                    "image": {"size": fmt.shape[0], "channels": 3},
+                    "image": {"size": list(fmt.shape[:2]), "channels": 3, "resize": cfg.resize},
                     "metrics": metrics,
                     "history": history,
                 }
@@ -142,6 +159,9 @@ class TrainResult:
     checkpoint: str
     train_images_per_s: float
     seconds: float
+    image: dict = field(default_factory=dict)
+    """{"size": [H, W], "resize": mode, "why": how the size was chosen}"""
+    skipped_images: int = 0
     history: list[dict] = field(default_factory=list)
     exit_code: int = 0
 
@@ -157,6 +177,8 @@ class TrainResult:
             "checkpoint": self.checkpoint,
             "train_images_per_s": self.train_images_per_s,
             "seconds": self.seconds,
+            "image": self.image,
+            "skipped_images": self.skipped_images,
             "history": self.history,
         }
 
@@ -170,8 +192,14 @@ class TrainResult:
             [
                 f"run {self.name}: epochs {self.first_epoch}-{self.epochs}, {len(self.tasks)} tasks, "
                 f"{self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s",
+                f"images {show_size(self.image['size'])} (HxW), {self.image['why']}, {self.image['resize']}",
                 *table(head, rows),
                 f"mean_auroc {number(self.mean_auroc)}",
+                *(
+                    [f"skipped {self.skipped_images} unreadable image(s) in every epoch (--strict makes them an error)"]
+                    if self.skipped_images
+                    else []
+                ),
                 f"checkpoint {self.checkpoint}",
             ]
         )
@@ -184,7 +212,9 @@ class Inputs:
     data: str
     train: dataset.Source
     val: dataset.Source
-    size: int
+    size: tuple[int, int]
+    """(height, width) every image is brought to."""
+    size_reason: str
 
 
 def _select_sources(data: str, val: str | None, report: ValidationReport) -> tuple[dataset.Source, dataset.Source]:
@@ -213,15 +243,15 @@ def _select_sources(data: str, val: str | None, report: ValidationReport) -> tup
 
 def prepare(
     data: str,
+    cfg: TrainConfig,
     *,
     val: str | None = None,
-    image_size: int | None = None,
     tasks: Sequence[str] | None = None,
     labeled_only: bool = False,
     shuffle_labels: Sequence[str] = (),
-    seed: int = 0,
 ) -> Inputs:
-    """Validate the shards before Ray starts and choose the train/validation rows (see `fit`)."""
+    """Validate the shards and `cfg` before Ray starts; choose the train/validation rows and the image
+    size (`cfg.image_size`, else `ValidationReport.training_size`). See `fit` for the keywords."""
     report = validate(data)
     report.raise_if_unusable()
     train_src, val_src = _select_sources(data, val, report)
@@ -231,9 +261,13 @@ def prepare(
             raise UserError(f"{data}: no task {unknown[0]!r}; tasks are {', '.join(report.fmt.tasks)}")
         train_src = replace(train_src, fmt=replace(train_src.fmt, tasks=tuple(tasks)))
         val_src = replace(val_src, fmt=replace(val_src.fmt, tasks=tuple(tasks)))
-    train_src = replace(train_src, labeled_only=labeled_only, shuffle=tuple(shuffle_labels), seed=seed)
-    size = image_size or (report.fmt.shape[0] if report.fmt.shape else 64)
-    return Inputs(data, train_src, val_src, size)
+    train_src = replace(
+        train_src, labeled_only=labeled_only, shuffle=tuple(shuffle_labels), seed=cfg.seed, strict=cfg.strict
+    )
+    val_src = replace(val_src, strict=cfg.strict)
+    size, reason = (cfg.size(), "configured") if cfg.image_size else report.training_size()
+    check_model_config(cfg, len(train_src.fmt.tasks), size)
+    return Inputs(data, train_src, val_src, size, reason)
 
 
 def build_trainer(
@@ -268,17 +302,23 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
-        datasets={"train": dataset.read(inputs.train, inputs.size), "val": dataset.read(inputs.val, inputs.size)},
+        datasets={
+            "train": dataset.read(inputs.train, inputs.size, cfg.resize),
+            "val": dataset.read(inputs.val, inputs.size, cfg.resize),
+        },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
 
 
-def result_from_checkpoint(directory: str, *, name: str, location: str, seconds: float) -> TrainResult:
+def result_from_checkpoint(
+    directory: str, *, name: str, location: str, seconds: float, size_reason: str = "from the checkpoint"
+) -> TrainResult:
     """A `TrainResult` from a checkpoint directory's `meta.json`."""
     from mtl_ray.models import build
 
     meta = checkpoint.load_meta(directory)
     metrics = meta["metrics"]
+    size, resize = checkpoint.input_spec(meta)
     params = sum(p.numel() for p in build(meta["backbone"], len(meta["tasks"])).parameters())
     return TrainResult(
         name=name,
@@ -291,6 +331,8 @@ def result_from_checkpoint(directory: str, *, name: str, location: str, seconds:
         checkpoint=location,
         train_images_per_s=metrics["train_images_per_s"],
         seconds=seconds,
+        image={"size": list(size), "resize": resize, "why": size_reason},
+        skipped_images=metrics.get("skipped_images", 0),
         history=meta["history"],
     )
 
@@ -315,16 +357,7 @@ def fit(
     import ray
 
     cfg = config or TrainConfig()
-    inputs = prepare(
-        data,
-        val=val,
-        image_size=cfg.image_size,
-        tasks=tasks,
-        labeled_only=labeled_only,
-        shuffle_labels=shuffle_labels,
-        seed=cfg.seed,
-    )
-    check_model_config(cfg, len(inputs.train.fmt.tasks))
+    inputs = prepare(data, cfg, val=val, tasks=tasks, labeled_only=labeled_only, shuffle_labels=shuffle_labels)
     storage_dir, storage_fs, shown = run_storage(storage_path)
 
     ensure_ray()
@@ -332,9 +365,15 @@ def fit(
     run_name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = build_trainer(inputs, cfg, plan, name=run_name, storage_dir=storage_dir, storage_fs=storage_fs)
     started = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # a UserError raised in a worker or a Ray Data task arrives wrapped
+        raise user_error_in(exc) or exc from None
     seconds = time.perf_counter() - started
     if result.error:
-        raise result.error
+        raise user_error_in(result.error) or result.error
     with result.checkpoint.as_directory() as d:
-        return result_from_checkpoint(d, name=run_name, location=f"{shown}{result.checkpoint.path}", seconds=seconds)
+        location = f"{shown}{result.checkpoint.path}"
+        return result_from_checkpoint(
+            d, name=run_name, location=location, seconds=seconds, size_reason=inputs.size_reason
+        )

@@ -24,7 +24,15 @@ from ray.tune import Callback
 from mtl_ray import registry, tracking
 from mtl_ray.config import TrainConfig, TuneConfig, parse
 from mtl_ray.errors import UserError, describe
-from mtl_ray.runtime import ResourcePlan, check_model_config, configure_data, ensure_ray, plan_resources, run_storage
+from mtl_ray.runtime import (
+    ResourcePlan,
+    check_model_config,
+    configure_data,
+    ensure_ray,
+    plan_resources,
+    run_storage,
+    user_error_in,
+)
 from mtl_ray.text import number, table
 from mtl_ray.train import Inputs, build_trainer, prepare
 
@@ -32,7 +40,7 @@ REPORTED_METRICS = {"mean_auroc": "max", "train_loss": "min"}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 DRIVER_CPUS = 0.01  # a trial's driver only waits on its TorchTrainer; Tune refuses zero resources
 log = logging.getLogger(__name__)
-NOT_SEARCHABLE = ("epochs", "workers", "gpu", "cpus_per_worker", "num_to_keep", "max_failures", "image_size")
+NOT_SEARCHABLE = ("epochs", "workers", "gpu", "cpus_per_worker", "num_to_keep", "max_failures", "image_size", "strict")
 
 
 # ---- the search space ------------------------------------------------------------------------
@@ -67,8 +75,10 @@ def _candidates(key: str, value: Any, where: str) -> tuple[str, list[Any]]:
     raise UserError(f"{where}: expected a list of values or one of {{{': [..]}, {'.join(DISTRIBUTIONS)}: [..]}}")
 
 
-def check_search(cfg: TuneConfig, num_tasks: int, source: str) -> dict[str, tuple[str, list[Any]]]:
-    """Every search key and value checked as a TrainConfig would check it, before Ray starts."""
+def check_search(
+    cfg: TuneConfig, num_tasks: int, source: str, size: tuple[int, int] | None = None
+) -> dict[str, tuple[str, list[Any]]]:
+    """Every search key and value checked as a TrainConfig would check it (at image `size`), before Ray starts."""
     if not cfg.search:
         raise UserError(f"{source}: search: empty search space; give at least one key, e.g. backbone: [xs, s]")
     searchable = [k for k in TrainConfig.model_fields if k not in NOT_SEARCHABLE]
@@ -89,7 +99,7 @@ def check_search(cfg: TuneConfig, num_tasks: int, source: str) -> dict[str, tupl
             form = "choice"
         for v in values:
             try:
-                check_model_config(parse(TrainConfig, {**base, key: v}, where), num_tasks)
+                check_model_config(parse(TrainConfig, {**base, key: v}, where), num_tasks, size)
             except UserError as exc:
                 raise UserError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
         forms[key] = (form, values)
@@ -325,17 +335,23 @@ def _summaries(results, cfg: TuneConfig, max_epochs: int, logger: TrialLogger, p
                 metric=m.get(cfg.metric),
                 checkpoint=f"{prefix}{ckpt}" if ckpt else None,
                 run_id=logger.run_ids.get(trial_id),
-                error=describe(r.error) if r.error else None,
+                error=_trial_error(r.error) if r.error else None,
             )
         )
     return out
+
+
+def _trial_error(error: BaseException) -> str:
+    """A failed trial's one line: the user's mistake it hit (a bad image, say), else the exception's."""
+    found = user_error_in(error)
+    return str(found) if found else describe(error)
 
 
 def _best(trials: list[TrialSummary], metric: str, mode: str) -> TrialSummary:
     scored = [t for t in trials if t.metric is not None and t.checkpoint]
     if not scored:
         errors = [f"{t.trial_id}: {t.error}" for t in trials if t.error]
-        raise UserError("tune: no trial reported " + metric + (f"; first failure: {errors[0]}" if errors else ""))
+        raise UserError(f"tune: no trial reported {metric}" + (f"; first failure: {errors[0]}" if errors else ""))
     return (max if mode == "max" else min)(scored, key=lambda t: t.metric)
 
 
@@ -361,9 +377,8 @@ def tune(
     mode = cfg.mode or REPORTED_METRICS.get(cfg.metric, "max")
     max_epochs = cfg.scheduler.max_epochs or cfg.train.epochs
     base = {**cfg.train.model_dump(), "epochs": max_epochs}
-    inputs = prepare(data, val=val, image_size=cfg.train.image_size, seed=cfg.train.seed)
-    forms = check_search(cfg, len(inputs.train.fmt.tasks), source)
-    check_model_config(cfg.train, len(inputs.train.fmt.tasks))
+    inputs = prepare(data, cfg.train, val=val)
+    forms = check_search(cfg, len(inputs.train.fmt.tasks), source, inputs.size)
     if cfg.registry.enabled:
         registry.check_name(cfg.registry.name)
         registry.check_name(cfg.registry.alias, "alias")

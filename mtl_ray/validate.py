@@ -18,12 +18,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mtl_ray.errors import UserError
+from mtl_ray.images import show_size
 from mtl_ray.shards import (
     SPLIT_COLUMN,
     SPLITS,
     UNASSIGNED,
+    Decoded,
     ShardFormat,
-    decode_images,
+    decode_column,
     image_bytes,
     labels_of,
     open_shard,
@@ -37,6 +39,8 @@ SAMPLE_ROWS = 16
 """Images decoded from the start of the first and of the last row group of each shard by default."""
 MIN_LABELS = 50
 """Fewer known labels than this for a task: too few to learn it or to measure it."""
+DEFAULT_SIZE = (64, 64)
+"""Training size (height, width) when the images come in several sizes and none is configured."""
 MAX_LABEL_RATIO = 20.0
 """Largest/smallest labeled count above this: the big task dominates an unweighted loss."""
 
@@ -73,6 +77,8 @@ class ValidationReport:
     tasks: dict[str, dict[str, int]] = field(default_factory=dict)
     splits: dict[str, dict] = field(default_factory=dict)
     decoded: int = 0
+    image_sizes: set[tuple[int, int]] = field(default_factory=set)
+    """(height, width) of the images decoded (EXIF orientation applied)."""
     ignored_files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -94,6 +100,15 @@ class ValidationReport:
         """Known labels per task in the rows of `split` (training rows include unassigned ones)."""
         members = [self.splits[s] for s in split_members(split) if s in self.splits]
         return {t: sum(m["tasks"][t]["labeled"] for m in members) for t in self.tasks}
+
+    def training_size(self) -> tuple[tuple[int, int], str]:
+        """The (height, width) to train at when none is configured, and why: the shards' size when
+        all images share one, else DEFAULT_SIZE (images are letterboxed to it by default)."""
+        if self.fmt is not None and self.fmt.shape:
+            return tuple(self.fmt.shape[:2]), "the shards' size"
+        if len(self.image_sizes) == 1:
+            return next(iter(self.image_sizes)), "the size of every image validation decoded"
+        return DEFAULT_SIZE, f"the default: images come in {len(self.image_sizes)} sizes"
 
     @property
     def usable(self) -> bool:
@@ -128,6 +143,7 @@ class ValidationReport:
             "splits": self.splits,
             "image": self.fmt.to_json()["image"] if self.fmt else None,
             "decoded": self.decoded,
+            "image_sizes": sorted(list(size) for size in self.image_sizes),
             "full": self.full,
             "ignored_files": len(self.ignored_files),
             "problems": list(self.problems),
@@ -140,6 +156,10 @@ class ValidationReport:
         if self.fmt:
             shape = "x".join(map(str, self.fmt.shape)) if self.fmt.shape else "any size"
             lines.append(f"image: column {self.fmt.image_column!r}, {self.fmt.encoding}, {shape}")
+            if not self.fmt.shape and self.image_sizes:
+                sizes = sorted(self.image_sizes)
+                shown = ", ".join(show_size(size) for size in sizes[:6]) + (", ..." if len(sizes) > 6 else "")
+                lines.append(f"decoded sizes (HxW): {shown}")
         how = "every image" if self.full else "a sample per shard; --full decodes every image"
         lines.append(f"decoded {self.decoded:,} images ({how})")
         if self.splits:
@@ -301,7 +321,8 @@ def _count_labels(
 
 
 def _check_images(report: ValidationReport, pf: pq.ParquetFile, fmt: ShardFormat, name: str) -> None:
-    """Decode the sample (or every image) one row group at a time; record the first bad row and a count."""
+    """Decode the sample (or every image) one row group at a time; record the first bad row, a count,
+    and the sizes the images come in."""
     starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
     groups = range(pf.num_row_groups) if report.full else sorted({0, pf.num_row_groups - 1})
     first_error, bad = None, 0
@@ -309,30 +330,23 @@ def _check_images(report: ValidationReport, pf: pq.ParquetFile, fmt: ShardFormat
         column = pf.read_row_group(g, columns=[fmt.image_column]).column(fmt.image_column)
         if not report.full:
             column = column.slice(0, SAMPLE_ROWS)
-        first, count = _decode_errors(column, fmt, name, int(starts[g]))
+        for i, decoded in enumerate(_decode_each(column, fmt)):
+            if decoded.first:
+                first_error = first_error or f"{name}: row {int(starts[g]) + i + decoded.first[0]}: {decoded.first[1]}"
+                bad += int(decoded.bad.sum())
+            if len(decoded.images) > int(decoded.bad.sum()):
+                report.image_sizes.add(tuple(decoded.images.shape[1:3]))
         report.decoded += len(column)
-        bad += count
-        first_error = first_error or first
     if first_error:
         report.problems.append(first_error + (f" (and {bad - 1} more bad images in this shard)" if bad > 1 else ""))
 
 
-def _decode_errors(column: pa.ChunkedArray, fmt: ShardFormat, name: str, row_offset: int) -> tuple[str | None, int]:
-    """The first undecodable image's message and how many there are. Raw pixels are one batch (only nulls fail)."""
+def _decode_each(column: pa.ChunkedArray, fmt: ShardFormat) -> list[Decoded]:
+    """Raw pixels as one batch (only nulls fail); encoded images one at a time, since sizes may differ."""
     arr = image_bytes(column)
     if fmt.encoding == "raw":
-        try:
-            decode_images(arr, fmt, where=name, row_offset=row_offset)
-            return None, 0
-        except UserError as exc:
-            return str(exc), arr.null_count
-    first, bad = None, 0
-    for i in range(len(arr)):
-        try:
-            decode_images(arr.slice(i, 1), fmt, where=name, row_offset=row_offset + i)
-        except UserError as exc:
-            first, bad = first or str(exc), bad + 1
-    return first, bad
+        return [decode_column(arr, fmt)]
+    return [decode_column(arr.slice(i, 1), fmt) for i in range(len(arr))]
 
 
 def _ordered_splits(split_counts: dict[str, dict]) -> dict[str, dict]:

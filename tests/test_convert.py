@@ -141,7 +141,7 @@ def test_mixed_sizes_png_have_no_shape(tmp_path):
 def test_raw_needs_one_size(cli, tmp_path):
     src = image_folder(tmp_path / "imgs", LABELS_CSV, sizes={"a": (20, 10)})
     err = failing(cli, src, tmp_path / "out", "--labels-csv", src / "labels.csv", "--encoding", "raw")
-    assert "--image-size" in err and "20x10" in err
+    assert "--image-size" in err and "10x20" in err
 
 
 def test_folder_jsonl_labels(tmp_path):
@@ -409,3 +409,60 @@ def test_missing_output_bucket(cli, s3, tmp_path):
     src = image_folder(tmp_path / "imgs", LABELS_CSV)
     err = failing(cli, src, "s3://no-such-bucket-here/out", "--labels-csv", src / "labels.csv")
     assert "no-such-bucket-here" in err
+
+
+def test_camera_folder_converts_upright_and_at_full_depth(tmp_path):
+    """Phone portraits stored sideways come out upright, 16-bit scans at their real brightness:
+    each converted image is what a viewer shows (JPEG re-encoding aside: compared within a tolerance)."""
+    from realdata import camera_folder
+
+    photos, made = camera_folder(tmp_path / "photos", 12)
+    result = convert(str(photos), str(tmp_path / "out"), labels_csv=str(photos / "labels.csv"))
+    assert result.rows == 12 and result.shape is None  # three sizes: 90x160, 160x90, 120x120 (HxW)
+    back = read_back(str(tmp_path / "out"))
+    by_name = dict(zip(back["ids"], back["images"], strict=True))
+    for item in made:
+        got = by_name[item["file"]].astype(int)
+        assert got.shape == item["shown"].shape, item["file"]
+        assert np.abs(got - item["shown"]).mean() < 6, (item["kind"], np.abs(got - item["shown"]).mean())
+
+
+def test_val_fraction_splits_by_row_id_and_keeps_rows_where_they_were(cli, tmp_path):
+    from realdata import camera_folder
+
+    photos, _ = camera_folder(tmp_path / "photos", 60)
+    first = cli(
+        "data",
+        "convert",
+        photos,
+        tmp_path / "a",
+        "--labels-csv",
+        photos / "labels.csv",
+        "--image-size",
+        16,
+        "--val-fraction",
+        0.25,
+        "--json",
+        "-",
+    )
+    assert first.code == 0, first.err
+    assert first.json()["splits"]["train"] + first.json()["splits"]["val"] == 60 and first.json()["splits"]["val"] > 5
+    split_a = dict(zip(read_back(str(tmp_path / "a"))["ids"], read_back(str(tmp_path / "a"))["splits"], strict=True))
+    lines = (photos / "labels.csv").read_text().splitlines()
+    (photos / "fewer.csv").write_text("\n".join(lines[:41]) + "\n")  # the first 40 images only
+    again = convert(
+        str(photos), str(tmp_path / "b"), labels_csv=str(photos / "fewer.csv"), image_size=16, val_fraction=0.25
+    )
+    back = read_back(str(tmp_path / "b"))
+    assert again.rows == 40 and all(split_a[i] == s for i, s in zip(back["ids"], back["splits"], strict=True))
+
+
+def test_a_conversion_without_val_rows_says_how_to_get_them(cli, tmp_path):
+    src = image_folder(tmp_path / "imgs", "file,car\na.png,1\nb.png,0\nc.png,1\n")
+    res = cli("data", "convert", src, tmp_path / "out", "--labels-csv", src / "labels.csv")
+    assert res.code == 0, res.err
+    assert "splits: unassigned 3" in res.out and "no val rows" in res.out and "--val-fraction 0.2" in res.out
+    assert (
+        "--val-fraction"
+        in cli("data", "convert", src, tmp_path / "o2", "--labels-csv", src / "labels.csv", "--val-fraction", 1.5).err
+    )

@@ -34,10 +34,32 @@ def test_builds_and_returns_one_logit_per_task(backbone, num_tasks):
     assert model.heads(torch.zeros(1, model.feature_dim)).shape == (1, num_tasks)
 
 
-def test_other_image_sizes_work():
-    model = models.build("s", 2).eval()
-    with torch.no_grad():
-        assert model(models.to_input(images(2, size=96))).shape == (2, 2)
+@pytest.mark.parametrize("backbone", models.available())
+def test_every_backbone_trains_at_odd_and_non_square_sizes_from_its_minimum(backbone):
+    """Odd sides once broke the own family (strided conv rounds up, the skip's pool rounded down)."""
+    least = models.min_image_side(backbone)
+    model = models.build(backbone, 3).train()
+    for height, width in [(least, least), (28, 56), (36, 36), (75, 100), (96, 160), (least + 1, 2 * least + 3)]:
+        if min(height, width) < least:
+            continue
+        x = torch.randint(0, 256, (2, height, width, 3), dtype=torch.uint8)
+        out = model(models.to_input(x))
+        assert out.shape == (2, 3), (height, width)
+        out.sum().backward()
+
+
+def test_image_size_below_the_backbones_minimum_is_one_line_before_ray():
+    from mtl_ray.config import TrainConfig
+    from mtl_ray.runtime import check_model_config
+
+    least = models.min_image_side("s")
+    check_model_config(TrainConfig(backbone="s"), 4, (least, 3 * least))
+    with pytest.raises(UserError) as caught:
+        check_model_config(TrainConfig(backbone="s", image_size=[least - 1, 64]), 4)
+    assert str(caught.value) == (
+        f"image size {least - 1}x64 (HxW) is below backbone 's''s minimum of {least} px "
+        f"per side: set image_size to at least {least}"
+    )
 
 
 def test_parameter_counts_strictly_increase():

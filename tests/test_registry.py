@@ -27,8 +27,9 @@ TASKS = ["pedestrian", "car", "stop_sign", "traffic_light"]
 SIZE = 32
 
 
-def make_checkpoint(directory, mean_auroc: float, seed: int) -> torch.nn.Module:
-    """A real checkpoint of an untrained xs network, with `mean_auroc` as its validation score."""
+def make_checkpoint(directory, mean_auroc: float, seed: int, image: dict | None = None) -> torch.nn.Module:
+    """A real checkpoint of an untrained xs network, with `mean_auroc` as its validation score; `image`
+    is its meta's image entry (default: the one-side form of checkpoints made before [H, W] sizes)."""
     directory.mkdir(parents=True)
     torch.manual_seed(seed)
     model = build("xs", len(TASKS))
@@ -38,7 +39,7 @@ def make_checkpoint(directory, mean_auroc: float, seed: int) -> torch.nn.Module:
         "tasks": TASKS,
         "backbone": "xs",
         "config": TrainConfig(backbone="xs").model_dump(),
-        "image": {"size": SIZE, "channels": 3},
+        "image": image or {"size": SIZE, "channels": 3},
         "metrics": {
             "mean_auroc": mean_auroc,
             "train_images_per_s": 1.0,
@@ -53,7 +54,7 @@ def make_checkpoint(directory, mean_auroc: float, seed: int) -> torch.nn.Module:
 
 
 def own_probabilities(model: torch.nn.Module, encoded: list[bytes], size: int = SIZE) -> np.ndarray:
-    images = np.stack([decode_image(b, size=size) for b in encoded])
+    images = np.stack([decode_image(b, size=(size, size)) for b in encoded])
     with torch.no_grad():
         return torch.sigmoid(model(to_input(torch.from_numpy(images)))).double().numpy()
 
@@ -264,3 +265,24 @@ def test_a_model_saved_before_the_rename_predicts_with_its_own_code_and_with_tod
     assert today.code == 0, today.err
     probs = [[row[t] for t in expected["tasks"]] for row in today.json()["predictions"]]
     np.testing.assert_allclose(probs, expected["probabilities"], atol=1e-6)
+
+
+def test_the_registered_model_letterboxes_as_its_training_run_did(cli, local_mlflow, tmp_path, images):
+    """A model trained at 28x56 (HxW) with letterbox: predict brings any image there the same way."""
+    from mtl_ray.images import fit, read_image
+
+    image = {"size": [28, 56], "channels": 3, "resize": "letterbox"}
+    model = make_checkpoint(tmp_path / "c", 0.7, seed=9, image=image)
+    assert cli("register", "--checkpoint", tmp_path / "c").code == 0
+    encoded, paths = images  # 40x40 images
+    out = cli("predict", "--model", "models:/mtl-ray@champion", *paths, "--json", "-")
+    assert out.code == 0, out.err
+    probs = np.array([[row[t] for t in TASKS] for row in out.json()["predictions"]])
+    boxed = np.stack([fit(read_image(b), (28, 56), "letterbox") for b in encoded])
+    with torch.no_grad():
+        want = torch.sigmoid(model(to_input(torch.from_numpy(boxed)))).double().numpy()
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+    squashed = np.stack([read_image(b, size=(28, 56), resize="squash") for b in encoded])
+    with torch.no_grad():
+        other = torch.sigmoid(model(to_input(torch.from_numpy(squashed)))).double().numpy()
+    assert np.abs(other - want).max() > 1e-4  # the resize mode matters, so the check above could fail

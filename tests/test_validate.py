@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from mtl_ray.errors import UserError
 from mtl_ray.shards import ShardFormat, ShardWriter, encode_images, make_table
@@ -353,3 +354,23 @@ def test_s3_round_trip(cli, s3):
         f"s3://{bucket}/prefix/part-1.parquet",
     ]
     assert report.paths == [f"{bucket}/prefix/part-0.parquet", f"{bucket}/prefix/part-1.parquet"]
+
+
+def test_training_size_is_the_images_own_when_they_share_one(tmp_path):
+    from realdata import hf_gray_export
+
+    from mtl_ray.convert import convert
+
+    hf_gray_export(tmp_path / "hf" / "x.parquet", 40)
+    report = validate(str(tmp_path / "hf"))
+    assert report.fmt.shape is None and report.image_sizes == {(28, 56)}
+    assert report.training_size() == ((28, 56), "the size of every image validation decoded")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i, size in enumerate([(20, 10), (10, 20)]):
+        Image.new("RGB", size, (i * 90, 0, 0)).save(mixed / f"{i}.png")
+    (mixed / "labels.csv").write_text("file,a\n0.png,1\n1.png,0\n")
+    convert(str(mixed), str(tmp_path / "m"), labels_csv=str(mixed / "labels.csv"))
+    report = validate(str(tmp_path / "m"))
+    assert report.image_sizes == {(10, 20), (20, 10)}
+    assert report.training_size() == ((64, 64), "the default: images come in 2 sizes")
