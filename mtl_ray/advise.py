@@ -1,7 +1,12 @@
 """`mtl-ray advise`: the three conditions under which multi-task learning pays off, measured.
 
-1. **shared_features** — tasks share low-level features: after a short multi-task probe, the
-   cosine between the tasks' gradients on the shared trunk (positive: they pull it the same way).
+1. **shared_features** — the other tasks teach features the task you care about can use: a trunk
+   trained on the other tasks only, then a logistic-regression probe on that task's own labels
+   (over the pooled output of every stage of the trunk), against a single-task network trained on
+   the same labels for as many steps. "yes" when the probe wins: what the other tasks learned is
+   worth more to this task than its own labels can teach, which is what Caruana's shuffle control
+   in `mtl-ray compare` then confirms. The cosine between the tasks' gradients on the shared trunk
+   is a second, cheaper reading (positive: they pull it the same way).
 2. **data_amounts** — the other tasks together hold much more data than the task you care about:
    labeled counts per task and how many labels the other tasks add (from the validator's table).
 3. **capacity** — the shared network must be big enough: for the task with the fewest labels,
@@ -22,27 +27,31 @@ import torch
 
 from mtl_ray.errors import UserError
 from mtl_ray.losses import task_terms
-from mtl_ray.metrics import evaluate
-from mtl_ray.models import build
+from mtl_ray.metrics import evaluate, task_metrics
+from mtl_ray.models import build, to_input
 from mtl_ray.shards import SPLIT_COLUMN, decode_column, labels_of, open_shard, split_mask
 from mtl_ray.step import train_step
 from mtl_ray.text import number
 from mtl_ray.validate import ValidationReport, validate
 from mtl_ray.weighting import get as get_weighting
 
-PROBE_ROWS = 1024
-PROBE_STEPS = 60
+PROBE_ROWS = 2048
+PROBE_STEPS = 300
 PROBE_BATCH = 32
+PROBE_BACKBONE = "s"
 SMALL, BIG = "xs", "m"
 MANY_MORE = 5.0
 """Other tasks' labels per own label from which the data-amount condition holds."""
+PROBE_MARGIN = 0.01
+"""AUROC by which the probe must beat the single-task network for a "yes" ("weak" within 0.02 below)."""
 
 
 def load_sample(
-    report: ValidationReport, split: str, rows: int, size: tuple[int, int]
+    report: ValidationReport, split: str, rows: int, size: tuple[int, int], labeled: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `rows` rows of one split (training rows include unassigned ones) as uint8 images at `size`
-    (letterboxed) and labels; rows whose image cannot be read are left out, as training leaves them."""
+    (letterboxed) and labels, only rows where task `labeled` is known if given; rows whose image
+    cannot be read are left out, as training leaves them."""
     fmt = report.fmt
     images, labels, have = [], [], 0
     for shard in report.shards:
@@ -52,6 +61,8 @@ def load_sample(
         for batch in pf.iter_batches(batch_size=256, columns=columns):
             if SPLIT_COLUMN in names:
                 batch = batch.filter(split_mask(batch.column(SPLIT_COLUMN), split))
+            if labeled is not None:
+                batch = batch.filter(batch.column(labeled).is_valid())
             if batch.num_rows == 0:
                 continue
             decoded = decode_column(batch.column(fmt.image_column), fmt, size)
@@ -68,7 +79,8 @@ def load_sample(
 
 
 def probe_fit(backbone: str, images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int = 0) -> torch.nn.Module:
-    """A few steps of plain in-process training (equal weighting) on rows with any known label."""
+    """A few hundred steps of plain in-process training (equal weighting, `sqrt` reduction) on the
+    rows with any known label."""
     torch.manual_seed(seed)
     rows = ~torch.isnan(labels).all(dim=1)
     images, labels = images[rows], labels[rows]
@@ -79,13 +91,11 @@ def probe_fit(backbone: str, images: torch.Tensor, labels: torch.Tensor, steps: 
     model.train()
     for step in range(steps):
         idx = order[(step * PROBE_BATCH) % len(order) :][:PROBE_BATCH]
-        train_step(model, optimizer, weighting, images[idx], labels[idx], torch.device("cpu"), "per_task")
+        train_step(model, optimizer, weighting, images[idx], labels[idx], torch.device("cpu"), "sqrt")
     return model.eval()
 
 
 def _auroc(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, column: int) -> float | None:
-    from mtl_ray.models import to_input
-
     with torch.no_grad():
         probs = torch.sigmoid(model(to_input(images, channels_last=True))).numpy()
     return evaluate(probs[:, [column]], labels[:, [column]].numpy(), ["t"])["t"]["auroc"]
@@ -95,8 +105,6 @@ def gradient_cosines(
     model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tasks: list[str]
 ) -> dict[str, float]:
     """Pairwise cosine of per-task gradients on the shared trunk, for tasks with known labels."""
-    from mtl_ray.models import to_input
-
     shared = [p for p in model.shared_parameters() if p.requires_grad]
     terms = task_terms(model(to_input(images, channels_last=True)), labels, "per_task")
     known = (~torch.isnan(labels)).any(dim=0)
@@ -111,6 +119,48 @@ def gradient_cosines(
         f"{a}~{b}": float(torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0))
         for a, b in itertools.combinations(grads, 2)
     }
+
+
+def stage_features(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """The pooled output of every stage of the trunk, concatenated: [N, Σ stage widths].
+
+    Late stages alone hold what the trunk's own tasks needed; earlier ones keep the general parts
+    (edges, colours, lamps) another task can build on.
+    """
+    pooled: list[torch.Tensor] = []
+    hooks = [s.register_forward_hook(lambda m, i, out: pooled.append(out.mean(dim=(2, 3)))) for s in model.stages()]
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), 256):
+                pooled.clear()
+                model.trunk(to_input(images[start : start + 256], channels_last=True))
+                out.append(torch.cat(pooled, dim=1).numpy())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return np.concatenate(out)
+
+
+def linear_probe(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
+) -> float | None:
+    """Validation AUROC of a logistic regression on `stage_features`, fitted on the known `labels` [N]."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    known = ~torch.isnan(labels)
+    y = labels[known].numpy().astype(int)
+    if len(set(y.tolist())) < 2:
+        return None
+    scaler = StandardScaler().fit(stage_features(model, images[known]))
+    fitted = LogisticRegression(C=0.1, max_iter=3000).fit(scaler.transform(stage_features(model, images[known])), y)
+    scores = fitted.predict_proba(scaler.transform(stage_features(model, val_images)))[:, 1]
+    return task_metrics(scores, val_labels.numpy().astype(np.float64))["auroc"]
 
 
 def data_amounts(labeled: dict[str, int]) -> dict[str, dict]:
@@ -150,45 +200,76 @@ def advise(
     size = size or report.training_size()[0]
     labeled = report.labeled_in("train")
     focus = min(labeled, key=labeled.get)
+    j = tasks.index(focus)
+    others = [k for k in range(len(tasks)) if k != j]
 
     amounts = data_amounts(labeled)
     ratio = amounts[focus]["ratio"] or 0.0
     data_verdict = "yes" if ratio >= MANY_MORE else "weak" if ratio >= 1 else "no"
 
     images, labels = load_sample(report, "train", rows, size)
+    focus_images, focus_labels = load_sample(report, "train", rows, size, labeled=focus)
     val_split = "val" if report.rows_in("val") else "train"
     val_images, val_labels = load_sample(report, val_split, rows // 2, size)
-    probe = probe_fit(SMALL, images, labels, steps)
-    cosines = gradient_cosines(probe, val_images[:256], val_labels[:256], tasks)
-    mean_cos = float(np.mean(list(cosines.values()))) if cosines else 0.0
-    shared_verdict = "yes" if mean_cos > 0.05 else "weak" if mean_cos > -0.05 else "no"
 
-    j = tasks.index(focus)
+    trunk = probe_fit(PROBE_BACKBONE, images, labels[:, others], steps)
+    probe_auroc = linear_probe(trunk, focus_images, focus_labels[:, j], val_images, val_labels[:, j])
+    alone = _auroc(probe_fit(PROBE_BACKBONE, focus_images, focus_labels[:, [j]], steps), val_images, val_labels, j)
+    if probe_auroc is None or alone is None:
+        shared_verdict = "weak"
+    else:
+        shared_verdict = (
+            "yes"
+            if probe_auroc >= alone + PROBE_MARGIN
+            else "weak"
+            if probe_auroc >= alone - 2 * PROBE_MARGIN
+            else "no"
+        )
+    multi = probe_fit(SMALL, images, labels, steps)
+    cosines = gradient_cosines(multi, val_images[:256], val_labels[:256], tasks)
+    mean_cos = float(np.mean(list(cosines.values()))) if cosines else 0.0
+
     gaps = {}
     for backbone in (SMALL, BIG):
-        mtl = _auroc(probe_fit(backbone, images, labels, steps), val_images, val_labels, j)
-        stl = _auroc(probe_fit(backbone, images, labels[:, [j]], steps), val_images, val_labels[:, [j]], 0)
+        mtl = _auroc(
+            multi if backbone == SMALL else probe_fit(backbone, images, labels, steps), val_images, val_labels, j
+        )
+        stl = _auroc(probe_fit(backbone, focus_images, focus_labels[:, [j]], steps), val_images, val_labels, j)
         gaps[backbone] = {"mtl_auroc": mtl, "stl_auroc": stl, "gap": None if mtl is None or stl is None else mtl - stl}
     small_gap, big_gap = gaps[SMALL]["gap"], gaps[BIG]["gap"]
     capacity_verdict = "yes" if small_gap is not None and big_gap is not None and big_gap > small_gap + 0.01 else "no"
 
+    probe_summary = (
+        f"{focus}: a linear probe on a trunk trained on the other tasks scores AUROC "
+        f"{number(probe_auroc)} with its {int((~torch.isnan(focus_labels[:, j])).sum())} labels, a "
+        f"single-task network {number(alone)}; gradient cosine between tasks {mean_cos:+.3f}"
+    )
     conditions = {
         "shared_features": {
             "verdict": shared_verdict,
-            "evidence": {"mean_cosine": mean_cos, "pairs": cosines},
-            "summary": f"mean gradient cosine between tasks on the shared trunk {mean_cos:+.3f}",
+            "evidence": {
+                "focus": focus,
+                "probe_auroc": probe_auroc,
+                "stl_auroc": alone,
+                "labels": int((~torch.isnan(focus_labels[:, j])).sum()),
+                "backbone": PROBE_BACKBONE,
+                "steps": steps,
+                "mean_cosine": mean_cos,
+                "pairs": cosines,
+            },
+            "summary": probe_summary,
         },
         "data_amounts": {
             "verdict": data_verdict,
             "evidence": {"focus": focus, "tasks": amounts},
             "summary": f"{focus} has {labeled[focus]:,} labels; the other tasks add "
-            "{amounts[focus]['others_labeled']:,} ({ratio:.1f}x)",
+            f"{amounts[focus]['others_labeled']:,} ({ratio:.1f}x)",
         },
         "capacity": {
             "verdict": capacity_verdict,
             "evidence": {"focus": focus, "probes": gaps, "steps": steps},
             "summary": f"{focus}: multi-task minus single-task AUROC {number(small_gap, '+.3f')} with {SMALL}, "
-            "{number(big_gap, '+.3f')} with {BIG}",
+            f"{number(big_gap, '+.3f')} with {BIG}",
         },
     }
     return Advice(conditions, _recommend(shared_verdict, data_verdict, capacity_verdict, focus))
@@ -196,7 +277,10 @@ def advise(
 
 def _recommend(shared: str, amounts: str, capacity: str, focus: str) -> str:
     if shared == "no":
-        return "tasks pull the shared trunk apart: train separate networks, or check with mtl-ray compare"
+        return (
+            f"the other tasks teach {focus} less than its own labels do: expect little from sharing; "
+            "train separate networks, or check with mtl-ray compare --control shuffle"
+        )
     if amounts == "no":
         return (
             f"{focus} already has as many labels as the other tasks together: expect little from sharing; "

@@ -151,6 +151,7 @@ def _cmd_compare(args: argparse.Namespace) -> Result:
         plots=args.plots,
         storage_path=args.storage,
         focus=args.focus,
+        seeds=args.seeds,
     )
 
 
@@ -374,6 +375,12 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
         "--focus", metavar="TASK", help="the task the shuffle control keeps (default: the one with the fewest labels)"
     )
     p.add_argument("--plots", metavar="DIR", help="write metrics.png, curves.png and task_weights.png here")
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="run each side N times (training seeds seed..seed+N-1) and report mean ± std",
+    )
 
     p = command(
         commands,

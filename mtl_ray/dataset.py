@@ -164,8 +164,9 @@ class DecodeToRaw:
         return batch.set_column(batch.schema.get_field_index(column), column, encode_images(decoded.images, self.out))
 
 
-def read(source: Source, size: Size, resize: str = "letterbox"):
-    """A Ray Dataset of `source`'s rows with raw images at `size` (height, width) and the task labels."""
+def read(source: Source, size: Size, resize: str = "letterbox", passes: int = 1):
+    """A Ray Dataset of `source`'s rows with raw images at `size` (height, width) and the task labels,
+    streamed `passes` times over (one epoch of a small training set made as long as a bigger one's)."""
     import ray.data
 
     columns = [source.fmt.image_column, *source.fmt.tasks] + ([SPLIT_COLUMN] if source.has_split_column else [])
@@ -177,7 +178,11 @@ def read(source: Source, size: Size, resize: str = "letterbox"):
         )
     if needs_decode(source.fmt, size):
         ds = ds.map_batches(DecodeToRaw(source, size, resize), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
-    return ds.drop_columns([PATH_COLUMN])
+    ds = ds.drop_columns([PATH_COLUMN])
+    if passes == 1:
+        return ds
+    ds = ds.materialize()  # a small subset read and decoded once, then streamed `passes` times from memory
+    return ds.union(*[ds] * (passes - 1))
 
 
 class ShardCollate(ArrowBatchCollateFn):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from mtl_ray.errors import UserError
 
-REDUCTIONS = ("seed", "labeled", "per_task")
+REDUCTIONS = ("seed", "labeled", "per_task", "sqrt")
 
 
 def _masked_terms(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,8 +45,12 @@ def task_terms(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "se
     `masked_bce(logits, targets, w, reduction) == (w * task_terms(logits, targets, reduction)).sum()`.
 
     Task j's term is the sum of its known BCE terms divided by the reduction's denominator: the
-    batch size m ("seed"), the number of known entries in the batch ("labeled"), or task j's own
-    number of known labels ("per_task"). A task with no known label gets 0 with zero gradient.
+    batch size m ("seed"), the number of known entries in the batch ("labeled"), task j's own
+    number of known labels nⱼ ("per_task"), or √(m·nⱼ) ("sqrt": the same as "seed" for a fully
+    labeled task, while a task labeled on a fraction f of the rows weighs 1/√f times more than under
+    "seed" — enough that a label-starved task shapes the shared trunk, without the 1/f of
+    "per_task", whose noisy few-label gradient drowns the other tasks). A task with no known label
+    gets 0 with zero gradient.
     Weighting methods (`mtl_ray.weighting`) combine these terms.
     """
     if reduction not in REDUCTIONS:
@@ -57,6 +61,8 @@ def task_terms(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "se
         return sums / max(bce.shape[0], 1)
     if reduction == "labeled":
         return sums / known.sum().clamp_min(1)
+    if reduction == "sqrt":
+        return sums / (known.sum(dim=0).clamp_min(1) * bce.shape[0]).sqrt()
     return sums / known.sum(dim=0).clamp_min(1)
 
 

@@ -73,6 +73,12 @@ class MultiTaskNet(nn.Module):
         """Parameters of the task heads."""
         return self.heads.parameters()
 
+    def stages(self) -> list[nn.Module]:
+        """The trunk's stages, whose outputs are its feature maps from fine to coarse: the residual
+        blocks of the own family, `layer1`…`layer4` of a torchvision ResNet."""
+        blocks = [m for m in self.trunk.modules() if isinstance(m, ResidualBlock)]
+        return blocks or [getattr(self.trunk, f"layer{i}") for i in range(1, 5)]
+
     def last_shared_layer(self) -> nn.Module:
         """The trunk's last conv/linear layer in module order, where GradNorm measures per-task
         gradient norms; for the own family and torchvision ResNets, the last block's final conv."""

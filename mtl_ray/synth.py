@@ -2,11 +2,18 @@
 
 Each image is a street (sky, road with a dashed lane mark, sidewalks, buildings, trees) with the
 four seed tasks `pedestrian, car, stop_sign, traffic_light`; a task's label says whether such an
-object is visible. Distractors share low-level features with the targets so that no task is
-trivial and the tasks share features: red round signs beside octagonal stop signs, bare poles
-beside pedestrians, lit windows and lamp posts beside traffic lights, car-coloured boxes and
-buildings beside cars. Objects shrink with distance and hide behind nearer objects or the image
-edge; an object counts as visible when at least `VISIBLE_FRACTION` of it shows.
+object is visible. Objects are built from shared parts, as in real streets, so that the tasks share
+low-level features by construction and distractors carry the parts alone:
+- a traffic light is a pole, a dark housing and one lit lamp; a car carries the same lit lamp in
+  the same housing as its tail-lamp cluster, and a trailer — a car without that cluster — is what
+  makes the car task learn it; a signal box is a traffic light with every lamp dark, a lamp post a
+  pole with a lamp but no housing, and lit windows are lamps in walls;
+- a stop sign is a pole and a red octagon, beside red round signs on the same poles;
+- pedestrians stand beside bare poles, cars beside car-coloured boxes and buildings.
+So with few traffic-light labels of its own, a network still has the lamp-in-housing feature that
+thousands of car labels teach (docs/compare.md measures this). Objects shrink with distance and
+hide behind nearer objects or the image edge; an object counts as visible when at least
+`VISIBLE_FRACTION` of it shows.
 
 Speed comes from painting palette indices, not colours, a batch of scenes at a time with no
 per-pixel or per-object numpy calls: object parameters are drawn per kind for the whole batch,
@@ -46,7 +53,7 @@ MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 512
 VISIBLE_FRACTION = 0.4
 
-PED, CAR, STOP, LIGHT, ROUND_SIGN, POLE, LAMP_POST, BUILDING, TREE, BOX = range(10)
+PED, CAR, STOP, LIGHT, ROUND_SIGN, POLE, LAMP_POST, BUILDING, TREE, BOX, TRAILER, SIGNAL_BOX = range(12)
 _SEED_KINDS = (PED, CAR, STOP, LIGHT)
 _DISTRACTORS = (
     ("red_round_sign", ROUND_SIGN),
@@ -55,6 +62,8 @@ _DISTRACTORS = (
     ("building", BUILDING),
     ("tree", TREE),
     ("box", BOX),
+    ("trailer", TRAILER),
+    ("signal_box", SIGNAL_BOX),
 )
 
 # Canvas entries: 8 sky bands, ground, sidewalk, road, lane mark, then one entry per object part.
@@ -64,9 +73,22 @@ _FIRST_PART = 12
 _PALETTE = 128
 _NOISE = np.arange(-7, 8, 2, dtype=np.float32)  # per-pixel brightness offsets, picked uniformly
 
-_KINDS = 10
+_KINDS = 12
 _MAX_PARTS = 6  # palette entries one object may take: a building's wall, windows and four lit windows
-_PARTS = {BUILDING: 2, TREE: 2, CAR: 3, PED: 3, STOP: 3, LIGHT: 4, ROUND_SIGN: 3, POLE: 1, LAMP_POST: 3, BOX: 2}
+_PARTS = {
+    BUILDING: 2,
+    TREE: 2,
+    CAR: 5,
+    PED: 3,
+    STOP: 3,
+    LIGHT: 4,
+    ROUND_SIGN: 3,
+    POLE: 1,
+    LAMP_POST: 3,
+    BOX: 2,
+    TRAILER: 3,
+    SIGNAL_BOX: 3,
+}
 
 
 def _table(*colours: tuple[int, int, int]) -> np.ndarray:
@@ -95,6 +117,8 @@ _WALLS = _table((150, 145, 140), (175, 150, 120), (120, 90, 75), (200, 190, 170)
 _LIT = _table((255, 225, 120), (255, 170, 40), (235, 45, 35), (70, 220, 100))
 _LEAVES = _table((50, 120, 45), (35, 95, 40), (90, 140, 50), (200, 95, 35))
 _SIGN_RED = (215, 30, 35)
+_HOUSING = (28, 28, 30)  # a traffic light's housing, its unlit twin and a car's tail-lamp cluster
+_UNLIT = (48, 48, 46)
 _WHITE = (238, 238, 235)
 
 
@@ -456,8 +480,16 @@ def _spawn_car(site: _Site, u: np.ndarray) -> _Spawned:
     colour = np.minimum((u[:, 0] * len(_CAR_COLOURS)).astype(np.intp), len(_CAR_COLOURS) - 1)
     w = _px(22 * site.s * site.f * (0.85 + 0.3 * u[:, 1]), 10)
     keys = list(zip(w.tolist(), (u[:, 2] < 0.5).astype(np.intp).tolist(), strict=True))
+    lamp = _LAMP_COLOURS[np.minimum((2 * u[:, 5]).astype(np.intp), 1)]  # brake red or indicator amber
     colours = np.stack(
-        [_shade(_CAR_COLOURS[colour], u[:, 3]), _fixed((55, 75, 100), len(u)), _fixed((25, 25, 25), len(u))], axis=1
+        [
+            _shade(_CAR_COLOURS[colour], u[:, 3]),
+            _fixed((55, 75, 100), len(u)),
+            _fixed((25, 25, 25), len(u)),
+            _fixed(_HOUSING, len(u)),
+            lamp,
+        ],
+        axis=1,
     )
     return _Spawned(_on_road(site, u[:, 4]), keys, colours, colour)
 
@@ -495,8 +527,8 @@ def _spawn_traffic_light(site: _Site, u: np.ndarray) -> _Spawned:
     w = _px(6 * site.s * site.f * (0.85 + 0.3 * u[:, 2]), 4)
     pole = np.round(w * (2.5 + 2.0 * u[:, 3])).astype(np.intp)
     lit = np.minimum((3 * u[:, 4]).astype(np.intp), 2)
-    box = _choose(np.array([(30, 30, 30), (45, 50, 35), (20, 22, 28)], dtype=np.float32), u[:, 5])
-    colours = np.stack([box, _fixed((70, 70, 62), len(u)), _LAMP_COLOURS[lit], _fixed((75, 78, 80), len(u))], axis=1)
+    housing, unlit, pole_colour = (_fixed(c, len(u)) for c in (_HOUSING, _UNLIT, (75, 78, 80)))
+    colours = np.stack([housing, unlit, _LAMP_COLOURS[lit], pole_colour], axis=1)
     return _Spawned(
         _kerb(site, u[:, 0], u[:, 1]), list(zip(w.tolist(), pole.tolist(), lit.tolist(), strict=True)), colours, lit
     )
@@ -525,6 +557,21 @@ def _spawn_lamp_post(site: _Site, u: np.ndarray) -> _Spawned:
     )
 
 
+def _spawn_trailer(site: _Site, u: np.ndarray) -> _Spawned:
+    """A car in every way but its tail-lamp cluster: only the cluster tells the car task which is which."""
+    spawned = _spawn_car(site, u)
+    return spawned._replace(colours=spawned.colours[:, :3], code=np.zeros(len(u), dtype=np.intp))
+
+
+def _spawn_signal_box(site: _Site, u: np.ndarray) -> _Spawned:
+    """A traffic light with every lamp dark: the housing on its pole, without a lit lamp."""
+    w = _px(6 * site.s * site.f * (0.85 + 0.3 * u[:, 2]), 4)
+    pole = np.round(w * (2.5 + 2.0 * u[:, 3])).astype(np.intp)
+    colours = np.stack([_fixed(c, len(u)) for c in (_HOUSING, _UNLIT, (75, 78, 80))], axis=1)
+    keys = list(zip(w.tolist(), pole.tolist(), strict=True))
+    return _Spawned(_kerb(site, u[:, 0], u[:, 1]), keys, colours, np.zeros(len(u), dtype=np.intp))
+
+
 def _spawn_box(site: _Site, u: np.ndarray) -> _Spawned:
     x = np.where(u[:, 0] < 0.7, _kerb(site, u[:, 1], u[:, 2]), _on_road(site, u[:, 3]))
     w = _px((12 + 12 * u[:, 4]) * site.s * site.f, 8)
@@ -548,6 +595,8 @@ _SPAWNS: tuple[
     (POLE, (0.45, 0.8), (0.05, 1.05), _spawn_pole),
     (LAMP_POST, (0.72,), (0.2, 1.05), _spawn_lamp_post),
     (BOX, (0.6, 0.9), (0.1, 1.05), _spawn_box),
+    (TRAILER, (0.7,), (0.08, 1.08), _spawn_trailer),
+    (SIGNAL_BOX, (0.7,), (0.25, 1.05), _spawn_signal_box),
 )
 _DRAWS = 20  # uniforms per object; the building spawner uses the most
 
@@ -747,7 +796,8 @@ def _pedestrian_sprite(h: int, striding: int) -> _Sprite:
 
 @cache
 def _car_sprite(w: int, hatchback: int) -> _Sprite:
-    """Body and cabin (1), windows (2), two wheels (3)."""
+    """Body and cabin (1), windows (2), two wheels (3), and at the rear the tail-lamp cluster: a small
+    traffic-light head, dark housing (4) with one lit lamp (5)."""
     wheel = max(3, round(0.24 * w))
     body = max(3, round(0.28 * w))
     cabin = max(3, round(0.2 * w))
@@ -763,7 +813,14 @@ def _car_sprite(w: int, hatchback: int) -> _Sprite:
     for centre in (round(0.22 * w), round(0.78 * w)):
         y0, x0 = height - wheel, max(0, min(w - wheel, centre - wheel // 2))
         parts[y0:height, x0 : x0 + wheel][disk] = 3
-    return _finish(parts, 3)
+    lamp = max(1, round(0.09 * w))
+    cluster_w, cluster_h = lamp + 2, 3 * lamp + 4
+    top = max(0, cabin + body - cluster_h)
+    parts[top : top + cluster_h, w - cluster_w : w] = 4
+    for k in range(3):
+        y = top + 1 + k * (lamp + 1)
+        parts[y : y + lamp, w - cluster_w + 1 : w - 1][_disk(lamp)] = 5 if k == 0 else 4
+    return _finish(parts, 5)
 
 
 @cache
@@ -803,6 +860,28 @@ def _light_sprite(w: int, pole: int, lit: int) -> _Sprite:
     for k in range(3):
         _centred(parts, disk, margin + k * (lamp + margin), 3 if k == lit else 2)
     return _finish(parts, 3)
+
+
+@cache
+def _trailer_sprite(w: int, hatchback: int) -> _Sprite:
+    """A car's body and cabin (1), windows (2) and wheels (3), without the tail-lamp cluster."""
+    car = _car_sprite(w, hatchback)
+    keep = car.pixels[2] <= 3
+    return car._replace(key_parts=3, area=int(np.count_nonzero(car.pixels[2][keep] <= 3)), pixels=car.pixels[:, keep])
+
+
+@cache
+def _signal_box_sprite(w: int, pole: int) -> _Sprite:
+    """A traffic light's dark housing (1) with unlit lamps (2), on a pole (3)."""
+    margin = max(1, round(0.15 * w))
+    lamp = w - 2 * margin
+    box = 3 * lamp + 4 * margin
+    parts = np.zeros((box + pole, w), dtype=np.uint8)
+    parts[:box] = 1
+    _bar(parts, box, box + pole, max(1, round(w / 3)), 3)
+    for k in range(3):
+        _centred(parts, _disk(lamp), margin + k * (lamp + margin), 2)
+    return _finish(parts, 2)
 
 
 @cache
@@ -867,6 +946,8 @@ _SPRITES: dict[int, Callable[..., _Sprite]] = {
     BUILDING: _building_sprite,
     TREE: _tree_sprite,
     BOX: _box_sprite,
+    TRAILER: _trailer_sprite,
+    SIGNAL_BOX: _signal_box_sprite,
 }
 
 

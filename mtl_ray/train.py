@@ -215,6 +215,12 @@ class Inputs:
     size: tuple[int, int]
     """(height, width) every image is brought to."""
     size_reason: str
+    train_rows: int
+    """Training rows one pass streams (for a `labeled_only` subset, those of its best-labeled task)."""
+
+    def passes(self, cfg: TrainConfig) -> int:
+        """Passes over the training rows per epoch: enough for `cfg.epoch_rows` rows, at least one."""
+        return max(1, round(cfg.epoch_rows / max(self.train_rows, 1))) if cfg.epoch_rows else 1
 
 
 def _select_sources(data: str, val: str | None, report: ValidationReport) -> tuple[dataset.Source, dataset.Source]:
@@ -267,7 +273,9 @@ def prepare(
     val_src = replace(val_src, strict=cfg.strict)
     size, reason = (cfg.size(), "configured") if cfg.image_size else report.training_size()
     check_model_config(cfg, len(train_src.fmt.tasks), size)
-    return Inputs(data, train_src, val_src, size, reason)
+    labeled = report.labeled_in("train")
+    rows = max(labeled[t] for t in train_src.fmt.tasks) if labeled_only else report.rows_in("train")
+    return Inputs(data, train_src, val_src, size, reason, rows)
 
 
 def build_trainer(
@@ -303,7 +311,7 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
         datasets={
-            "train": dataset.read(inputs.train, inputs.size, cfg.resize),
+            "train": dataset.read(inputs.train, inputs.size, cfg.resize, inputs.passes(cfg)),
             "val": dataset.read(inputs.val, inputs.size, cfg.resize),
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

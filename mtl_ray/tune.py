@@ -40,7 +40,17 @@ REPORTED_METRICS = {"mean_auroc": "max", "train_loss": "min"}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 DRIVER_CPUS = 0.01  # a trial's driver only waits on its TorchTrainer; Tune refuses zero resources
 log = logging.getLogger(__name__)
-NOT_SEARCHABLE = ("epochs", "workers", "gpu", "cpus_per_worker", "num_to_keep", "max_failures", "image_size", "strict")
+NOT_SEARCHABLE = (
+    "epochs",
+    "workers",
+    "gpu",
+    "cpus_per_worker",
+    "num_to_keep",
+    "max_failures",
+    "image_size",
+    "strict",
+    "epoch_rows",
+)
 
 
 # ---- the search space ------------------------------------------------------------------------

@@ -46,7 +46,13 @@ def test_advise_reports_three_conditions(cli, tmp_path):
     assert amounts["focus"] == "traffic_light"
     assert amounts["tasks"]["traffic_light"]["ratio"] > 5
     assert out["conditions"]["data_amounts"]["verdict"] == "yes"
-    assert len(out["conditions"]["shared_features"]["evidence"]["pairs"]) == 6
+    shared = out["conditions"]["shared_features"]["evidence"]
+    assert len(shared["pairs"]) == 6 and shared["focus"] == "traffic_light"
+    assert 0.0 <= shared["probe_auroc"] <= 1.0 and 0.0 <= shared["stl_auroc"] <= 1.0
+    assert shared["labels"] > 0
+    for condition in out["conditions"].values():
+        assert "{" not in condition["summary"], condition["summary"]  # every value filled in
+    assert f"{amounts['tasks']['traffic_light']['labeled']:,} labels" in out["conditions"]["data_amounts"]["summary"]
     assert set(out["conditions"]["capacity"]["evidence"]["probes"]) == {"xs", "m"}
     assert out["recommendation"]
 

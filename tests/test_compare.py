@@ -6,9 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mtl_ray.compare import delta_m
+from mtl_ray.compare import CompareResult, CompareRun, delta_m
 from mtl_ray.dataset import ShuffleLabels
 from mtl_ray.synth import synthesize
+from mtl_ray.train import TrainResult
 
 
 def test_delta_m_is_mean_relative_gain_in_percent():
@@ -113,3 +114,56 @@ def test_compare_rejects_unknown_focus(cli, tmp_path):
     synthesize(str(data), 60, seed=6)
     res = cli("compare", "--data", data, "--control", "shuffle", "--focus", "bicycle")
     assert res.code == 2 and "--focus 'bicycle'" in res.err
+
+
+def _result(name: str, aurocs: dict[str, float], seconds: float = 10.0) -> TrainResult:
+    val = {t: {"auroc": a, "accuracy": a, "f1": a, "n_labeled": 100} for t, a in aurocs.items()}
+    history = [{"epoch": 1, "val": val, "task_weights": {t: 1.0 for t in aurocs}}]
+    return TrainResult(
+        name=name,
+        tasks=list(aurocs),
+        params=1000,
+        epochs=1,
+        first_epoch=1,
+        val=val,
+        mean_auroc=None,
+        checkpoint=f"/ckpt/{name}",
+        train_images_per_s=1.0,
+        seconds=seconds,
+        history=history,
+    )
+
+
+def test_several_seeds_report_mean_and_std_of_each_number(tmp_path):
+    runs = []
+    for seed, (a_mtl, b_mtl, b_ctrl) in enumerate([(0.90, 0.80, 0.70), (0.80, 0.70, 0.64)]):
+        stl = {"a": _result("sa", {"a": 0.85}), "b": _result("sb", {"b": 0.60})}
+        runs.append(
+            CompareRun(seed, _result("m", {"a": a_mtl, "b": b_mtl}), stl, _result("c", {"a": 0.5, "b": b_ctrl}))
+        )
+    result = CompareResult(tasks=["a", "b"], runs=runs, focus="b")
+    out = result.to_json()
+    assert out["seeds"] == [0, 1]
+    assert out["mtl"]["a"]["auroc"] == pytest.approx(0.85) and out["mtl"]["a"]["auroc_std"] == pytest.approx(0.0707107)
+    assert out["stl"]["b"]["auroc"] == pytest.approx(0.60) and out["stl"]["b"]["auroc_std"] == pytest.approx(0.0)
+    per_seed = [
+        delta_m({"a": {"auroc": a}, "b": {"auroc": b}}, {"a": {"auroc": 0.85}, "b": {"auroc": 0.60}})
+        for a, b in [(0.90, 0.80), (0.80, 0.70)]
+    ]
+    assert out["delta_m_pct"] == pytest.approx(np.mean(per_seed))
+    assert out["delta_m_pct_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    focus = out["control"]["focus_auroc"]
+    assert focus["control"] == pytest.approx(0.67) and focus["control_std"] == pytest.approx(
+        np.std([0.70, 0.64], ddof=1)
+    )
+    assert focus["mtl"] == pytest.approx(0.75)
+    text = result.render()
+    assert "0.750 ± 0.071" in text and "over 2 seeds (mean ± std)" in text
+    assert len(result.write_plots(str(tmp_path))) == 3
+
+
+def test_one_seed_has_no_std_keys():
+    stl = {"a": _result("sa", {"a": 0.8}), "b": _result("sb", {"b": 0.7})}
+    out = CompareResult(tasks=["a", "b"], runs=[CompareRun(0, _result("m", {"a": 0.9, "b": 0.7}), stl)]).to_json()
+    assert "auroc_std" not in out["mtl"]["a"] and "delta_m_pct_std" not in out and "control" not in out
+    assert out["delta_m_pct"] == pytest.approx((0.1 / 0.8 * 100 + 0) / 2)

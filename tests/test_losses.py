@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtl_ray.errors import UserError
-from mtl_ray.losses import masked_bce, per_task_losses
+from mtl_ray.losses import masked_bce, per_task_losses, task_terms
 
 NAN = float("nan")
 LOGITS = [
@@ -46,7 +46,7 @@ def expected(reduction: str, weights: list[float]) -> float:
     for j in range(4):
         column = [b for (_, k), b in terms.items() if k == j]
         if column:
-            out += weights[j] * sum(column) / len(column)
+            out += weights[j] * sum(column) / (len(column) if reduction == "per_task" else math.sqrt(3 * len(column)))
     return out
 
 
@@ -54,9 +54,9 @@ def tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(LOGITS, requires_grad=True), torch.tensor(TARGETS)
 
 
-@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task"])
+@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task", "sqrt"])
 def test_matches_torch_bce_on_the_known_entries(reduction):
-    """The three reductions, rebuilt from torch's own BCE over the known entries only."""
+    """Every reduction, rebuilt from torch's own BCE over the known entries only."""
     logits, targets = tensors()
     known = ~torch.isnan(targets)
     terms = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known], reduction="none")
@@ -67,12 +67,16 @@ def test_matches_torch_bce_on_the_known_entries(reduction):
         want = (weights * terms).sum() / known.sum()
     else:
         columns = known.nonzero()[:, 1]
-        want = sum(WEIGHTS[j] * terms[columns == j].mean() for j in columns.unique().tolist())
+        per_task = [(WEIGHTS[j], terms[columns == j]) for j in columns.unique().tolist()]
+        if reduction == "per_task":
+            want = sum(w * t.mean() for w, t in per_task)
+        else:  # sqrt: each task's sum over the root of (batch size × its known labels)
+            want = sum(w * t.sum() / math.sqrt(logits.shape[0] * len(t)) for w, t in per_task)
     got = masked_bce(logits, targets, task_weights=WEIGHTS, reduction=reduction)
     assert got.item() == pytest.approx(float(want), rel=1e-6)
 
 
-@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task"])
+@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task", "sqrt"])
 @pytest.mark.parametrize("weights", [None, WEIGHTS])
 def test_matches_hand_computation(reduction, weights):
     logits, targets = tensors()
@@ -104,7 +108,7 @@ def test_seed_gradient_is_weighted_residual_over_m_and_zero_where_unknown():
     assert logits.grad[1, 1] == 0
 
 
-@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task"])
+@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task", "sqrt"])
 def test_all_unknown_column_gives_finite_zero_gradient(reduction):
     logits, targets = tensors()
     loss = masked_bce(logits, targets, task_weights=WEIGHTS, reduction=reduction)
@@ -114,7 +118,7 @@ def test_all_unknown_column_gives_finite_zero_gradient(reduction):
     assert torch.all(logits.grad[:, 2] == 0)
 
 
-@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task"])
+@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task", "sqrt"])
 def test_all_unknown_batch_is_zero_loss_and_zero_gradient(reduction):
     logits = torch.tensor(LOGITS, requires_grad=True)
     loss = masked_bce(logits, torch.full((3, 4), NAN), task_weights=WEIGHTS, reduction=reduction)
@@ -157,10 +161,10 @@ def test_bad_reduction_lists_valid_ones():
     logits, targets = tensors()
     with pytest.raises(UserError, match="mean") as err:
         masked_bce(logits, targets, reduction="mean")
-    assert "seed, labeled, per_task" in str(err.value)
+    assert "seed, labeled, per_task, sqrt" in str(err.value)
 
 
-@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task"])
+@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task", "sqrt"])
 @pytest.mark.parametrize("weights", [[1.0, 2.0, 3.0], [1.0] * 5, [[1.0] * 4]])
 def test_weights_of_wrong_length(reduction, weights):
     logits, targets = tensors()
@@ -173,10 +177,20 @@ def test_shape_mismatch_is_an_internal_error():
         masked_bce(torch.zeros(3, 4), torch.zeros(3, 5))
 
 
-@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task"])
+@pytest.mark.parametrize("reduction", ["seed", "labeled", "per_task", "sqrt"])
 def test_gradient_reaches_learnable_weights(reduction):
     logits, targets = tensors()
     weights = torch.tensor(WEIGHTS, requires_grad=True)
     masked_bce(logits, targets, task_weights=weights, reduction=reduction).backward()
     assert weights.grad[2] == 0
     assert torch.all(weights.grad[[0, 1, 3]] > 0)
+
+
+def test_sqrt_is_seed_for_a_fully_labeled_task_and_lifts_a_sparse_one_by_root_of_its_rate():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 2)
+    targets = (torch.rand(64, 2) < 0.5).float()
+    targets[16:, 1] = NAN  # task 1 labeled on a quarter of the rows
+    seed, sqrt = task_terms(logits, targets, "seed"), task_terms(logits, targets, "sqrt")
+    assert sqrt[0].item() == pytest.approx(seed[0].item(), rel=1e-6)
+    assert sqrt[1].item() == pytest.approx(seed[1].item() * 2, rel=1e-6)  # 1 / sqrt(1/4)
