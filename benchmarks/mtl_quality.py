@@ -9,7 +9,7 @@ as mean ± std.
 - `digits`: scikit-learn's handwritten digits in multi-label scenes, `has_3` labeled on 5 % of
   the training rows (benchmarks/digit_scenes.py).
 
-    python benchmarks/mtl_quality.py [--worlds synthetic,digits] [--seeds 3] [--n 4000] [--json FILE]
+    python benchmarks/mtl_quality.py [--worlds synthetic,digits] [--seeds 3] [--first-seed 0] [--n 4000] [--json FILE]
 
 About 15 minutes per world and seed on 2 CPU cores.
 """
@@ -73,6 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", default="synthetic,digits")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
@@ -81,7 +82,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for world in worlds:
             rows = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 data = make(world, os.path.join(tmp, f"{world}-{seed}"), args.n, seed)
                 started = time.perf_counter()
                 result = compare(

@@ -27,7 +27,7 @@ import torch
 
 from mtl_ray.errors import UserError
 from mtl_ray.losses import task_terms
-from mtl_ray.metrics import evaluate, task_metrics
+from mtl_ray.metrics import task_metrics
 from mtl_ray.models import build, to_input
 from mtl_ray.shards import SPLIT_COLUMN, decode_column, labels_of, open_shard, split_mask
 from mtl_ray.step import train_step
@@ -95,10 +95,11 @@ def probe_fit(backbone: str, images: torch.Tensor, labels: torch.Tensor, steps: 
     return model.eval()
 
 
-def _auroc(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, column: int) -> float | None:
+def _auroc(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, output: int = 0) -> float | None:
+    """AUROC of the model's `output` column against `labels` [N] (NaN = unknown)."""
     with torch.no_grad():
-        probs = torch.sigmoid(model(to_input(images, channels_last=True))).numpy()
-    return evaluate(probs[:, [column]], labels[:, [column]].numpy(), ["t"])["t"]["auroc"]
+        scores = torch.sigmoid(model(to_input(images, channels_last=True)))[:, output].numpy()
+    return task_metrics(scores, labels.numpy().astype(np.float64))["auroc"]
 
 
 def gradient_cosines(
@@ -214,7 +215,7 @@ def advise(
 
     trunk = probe_fit(PROBE_BACKBONE, images, labels[:, others], steps)
     probe_auroc = linear_probe(trunk, focus_images, focus_labels[:, j], val_images, val_labels[:, j])
-    alone = _auroc(probe_fit(PROBE_BACKBONE, focus_images, focus_labels[:, [j]], steps), val_images, val_labels, j)
+    alone = _auroc(probe_fit(PROBE_BACKBONE, focus_images, focus_labels[:, [j]], steps), val_images, val_labels[:, j])
     if probe_auroc is None or alone is None:
         shared_verdict = "weak"
     else:
@@ -232,9 +233,9 @@ def advise(
     gaps = {}
     for backbone in (SMALL, BIG):
         mtl = _auroc(
-            multi if backbone == SMALL else probe_fit(backbone, images, labels, steps), val_images, val_labels, j
+            multi if backbone == SMALL else probe_fit(backbone, images, labels, steps), val_images, val_labels[:, j], j
         )
-        stl = _auroc(probe_fit(backbone, focus_images, focus_labels[:, [j]], steps), val_images, val_labels, j)
+        stl = _auroc(probe_fit(backbone, focus_images, focus_labels[:, [j]], steps), val_images, val_labels[:, j])
         gaps[backbone] = {"mtl_auroc": mtl, "stl_auroc": stl, "gap": None if mtl is None or stl is None else mtl - stl}
     small_gap, big_gap = gaps[SMALL]["gap"], gaps[BIG]["gap"]
     capacity_verdict = "yes" if small_gap is not None and big_gap is not None and big_gap > small_gap + 0.01 else "no"

@@ -58,6 +58,15 @@ def _image_size(text: str) -> int | tuple[int, int]:
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
+def _label_budgets(text: str) -> list[int | str]:
+    from mtl_ray.transfer import parse_labels
+
+    try:
+        return parse_labels(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -125,6 +134,7 @@ def _train_config(args: argparse.Namespace):
     overrides = {
         "image_size": args.image_size,
         "strict": args.strict or None,
+        "init": args.init,
         "backbone": args.backbone,
         "epochs": args.epochs,
         "workers": args.workers,
@@ -146,7 +156,7 @@ def _cmd_compare(args: argparse.Namespace) -> Result:
     return compare(
         args.data,
         val=args.val,
-        config=_train_config(args),
+        config=_train_config(args).model_copy(update={"init": None}),  # transfer trains with and without it
         control=args.control,
         plots=args.plots,
         storage_path=args.storage,
@@ -159,6 +169,21 @@ def _cmd_advise(args: argparse.Namespace) -> Result:
     from mtl_ray.advise import advise
 
     return advise(args.data, rows=args.rows, steps=args.steps)
+
+
+def _cmd_transfer(args: argparse.Namespace) -> Result:
+    from mtl_ray.transfer import transfer
+
+    return transfer(
+        args.data,
+        args.init,
+        labels=args.labels,
+        seeds=args.seeds,
+        config=_train_config(args),
+        val=args.val,
+        plots=args.plots,
+        storage_path=args.storage,
+    )
 
 
 def _cmd_tune(args: argparse.Namespace) -> Result:
@@ -197,11 +222,12 @@ def _cmd_submit(args: argparse.Namespace) -> Result:
         address=args.address,
         runtime_env_file=args.runtime_env,
         forward_env=not args.no_forward_env,
+        forward_credentials=args.forward_credentials,
         follow=not args.no_wait,
     )
 
 
-def _training_flags(p: argparse.ArgumentParser) -> None:
+def _training_flags(p: argparse.ArgumentParser, init_required: bool = False) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="training shards (rows with split 'train' or none)")
     p.add_argument("--val", metavar="PATH", help="validation shards (default: the 'val' split of --data)")
     p.add_argument(
@@ -210,7 +236,14 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
         help="YAML file with TrainConfig keys, or a job config (jobs/configs) whose train: section is used; "
         "flags override it",
     )
-    p.add_argument("--backbone", help="backbone name (default s; see docs/models.md)")
+    p.add_argument("--backbone", help="backbone name (default m; see docs/models.md); with --init, the init's")
+    p.add_argument(
+        "--init",
+        metavar="URI",
+        required=init_required,
+        help="start from models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint (directory or s3://) "
+        "or torchvision (ImageNet weights of a resnet backbone): its trunk, and the heads of tasks it has",
+    )
     p.add_argument(
         "--weighting",
         metavar="NAME",
@@ -384,6 +417,23 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
 
     p = command(
         commands,
+        "transfer",
+        "the transfer-learning curve: each label budget trained from scratch and from a trained model (--init)",
+        _cmd_transfer,
+    )
+    _training_flags(p, init_required=True)
+    p.add_argument(
+        "--labels",
+        type=_label_budgets,
+        default="25,50,100,all",
+        metavar="25,50,all",
+        help="label budgets: that many labeled training rows, picked by a hash of the row id (default 25,50,100,all)",
+    )
+    p.add_argument("--seeds", type=_positive_int, default=1, help="runs per budget and side; mean ± std reported")
+    p.add_argument("--plots", metavar="DIR", help="write transfer.png (AUROC against labels, both ways) here")
+
+    p = command(
+        commands,
         "tune",
         "Ray Tune over backbone, weighting and lr; every trial tracked in MLflow; the best registered",
         _cmd_tune,
@@ -461,7 +511,12 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p.add_argument(
         "--no-forward-env",
         action="store_true",
-        help="do not forward MLFLOW_TRACKING_URI and the AWS variables of this shell",
+        help="do not forward MLFLOW_TRACKING_URI and the S3 endpoint and region of this shell",
+    )
+    p.add_argument(
+        "--forward-credentials",
+        action="store_true",
+        help="also forward AWS keys and tracking credentials (readable in the Jobs API; prefer cluster roles)",
     )
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
     p.add_argument(

@@ -75,6 +75,13 @@ class TrainConfig(Strict):
     shuffle_buffer: int = Field(
         1024, ge=0, description="rows each worker shuffles its stream in, anew each epoch; 0 = off"
     )
+    init: str | None = Field(
+        None,
+        description="start from models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint (directory or s3://) or "
+        "torchvision (ImageNet weights of a resnet backbone); scratch or none: random weights",
+    )
+    trunk: Literal["fine_tune", "freeze"] = Field("fine_tune", description="with init: train the trunk or keep it")
+    trunk_lr_scale: float = Field(1.0, gt=0, description="the trunk's learning rate as a multiple of lr")
     epoch_rows: int | None = Field(
         None, ge=1, description="rows an epoch streams: the training rows repeated to about this many; default once"
     )
@@ -88,6 +95,11 @@ class TrainConfig(Strict):
         if value is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in parts):
             raise ValueError("expected a positive integer S or [H, W]")
         return tuple(value) if pair else value
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _init(cls, value: Any) -> Any:
+        return None if value in ("scratch", "none", "") else value
 
     def size(self) -> tuple[int, int] | None:
         """`image_size` as (height, width), or None for the data's own size."""

@@ -29,7 +29,16 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 
 from mtl_ray.errors import UserError
 from mtl_ray.images import Size
-from mtl_ray.shards import SPLIT_COLUMN, ShardFormat, decode_column, encode_images, image_bytes, labels_of, split_mask
+from mtl_ray.shards import (
+    ID_COLUMN,
+    SPLIT_COLUMN,
+    ShardFormat,
+    decode_column,
+    encode_images,
+    image_bytes,
+    labels_of,
+    split_mask,
+)
 
 DECODE_BATCH_ROWS = 256
 PATH_COLUMN = "path"
@@ -56,6 +65,8 @@ class Source:
     seed: int = 0
     strict: bool = False
     """An unreadable image is an error naming its shard and row, not a skipped and counted row."""
+    ids: frozenset[str] | None = None
+    """Keep only the rows with these ids (a label budget of `mtl-ray transfer`)."""
 
 
 def decoded_format(fmt: ShardFormat, size: Size) -> ShardFormat:
@@ -100,6 +111,8 @@ class SelectRows:
             keep.append(split_mask(batch.column(SPLIT_COLUMN), self.split))
         if self.source.labeled_only:
             keep.append(functools.reduce(pc.or_, [pc.is_valid(batch.column(t)) for t in self.source.fmt.tasks]))
+        if self.source.ids is not None:
+            keep.append(pc.is_in(batch.column(ID_COLUMN), value_set=pa.array(sorted(self.source.ids), pa.string())))
         if keep:
             batch = batch.filter(functools.reduce(pc.and_, keep))
         batch = batch.select(self.columns)
@@ -170,6 +183,7 @@ def read(source: Source, size: Size, resize: str = "letterbox", passes: int = 1)
     import ray.data
 
     columns = [source.fmt.image_column, *source.fmt.tasks] + ([SPLIT_COLUMN] if source.has_split_column else [])
+    columns += [ID_COLUMN] if source.ids is not None else []
     ds = ray.data.read_parquet(list(source.paths), filesystem=source.fs, columns=columns, include_paths=True)
     ds = ds.map_batches(SelectRows(source), batch_format="pyarrow", batch_size=None)
     if source.shuffle:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -78,6 +79,23 @@ class MultiTaskNet(nn.Module):
         blocks of the own family, `layer1`…`layer4` of a torchvision ResNet."""
         blocks = [m for m in self.trunk.modules() if isinstance(m, ResidualBlock)]
         return blocks or [getattr(self.trunk, f"layer{i}") for i in range(1, 5)]
+
+    def load_initial(self, state: dict[str, torch.Tensor], source_tasks: list[str], tasks: list[str]) -> list[str]:
+        """Start from another model's weights (transfer): its whole trunk, and for each of `tasks` that
+        the source also had (by name) that task's head; the other heads keep their fresh weights.
+        Returns the tasks whose heads came from the source."""
+        trunk = {k[len("trunk.") :]: v for k, v in state.items() if k.startswith("trunk.")}
+        missing, unexpected = self.trunk.load_state_dict(trunk, strict=False)
+        if missing or unexpected:
+            raise UserError(
+                f"the initial weights do not fit this trunk: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        kept = [t for t in tasks if t in source_tasks]
+        with torch.no_grad():
+            for t in kept:
+                self.heads.weight[tasks.index(t)] = state["heads.weight"][source_tasks.index(t)]
+                self.heads.bias[tasks.index(t)] = state["heads.bias"][source_tasks.index(t)]
+        return kept
 
     def last_shared_layer(self) -> nn.Module:
         """The trunk's last conv/linear layer in module order, where GradNorm measures per-task
@@ -163,6 +181,12 @@ def _torchvision_resnet(name: str, pretrained: bool = False) -> tuple[nn.Module,
 
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50")
+IMAGENET_FILES = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+}
+"""torchvision's ImageNet weights (IMAGENET1K_V1) as its weight loader names them in the torch hub cache."""
 MIN_SIDE = 16
 """Smallest image side the own family takes: its stem and pooling leave a 1×1 map by the second stage."""
 MIN_SIDE_TORCHVISION = 32
@@ -187,6 +211,27 @@ def torchvision_available() -> bool:
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of a torchvision ResNet from the torch hub cache, as a `MultiTaskNet` state
+    (its classifier dropped). Nothing is downloaded: a file that is not there is a one-line error."""
+    if backbone not in IMAGENET_FILES:
+        raise UserError(
+            f"--init torchvision: ImageNet weights exist for {', '.join(IMAGENET_FILES)}, not for backbone {backbone!r}"
+        )
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", IMAGENET_FILES[backbone])
+    if not os.path.isfile(path):
+        raise UserError(
+            f"--init torchvision: no ImageNet weights for {backbone} at {path}; fetch them where there is a "
+            f"network (torchvision.models.{backbone}(weights='IMAGENET1K_V1')) and copy the file here, "
+            "or point TORCH_HOME at a cache that has it"
+        )
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise UserError(f"--init torchvision: {path} is not a torch state dict ({type(exc).__name__})") from None
+    return {f"trunk.{k}": v for k, v in weights.items() if not k.startswith("fc.")}
 
 
 def min_image_side(backbone: str) -> int:

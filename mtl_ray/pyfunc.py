@@ -44,22 +44,29 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """One probability column per task; a row whose image cannot be read gets NaN probabilities, and
+        then an `error` column (last) names each such row and why, so one bad image does not fail the
+        batch (None for the rows that scored)."""
         from mtl_ray.errors import UserError
-        from mtl_ray.images import decode_image
+        from mtl_ray.images import UnreadableImage, read_image
 
         if IMAGE_COLUMN not in model_input.columns:
             raise UserError(
                 f"model input: no {IMAGE_COLUMN!r} column; expected a DataFrame with encoded image bytes in "
                 f"{IMAGE_COLUMN!r}"
             )
-        images = [
-            decode_image(_as_bytes(v, row), where="model input", row=row, size=self.size, resize=self.resize)
-            for row, v in enumerate(model_input[IMAGE_COLUMN])
-        ]
-        return pd.DataFrame(
-            self.probabilities(np.stack(images) if images else np.empty((0, *self.size, 3), np.uint8)),
-            columns=self.tasks,
-        )
+        images = np.zeros((len(model_input), *self.size, 3), np.uint8)
+        errors: list[str | None] = [None] * len(model_input)
+        for row, value in enumerate(model_input[IMAGE_COLUMN]):
+            try:
+                images[row] = read_image(_as_bytes(value, row), size=self.size, resize=self.resize)
+            except (UnreadableImage, TypeError) as exc:
+                errors[row] = f"row {row}: {exc}"
+        out = pd.DataFrame(self.probabilities(images), columns=self.tasks)
+        if any(errors):
+            out.loc[[e is not None for e in errors], self.tasks] = np.nan
+            out["error"] = errors
+        return out
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] at the training size → float64 probabilities [N, T]."""
@@ -74,12 +81,9 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
 
 
 def _as_bytes(value, row: int) -> bytes:
-    from mtl_ray.errors import UserError
-
+    """A cell of the image column as bytes: raw bytes, or a Hugging Face image struct's."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, dict) and "bytes" in value:  # Hugging Face image struct
         return bytes(value["bytes"])
-    raise UserError(
-        f"model input: row {row}: column {IMAGE_COLUMN!r} holds {type(value).__name__}; expected encoded image bytes"
-    )
+    raise TypeError(f"column {IMAGE_COLUMN!r} holds {type(value).__name__}; expected encoded image bytes")

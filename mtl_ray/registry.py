@@ -12,14 +12,14 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 import mtl_ray
 from mtl_ray import checkpoint, storage, tracking
 from mtl_ray.config import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
-from mtl_ray.errors import UserError, describe
+from mtl_ray.errors import UserError, describe, first_line
 from mtl_ray.text import number, table
 
 GATE_METRIC = "mean_auroc"
@@ -67,7 +67,7 @@ class RegisterResult:
             "mean_auroc": self.mean_auroc,
             "model_uri": self.model_uri,
             "run_id": self.run_id,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": tracking.masked(self.tracking_uri),
         }
 
     def render(self) -> str:
@@ -78,19 +78,94 @@ class RegisterResult:
         )
 
 
-def fetch_checkpoint(uri: str, dest: str) -> str:
-    """A local directory holding the checkpoint at `uri` (a local directory or s3://...)."""
+def fetch_checkpoint(uri: str, dest: str, what: str = "") -> str:
+    """A local directory holding the checkpoint at `uri` (a local directory or s3://...); `what` names
+    the flag in errors."""
     import pyarrow.fs as pafs
 
+    shown = f"{what} {uri}".strip()
     if not storage.is_s3(uri):
         if not os.path.isfile(os.path.join(uri, checkpoint.META_FILE)):
-            raise UserError(f"{uri}: not a checkpoint directory (no {checkpoint.META_FILE})")
+            raise UserError(f"{shown}: not a checkpoint directory (no {checkpoint.META_FILE})")
         return uri
     fs, path = storage.resolve(uri)
     if fs.get_file_info(f"{path}/{checkpoint.META_FILE}").type != pafs.FileType.File:
-        raise UserError(f"{uri}: not a checkpoint (no {checkpoint.META_FILE})")
+        raise UserError(f"{shown}: not a checkpoint (no {checkpoint.META_FILE})")
     pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return dest
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """Where a run's first weights come from (`TrainConfig.init`): a `MultiTaskNet` state, what the
+    source model was trained on, and the lineage a model trained from it records."""
+
+    state: dict
+    tasks: list[str]
+    backbone: str
+    size: tuple[int, int] | None
+    resize: str | None
+    train_rows: int | None
+    lineage: dict
+
+
+def resolve_init(uri: str, backbone: str, tracking_uri: str | None = None) -> InitSource:
+    """Load the weights `uri` names: `models:/NAME@ALIAS` or `models:/NAME/VERSION` from the registry,
+    a checkpoint directory (local or s3://), or `torchvision` (ImageNet weights for `backbone`)."""
+    if uri == "torchvision":
+        from mtl_ray.models import IMAGENET_FILES, imagenet_state
+
+        state = imagenet_state(backbone)
+        return InitSource(state, [], backbone, None, None, None, {"uri": uri, "weights": IMAGENET_FILES[backbone]})
+    if uri.startswith("models:/"):
+        with tempfile.TemporaryDirectory() as d:
+            directory, lineage = _registered_checkpoint(uri, d, tracking_uri)
+            return _source(uri, directory, lineage)
+    with tempfile.TemporaryDirectory() as d:
+        return _source(uri, fetch_checkpoint(uri, d, what="--init"), {"uri": uri})
+
+
+def _source(uri: str, directory: str, lineage: dict) -> InitSource:
+    try:
+        state, meta = checkpoint.load(directory)
+        size, resize = checkpoint.input_spec(meta)
+        tasks, backbone, model = list(meta["tasks"]), meta["backbone"], state["model"]
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
+        raise UserError(f"--init {uri}: not an mtl-ray checkpoint ({describe(exc)})") from None
+    rows = (meta.get("data") or {}).get("train_rows")
+    return InitSource(model, tasks, backbone, size, resize, rows, {**lineage, "tasks": tasks})
+
+
+def _registered_checkpoint(uri: str, dest: str, tracking_uri: str | None) -> tuple[str, dict]:
+    """Download a registered version's model and return its checkpoint directory and lineage."""
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from mtl_ray.pyfunc import CHECKPOINT_ARTIFACT
+
+    rest = uri[len("models:/") :]
+    name, at, alias = rest.partition("@")
+    version = None if at else rest.rpartition("/")[2]
+    name = name if at else rest.rpartition("/")[0]
+    if not name or not (alias or version):
+        raise UserError(f"--init {uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    uri_used = tracking.tracking_uri(tracking_uri)
+    client = tracking.connect(uri_used)
+    try:
+        found = client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, version)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{found.version}", dst_path=dest)
+    except MlflowException as exc:
+        raise UserError(
+            f"--init {uri}: not in the registry at {tracking.masked(uri_used)} ({first_line(exc)[:200]})"
+        ) from None
+    try:
+        with open(os.path.join(local, "MLmodel")) as f:
+            artifacts = yaml.safe_load(f)["flavors"]["python_function"]["artifacts"]
+        directory = os.path.join(local, artifacts[CHECKPOINT_ARTIFACT]["path"])
+    except (OSError, KeyError, TypeError) as exc:
+        raise UserError(f"--init {uri}: version {found.version} is not an mtl-ray model ({describe(exc)})") from None
+    return directory, {"uri": uri, "name": name, "version": str(found.version), "run_id": found.run_id}
 
 
 def _serving_copy(src: str, dest: str) -> dict:
@@ -153,6 +228,8 @@ def _version_tags(meta: dict, data: str | None) -> dict[str, str]:
     }
     for task, m in (metrics.get("val") or {}).items():
         tags[f"val.{task}.auroc"] = str(m.get("auroc"))
+    if meta.get("init"):
+        tags[tracking.INIT_TAG] = json.dumps(meta["init"])
     if data:
         tags["data"] = data
     return tags
@@ -211,6 +288,8 @@ def register_checkpoint(
             with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
                 if run_id is None:
                     mlflow.set_tag(tracking.CHECKPOINT_TAG, uri)
+                if meta.get("init"):
+                    mlflow.set_tag(tracking.INIT_TAG, json.dumps(meta["init"]))
                 info = mlflow.pyfunc.log_model(
                     name=MODEL_ARTIFACT,
                     python_model=MultiTaskModel(),
@@ -232,8 +311,9 @@ def register_checkpoint(
             raise
         except Exception as exc:
             raise UserError(
-                f"registering {uri} as {name!r} failed ({describe(exc)}); the checkpoint stays "
-                f"on storage: run `mtl-ray register --checkpoint {uri}` when {uri_used} answers"
+                f"registering {uri} as {name!r} failed ({tracking.masked(describe(exc), uri_used)}); the "
+                f"checkpoint stays on storage: run `mtl-ray register --checkpoint {uri}` when "
+                f"{tracking.masked(uri_used)} answers"
             ) from None
     return RegisterResult(
         name=name,
@@ -267,7 +347,7 @@ def register(
     try:
         found = client.get_run(run)
     except MlflowException:
-        raise UserError(f"--run {run}: no such run at {uri_used}") from None
+        raise UserError(f"--run {run}: no such run at {tracking.masked(uri_used)}") from None
     ckpt = found.data.tags.get(tracking.CHECKPOINT_TAG)
     if not ckpt:
         raise UserError(
@@ -287,11 +367,23 @@ class PredictResult:
     tasks: list[str]
     ids: list[str]
     probabilities: np.ndarray
-    exit_code: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+    """Images the model could not read, by id: their probabilities are None (NaN) and the exit code 2."""
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.errors else 0
 
     def to_json(self) -> dict:
-        rows = [{t: float(p) for t, p in zip(self.tasks, row, strict=True)} for row in self.probabilities]
-        return {"model": self.model, "tasks": self.tasks, "ids": self.ids, "predictions": rows}
+        rows = [
+            {t: None if np.isnan(p) else float(p) for t, p in zip(self.tasks, row, strict=True)}
+            for row in self.probabilities
+        ]
+        out = {"model": self.model, "tasks": self.tasks, "ids": self.ids, "predictions": rows}
+        if self.errors:
+            out["errors"] = self.errors
+            out["problems"] = [f"{i}: {reason}" for i, reason in self.errors.items()]
+        return out
 
     def render(self) -> str:
         shown = min(len(self.ids), 10)
@@ -365,13 +457,18 @@ def predict(
                     encoded.append(f.read())
             except OSError as exc:
                 raise UserError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    uri_used = tracking.tracking_uri(tracking_uri)
     if model_uri.startswith(("models:/", "runs:/")):
-        tracking.connect(tracking.tracking_uri(tracking_uri))
+        tracking.connect(uri_used)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
-        raise UserError(f"--model {model_uri}: cannot load ({describe(exc)})") from None
+        raise UserError(f"--model {model_uri}: cannot load ({tracking.masked(describe(exc), uri_used)})") from None
     out = model.predict(pd.DataFrame({"image": encoded}))
+    tasks = [c for c in out.columns if c != "error"]
+    errors = {}
+    if "error" in out.columns:
+        errors = {i: e for i, e in zip(ids, out["error"], strict=True) if isinstance(e, str)}
     return PredictResult(
-        model=model_uri, tasks=list(out.columns), ids=ids, probabilities=out.to_numpy(dtype=np.float64)
+        model=model_uri, tasks=tasks, ids=ids, probabilities=out[tasks].to_numpy(dtype=np.float64), errors=errors
     )

@@ -137,7 +137,14 @@ def check_model_config(cfg: TrainConfig, num_tasks: int, size: tuple[int, int] |
             f"image size {show_size(size)} (HxW) is below backbone {cfg.backbone!r}'s "
             f"minimum of {least} px per side: set image_size to at least {least}"
         )
-    get_weighting(cfg.weighting.name, num_tasks, **cfg.weighting.params())
+    method = get_weighting(cfg.weighting.name, num_tasks, **cfg.weighting.params())
+    if cfg.trunk == "freeze" and cfg.init is None:
+        raise UserError("trunk: freeze keeps the weights an init gave the trunk: set --init too")
+    if cfg.trunk == "freeze" and method.manipulates_gradients:
+        raise UserError(
+            f"trunk: freeze leaves weighting {cfg.weighting.name!r} no shared gradients to work on: "
+            "use equal, static, uncertainty or dwa"
+        )
 
 
 def user_error_in(exc: BaseException) -> UserError | None:

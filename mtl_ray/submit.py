@@ -2,9 +2,12 @@
 
 The job is submitted through `JobSubmissionClient` to the Jobs API URL (`--address`, else
 `RAY_ADDRESS`), with the working directory uploaded (`working_dir: .`, minus virtualenvs, runs and
-local databases) and the submitting shell's `MLFLOW_TRACKING_URI` and AWS/S3 variables forwarded in
-the runtime environment's `env_vars`, so the job reads the same data and logs to the same tracking
-server. Its logs stream to stdout; the exit status is the job's (0 SUCCEEDED, 1 otherwise).
+local databases) and the submitting shell's `MLFLOW_TRACKING_URI` and S3 endpoint and region
+forwarded in the runtime environment's `env_vars`, so the job reads the same data and logs to the
+same tracking server. Credentials are not forwarded: a runtime env is readable by anyone who can
+open the Jobs API or the dashboard, so the cluster should hold its own (instance roles, IRSA, a
+Kubernetes secret); a tracking URI's password is dropped. `forward_credentials` opts in, with a
+warning. Its logs stream to stdout; the exit status is the job's (0 SUCCEEDED, 1 otherwise).
 Ray's token authentication is used when a token is found where Ray looks for one
 (`RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token`).
 """
@@ -19,6 +22,7 @@ import sys
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from mtl_ray.config import load_yaml
 from mtl_ray.errors import UserError, describe
@@ -29,12 +33,18 @@ FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_S3_ENDPOINT_URL",
     "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
 )
+CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+"""Forwarded only with `--forward-credentials`."""
 EXCLUDES = [
     ".venv",
     ".git",
@@ -88,8 +98,9 @@ def entrypoint(command: list[str], cli_commands: Collection[str]) -> str:
     return shlex.join(command)
 
 
-def runtime_env(path: str | None, forward_env: bool) -> dict:
-    """The job's runtime env: the file's (YAML or JSON), a default working_dir, forwarded variables."""
+def runtime_env(path: str | None, forward_env: bool, forward_credentials: bool = False) -> dict:
+    """The job's runtime env: the file's (YAML or JSON), a default working_dir, forwarded variables
+    (credentials only with `forward_credentials`; a tracking URI's password removed otherwise)."""
     env = load_yaml(path, f"--runtime-env {path}")
     if not isinstance(env.get("env_vars", {}), dict):
         raise UserError(f"--runtime-env {path}: env_vars: expected a mapping of NAME: value")
@@ -97,9 +108,19 @@ def runtime_env(path: str | None, forward_env: bool) -> dict:
     if env["working_dir"] == ".":
         env.setdefault("excludes", EXCLUDES)
     if forward_env:
-        forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        names = FORWARDED_ENV + (CREDENTIAL_ENV if forward_credentials else ())
+        forwarded = {k: os.environ[k] for k in names if os.environ.get(k)}
+        if "MLFLOW_TRACKING_URI" in forwarded and not forward_credentials:
+            forwarded["MLFLOW_TRACKING_URI"] = _without_password(forwarded["MLFLOW_TRACKING_URI"])
         env["env_vars"] = {**forwarded, **env.get("env_vars", {})}
     return env
+
+
+def _without_password(uri: str) -> str:
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", "@", 1)))
 
 
 def _use_token_if_present() -> None:
@@ -147,6 +168,7 @@ def submit(
     address: str | None = None,
     runtime_env_file: str | None = None,
     forward_env: bool = True,
+    forward_credentials: bool = False,
     follow: bool = True,
 ) -> SubmitResult:
     """Submit `command` as a Ray job, stream its logs, and return its final status."""
@@ -155,7 +177,13 @@ def submit(
         raise UserError("submit: no Ray Jobs address; pass --address http://HEAD:8265 or set RAY_ADDRESS")
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address {address}: expected the Jobs API URL, http://HEAD:8265")
-    env = runtime_env(runtime_env_file, forward_env)
+    env = runtime_env(runtime_env_file, forward_env, forward_credentials)
+    if forward_credentials:
+        print(
+            "mtl-ray: warning: --forward-credentials puts your AWS keys and tracking credentials in the job's "
+            "runtime env, readable by anyone who can open the Ray Jobs API or dashboard",
+            file=sys.stderr,
+        )
     entry = entrypoint(command, cli_commands)
     # Ray's client prefers RAY_ADDRESS over the address it is given, and logs each packaged file.
     os.environ["RAY_ADDRESS"] = address

@@ -9,10 +9,12 @@ registered model's users need it without Ray.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from mtl_ray.errors import UserError, describe
 
@@ -25,6 +27,8 @@ _HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 CHECKPOINT_TAG = "mtl_ray.checkpoint"
+INIT_TAG = "mtl_ray.init"
+"""Where a model's first weights came from (`TrainConfig.init`), on its run and on its registered versions."""
 TRIAL_TAG = "mtl_ray.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -39,6 +43,13 @@ def tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+def masked(text: str, uri: str | None = None) -> str:
+    """`text` with the password of `uri` (default: `text` itself, a URI) replaced by ***, for messages
+    and logs: a tracking URI may carry credentials, and library errors quote it."""
+    password = urlsplit(uri or text).password
+    return text.replace(f":{password}@", ":***@") if password else text
+
+
 def connect(uri: str, attempts: int = CONNECT_ATTEMPTS):
     """Point this process (and its children) at `uri` and check it answers, with bounded retries."""
     import mlflow
@@ -48,6 +59,7 @@ def connect(uri: str, attempts: int = CONNECT_ATTEMPTS):
         os.environ.setdefault(key, value)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (database set-up) are not the user's
     client = MlflowClient(uri)
     for attempt in range(1, attempts + 1):
         try:
@@ -56,7 +68,8 @@ def connect(uri: str, attempts: int = CONNECT_ATTEMPTS):
         except Exception as exc:  # MLflow wraps connection failures in several exception types
             if attempt == attempts:
                 raise UserError(
-                    f"tracking server {uri}: unreachable after {attempts} attempts ({describe(exc)})"
+                    f"tracking server {masked(uri)}: unreachable after {attempts} attempts "
+                    f"({masked(describe(exc), uri)})"
                 ) from None
             time.sleep(attempt)
     raise AssertionError("unreachable")

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,6 +36,9 @@ from mtl_ray.shards import ShardFormat
 from mtl_ray.step import all_reduce_sum, epoch_lr, mean_over_workers, predict_batches, train_step
 from mtl_ray.text import number, table
 from mtl_ray.validate import ValidationReport, validate
+
+if TYPE_CHECKING:
+    from mtl_ray.registry import InitSource
 from mtl_ray.weighting import get as get_weighting
 
 # ---- 1. the worker loop ---------------------------------------------------------------------
@@ -58,11 +62,19 @@ def worker_loop(config: dict) -> None:
     on_gpu = device.type == "cuda"
 
     model = build(cfg.backbone, len(tasks), channels_last=True)
+    init = config["init"]
+    if init is not None:
+        init["heads_kept"] = model.load_initial(ray.get(init["state"]), init["tasks"], tasks)
+    if cfg.trunk == "freeze":
+        model.trunk.requires_grad_(False)
     weighting = get_weighting(cfg.weighting.name, len(tasks), mean_over_workers, **cfg.weighting.params()).to(device)
-    groups = [{"params": list(model.parameters())}]
+    groups = [
+        {"params": [p for p in model.trunk.parameters() if p.requires_grad], "lr_scale": cfg.trunk_lr_scale},
+        {"params": list(model.heads.parameters()), "lr_scale": 1.0},
+    ]
     if list(weighting.parameters()):
-        groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history = 0, []
     resumed = ray.train.get_checkpoint()
     if resumed:
@@ -73,6 +85,7 @@ def worker_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], meta["history"]
     first_epoch = start_epoch + 1
+    lineage = None if init is None else {k: v for k, v in init.items() if k != "state"}
     model = ray.train.torch.prepare_model(model)
     collate = dataset.ShardCollate(fmt)
     train_shard = ray.train.get_dataset_shard("train")
@@ -80,8 +93,10 @@ def worker_loop(config: dict) -> None:
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        if cfg.trunk == "freeze":
+            unwrap(model).trunk.eval()  # a kept trunk keeps its batch-norm statistics too
         for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(cfg, epoch)
+            group["lr"] = epoch_lr(cfg, epoch) * group["lr_scale"]
         shuffle = {}
         if cfg.shuffle_buffer:
             shuffle = {
@@ -133,6 +148,8 @@ def worker_loop(config: dict) -> None:
                     "backbone": cfg.backbone,
                     "config": cfg.model_dump(),
                     "image": {"size": list(fmt.shape[:2]), "channels": 3, "resize": cfg.resize},
+                    "data": {"train_rows": config["train_rows"]},
+                    "init": lineage,
                     "metrics": metrics,
                     "history": history,
                 }
@@ -162,6 +179,8 @@ class TrainResult:
     image: dict = field(default_factory=dict)
     """{"size": [H, W], "resize": mode, "why": how the size was chosen}"""
     skipped_images: int = 0
+    init: dict | None = None
+    """Where the first weights came from (`TrainConfig.init`): URI, resolved version, heads kept."""
     history: list[dict] = field(default_factory=list)
     exit_code: int = 0
 
@@ -179,6 +198,7 @@ class TrainResult:
             "seconds": self.seconds,
             "image": self.image,
             "skipped_images": self.skipped_images,
+            "init": self.init,
             "history": self.history,
         }
 
@@ -198,6 +218,15 @@ class TrainResult:
                 *(
                     [f"skipped {self.skipped_images} unreadable image(s) in every epoch (--strict makes them an error)"]
                     if self.skipped_images
+                    else []
+                ),
+                *(
+                    [
+                        f"started from {self.init['uri']}"
+                        + (f" version {self.init['version']}" if self.init.get("version") else "")
+                        + f"; heads kept: {', '.join(self.init.get('heads_kept') or []) or 'none'}"
+                    ]
+                    if self.init
                     else []
                 ),
                 f"checkpoint {self.checkpoint}",
@@ -255,6 +284,7 @@ def prepare(
     tasks: Sequence[str] | None = None,
     labeled_only: bool = False,
     shuffle_labels: Sequence[str] = (),
+    ids: frozenset[str] | None = None,
 ) -> Inputs:
     """Validate the shards and `cfg` before Ray starts; choose the train/validation rows and the image
     size (`cfg.image_size`, else `ValidationReport.training_size`). See `fit` for the keywords."""
@@ -268,13 +298,19 @@ def prepare(
         train_src = replace(train_src, fmt=replace(train_src.fmt, tasks=tuple(tasks)))
         val_src = replace(val_src, fmt=replace(val_src.fmt, tasks=tuple(tasks)))
     train_src = replace(
-        train_src, labeled_only=labeled_only, shuffle=tuple(shuffle_labels), seed=cfg.seed, strict=cfg.strict
+        train_src,
+        labeled_only=labeled_only,
+        shuffle=tuple(shuffle_labels),
+        seed=cfg.seed,
+        strict=cfg.strict,
+        ids=ids,
     )
     val_src = replace(val_src, strict=cfg.strict)
     size, reason = (cfg.size(), "configured") if cfg.image_size else report.training_size()
     check_model_config(cfg, len(train_src.fmt.tasks), size)
     labeled = report.labeled_in("train")
     rows = max(labeled[t] for t in train_src.fmt.tasks) if labeled_only else report.rows_in("train")
+    rows = len(ids) if ids is not None else rows
     return Inputs(data, train_src, val_src, size, reason, rows)
 
 
@@ -287,10 +323,17 @@ def build_trainer(
     storage_dir: str,
     storage_fs: object | None,
     callbacks: Sequence[object] = (),
+    source: InitSource | None = None,
 ):
-    """The `TorchTrainer` of one run: `worker_loop` on `plan`'s workers, checkpoints under storage/name."""
+    """The `TorchTrainer` of one run: `worker_loop` on `plan`'s workers, checkpoints under storage/name,
+    starting from `source`'s weights when given (its state goes to the workers through the object store)."""
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    init = None
+    if source is not None:
+        init = {**source.lineage, "state": ray.put(source.state), "tasks": source.tasks}
 
     return TorchTrainer(
         worker_loop,
@@ -298,6 +341,8 @@ def build_trainer(
             "train": cfg.model_dump(),
             "batch_format": dataset.decoded_format(inputs.train.fmt, inputs.size),
             "torch_threads": plan.torch_threads,
+            "train_rows": inputs.train_rows,
+            "init": init,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
@@ -341,8 +386,32 @@ def result_from_checkpoint(
         seconds=seconds,
         image={"size": list(size), "resize": resize, "why": size_reason},
         skipped_images=metrics.get("skipped_images", 0),
+        init=meta.get("init"),
         history=meta["history"],
     )
+
+
+def with_init(cfg: TrainConfig) -> tuple[TrainConfig, InitSource | None]:
+    """`cfg` and its `init` source, loaded (see `init_settings`)."""
+    from mtl_ray.registry import resolve_init
+
+    if cfg.init is None:
+        return cfg, None
+    source = resolve_init(cfg.init, cfg.backbone)
+    return init_settings(cfg, source), source
+
+
+def init_settings(cfg: TrainConfig, source: InitSource) -> TrainConfig:
+    """`cfg` with `source`'s backbone, image size and resize mode: a run that starts from another model
+    takes them; one of them set explicitly to something else is an error naming both."""
+    taken: dict = {"backbone": source.backbone}
+    if source.size is not None:
+        taken.update(image_size=source.size, resize=source.resize)
+    for key, value in taken.items():
+        mine = cfg.size() if key == "image_size" else getattr(cfg, key)
+        if key in cfg.model_fields_set and mine is not None and mine != value:
+            raise UserError(f"{key} {mine!r} conflicts with --init {cfg.init}, which was trained with {key} {value!r}")
+    return cfg.model_copy(update=taken)
 
 
 def fit(
@@ -355,23 +424,29 @@ def fit(
     tasks: Sequence[str] | None = None,
     labeled_only: bool = False,
     shuffle_labels: Sequence[str] = (),
+    ids: frozenset[str] | None = None,
+    source: InitSource | None = None,
 ) -> TrainResult:
     """Train one multi-task model on the shards at `data`; resume if `name` already has checkpoints.
 
     `tasks` trains on a subset of the data's tasks (one task = a single-task baseline) and
     `labeled_only` keeps only rows where one of them is known; `shuffle_labels` permutes those
-    tasks' training labels across rows (the shuffle control of `mtl-ray compare`).
+    tasks' training labels across rows (the shuffle control of `mtl-ray compare`); `ids` keeps only
+    the training rows with those ids (a label budget of `mtl-ray transfer`); `source` is `config.init`
+    already loaded, so that runs of one comparison start from the very same weights.
     """
     import ray
 
-    cfg = config or TrainConfig()
-    inputs = prepare(data, cfg, val=val, tasks=tasks, labeled_only=labeled_only, shuffle_labels=shuffle_labels)
+    cfg, source = (init_settings(config, source), source) if source else with_init(config or TrainConfig())
+    inputs = prepare(data, cfg, val=val, tasks=tasks, labeled_only=labeled_only, shuffle_labels=shuffle_labels, ids=ids)
     storage_dir, storage_fs, shown = run_storage(storage_path)
 
     ensure_ray()
     plan = plan_resources(cfg, ray.cluster_resources())
     run_name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-    trainer = build_trainer(inputs, cfg, plan, name=run_name, storage_dir=storage_dir, storage_fs=storage_fs)
+    trainer = build_trainer(
+        inputs, cfg, plan, name=run_name, storage_dir=storage_dir, storage_fs=storage_fs, source=source
+    )
     started = time.perf_counter()
     try:
         result = trainer.fit()

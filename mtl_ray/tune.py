@@ -24,6 +24,7 @@ from ray.tune import Callback
 from mtl_ray import registry, tracking
 from mtl_ray.config import TrainConfig, TuneConfig, parse
 from mtl_ray.errors import UserError, describe
+from mtl_ray.images import show_size
 from mtl_ray.runtime import (
     ResourcePlan,
     check_model_config,
@@ -34,7 +35,7 @@ from mtl_ray.runtime import (
     user_error_in,
 )
 from mtl_ray.text import number, table
-from mtl_ray.train import Inputs, build_trainer, prepare
+from mtl_ray.train import Inputs, build_trainer, init_settings, prepare
 
 REPORTED_METRICS = {"mean_auroc": "max", "train_loss": "min"}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -143,14 +144,25 @@ def concurrent_trials(plan: ResourcePlan, cluster: dict[str, float]) -> int:
 
 
 def train_driver(
-    config: dict, *, inputs: Inputs, base: dict, plan: ResourcePlan, run_prefix: str, storage_path: str | None
+    config: dict,
+    *,
+    inputs: Inputs,
+    base: dict,
+    plan: ResourcePlan,
+    run_prefix: str,
+    storage_path: str | None,
+    sources: dict[str, registry.InitSource],
 ) -> None:
-    """One Tune trial: fit a TorchTrainer on `base` updated with this trial's `config`."""
+    """One Tune trial: fit a TorchTrainer on `base` updated with this trial's `config`, starting from
+    the weights of its `init` (resolved once by the tune job, in `sources`)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     configure_data()
     cfg = TrainConfig(**{**base, **config})
+    source = sources.get(cfg.init) if cfg.init else None
+    if source is not None:
+        cfg = init_settings(cfg, source)
     storage_dir, storage_fs, _ = run_storage(storage_path)
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = build_trainer(
@@ -161,6 +173,7 @@ def train_driver(
         storage_dir=storage_dir,
         storage_fs=storage_fs,
         callbacks=[TuneReportCallback()],
+        source=source,
     )
     trainer.fit()
 
@@ -297,7 +310,7 @@ class TuneResult:
             "best": best,
             "trials": [t.to_json() for t in self.trials],
             "registered": self.registered.to_json() if self.registered else None,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": tracking.masked(self.tracking_uri),
             "parent_run_id": self.parent_run_id,
             "seconds": self.seconds,
             "tracking_failures": self.tracking_failures,
@@ -316,7 +329,8 @@ class TuneResult:
         ]
         if self.registered:
             lines.append(self.registered.render())
-        lines.append(f"tracking {self.tracking_uri} (browse: mlflow ui --backend-store-uri {self.tracking_uri})")
+        shown = tracking.masked(self.tracking_uri)
+        lines.append(f"tracking {shown} (browse: mlflow ui --backend-store-uri {shown})")
         lines += [f"warning: MLflow {f}" for f in self.tracking_failures]
         return "\n".join(lines)
 
@@ -325,6 +339,21 @@ def _short(value: Any) -> str:
     if isinstance(value, dict):
         return ",".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in value.items())
     return number(value) if isinstance(value, float) else str(value)
+
+
+def init_sources(cfg: TuneConfig, where: str) -> dict[str, registry.InitSource]:
+    """Every `init` the search can start from (`train.init`, or the values of `search.init`), loaded
+    once here so that trials get their weights through Ray's object store."""
+    values = [cfg.train.init]
+    searched = cfg.search.get("init")
+    if isinstance(searched, list):
+        values += searched
+    elif isinstance(searched, dict):
+        values += list(searched.get("choice", []))
+    starts = [v for v in dict.fromkeys(values) if v not in (None, "scratch", "none")]
+    if "backbone" in cfg.search and starts:
+        raise UserError(f"{where}: search.backbone and init together: a run from init takes the init's backbone")
+    return {v: registry.resolve_init(v, cfg.train.backbone) for v in starts}
 
 
 def _summaries(results, cfg: TuneConfig, max_epochs: int, logger: TrialLogger, prefix: str) -> list[TrialSummary]:
@@ -387,8 +416,16 @@ def tune(
     mode = cfg.mode or REPORTED_METRICS.get(cfg.metric, "max")
     max_epochs = cfg.scheduler.max_epochs or cfg.train.epochs
     base = {**cfg.train.model_dump(), "epochs": max_epochs}
+    sources = init_sources(cfg, source)
     inputs = prepare(data, cfg.train, val=val)
     forms = check_search(cfg, len(inputs.train.fmt.tasks), source, inputs.size)
+    for init, found in sources.items():
+        trained = found.size or inputs.size
+        if tuple(trained) != tuple(inputs.size):
+            raise UserError(
+                f"{source}: init {init} was trained at {show_size(trained)} (HxW) but this search "
+                f"prepares {show_size(inputs.size)}: set train.image_size to match"
+            )
     if cfg.registry.enabled:
         registry.check_name(cfg.registry.name)
         registry.check_name(cfg.registry.alias, "alias")
@@ -430,7 +467,13 @@ def tune(
     )
     logger = TrialLogger(uri, experiment, parent_id, max_epochs, shown)
     trainable = ray.tune.with_parameters(
-        train_driver, inputs=inputs, base=base, plan=plan, run_prefix=tune_name, storage_path=storage_path
+        train_driver,
+        inputs=inputs,
+        base=base,
+        plan=plan,
+        run_prefix=tune_name,
+        storage_path=storage_path,
+        sources=sources,
     )
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trainable, {"CPU": DRIVER_CPUS}),

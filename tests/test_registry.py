@@ -157,7 +157,9 @@ def test_a_fresh_process_without_mtl_ray_loads_the_champion(cli, local_mlflow, t
     np.testing.assert_allclose(np.array(got["values"]), own_probabilities(model, encoded), atol=1e-5)
 
 
-def test_mlflow_models_serve_answers_invocations(cli, local_mlflow, tmp_path, images):
+def test_mlflow_models_serve_answers_invocations_and_names_a_bad_row(cli, local_mlflow, tmp_path, images):
+    """Over HTTP: good rows are scored, a row whose bytes are not an image gets NaN probabilities and its
+    reason in the `error` column, and no stack trace comes back."""
     model = make_checkpoint(tmp_path / "c", 0.7, seed=5)
     assert cli("register", "--checkpoint", tmp_path / "c").code == 0
     encoded, _ = images
@@ -180,26 +182,32 @@ def test_mlflow_models_serve_answers_invocations(cli, local_mlflow, tmp_path, im
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "PATH": f"{os.path.dirname(exe)}{os.pathsep}{os.environ.get('PATH', '')}"},  # its uvicorn
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", timeout=120)
-        body = {
-            "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in encoded[:3]]}
-        }
+        sent = [encoded[0], b"this is not an image", encoded[1], encoded[2]]
+        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in sent]}}
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
+            assert response.status == 200
+            text = response.read().decode()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-    rows = answer["predictions"]
-    probs = np.array([[row[t] for t in TASKS] for row in rows])
-    np.testing.assert_allclose(probs, own_probabilities(model, encoded[:3]), atol=1e-5)
+    assert "Traceback" not in text and "/site-packages/" not in text
+    rows = json.loads(text)["predictions"]
+    probs = np.array([[row[t] for t in TASKS] for row in rows], dtype=float)
+    good = [0, 2, 3]
+    np.testing.assert_allclose(probs[good], own_probabilities(model, encoded[:3]), atol=1e-5)
+    assert np.isnan(probs[1]).all()
+    assert rows[1]["error"].startswith("row 1: cannot decode image"), rows
+    assert not any(isinstance(rows[i].get("error"), str) for i in good), rows
 
 
 def test_predict_scores_shards(cli, local_mlflow, tmp_path):
@@ -221,7 +229,7 @@ def test_register_and_predict_bad_input(cli, local_mlflow, tmp_path):
     assert no_run.code == 2 and "--run 0123456789abcdef: no such run" in no_run.err
     bad_name = cli("register", "--checkpoint", tmp_path, "--name", "a/b")
     assert bad_name.code == 2 and "registry name 'a/b'" in bad_name.err
-    no_model = cli("predict", "--model", "models:/nothing@champion", str(tmp_path / "x.png"))
+    no_model = cli("predict", "--model", "models:/nothing@champion", str(tmp_path / "x.png"))  # no such file
     assert no_model.code == 2 and "x.png: cannot read image" in no_model.err
     make_checkpoint(tmp_path / "c", 0.7, seed=7)
     (tmp_path / "x.png").write_bytes(b"\x89PNG garbage")
@@ -286,3 +294,23 @@ def test_the_registered_model_letterboxes_as_its_training_run_did(cli, local_mlf
     with torch.no_grad():
         other = torch.sigmoid(model(to_input(torch.from_numpy(squashed)))).double().numpy()
     assert np.abs(other - want).max() > 1e-4  # the resize mode matters, so the check above could fail
+
+
+def test_predict_scores_the_readable_images_and_names_the_others(cli, local_mlflow, tmp_path, images):
+    model = make_checkpoint(tmp_path / "c", 0.7, seed=10)
+    assert cli("register", "--checkpoint", tmp_path / "c").code == 0
+    encoded, paths = images
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    res = cli(
+        "predict", "--model", "models:/mtl-ray@champion", paths[0], tmp_path / "broken.png", paths[1], "--json", "-"
+    )
+    assert res.code == 2
+    out = res.json()
+    assert out["predictions"][1] == {t: None for t in TASKS}
+    assert (
+        list(out["errors"]) == [str(tmp_path / "broken.png")]
+        and "cannot decode image" in out["errors"][str(tmp_path / "broken.png")]
+    )
+    probs = np.array([[out["predictions"][i][t] for t in TASKS] for i in (0, 2)])
+    np.testing.assert_allclose(probs, own_probabilities(model, encoded[:2]), atol=1e-5)
+    assert res.err.count("mtl-ray: error: ") == 1 and "broken.png" in res.err

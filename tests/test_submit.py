@@ -4,7 +4,7 @@ import pytest
 
 from mtl_ray.cli import cli_commands
 from mtl_ray.errors import UserError
-from mtl_ray.submit import EXCLUDES, FORWARDED_ENV, entrypoint, runtime_env, submit
+from mtl_ray.submit import CREDENTIAL_ENV, EXCLUDES, FORWARDED_ENV, entrypoint, runtime_env, submit
 
 
 def test_mtl_ray_commands_run_through_the_cli_module_and_scripts_run_as_given():
@@ -25,21 +25,23 @@ def test_mtl_ray_commands_run_through_the_cli_module_and_scripts_run_as_given():
         entrypoint([], commands)
 
 
-def test_runtime_env_forwards_tracking_and_aws_variables(monkeypatch, tmp_path):
-    for key in FORWARDED_ENV:
+def test_runtime_env_forwards_tracking_and_endpoint_but_no_credentials(monkeypatch, tmp_path):
+    for key in FORWARDED_ENV + CREDENTIAL_ENV:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:hunter2@mlflow.example:5000")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
     monkeypatch.setenv("HOME_SECRET", "never")
     env = runtime_env(None, forward_env=True)
     assert env["working_dir"] == "." and env["excludes"] == EXCLUDES
     assert env["env_vars"] == {
-        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        "MLFLOW_TRACKING_URI": "https://alice@mlflow.example:5000",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-        "AWS_SECRET_ACCESS_KEY": "s",
     }
     assert "env_vars" not in runtime_env(None, forward_env=False)
+    opted_in = runtime_env(None, forward_env=True, forward_credentials=True)["env_vars"]
+    assert opted_in["AWS_SECRET_ACCESS_KEY"] == "s3cr3t" and "hunter2" in opted_in["MLFLOW_TRACKING_URI"]
 
     f = tmp_path / "env.yaml"
     f.write_text(
