@@ -67,14 +67,18 @@ def _label_budgets(text: str) -> list[int | str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1, what: str = "a positive integer") -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
     return value
+
+
+def _count(text: str) -> int:
+    return _positive_int(text, 0, "an integer ≥ 0")
 
 
 def _cmd_synth(args: argparse.Namespace) -> Result:
@@ -138,6 +142,7 @@ def _train_config(args: argparse.Namespace):
         "backbone": args.backbone,
         "epochs": args.epochs,
         "workers": args.workers,
+        "max_failures": args.max_failures,
         "gpu": args.gpu or None,
         "weighting": {"name": args.weighting} if args.weighting else None,
     }
@@ -252,6 +257,11 @@ def _training_flags(p: argparse.ArgumentParser, init_required: bool = False) -> 
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--workers", type=_positive_int, help="Ray Train workers (default 2 on CPU, 1 per GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="train on GPUs (fails fast if the cluster has none)")
+    p.add_argument(
+        "--max-failures",
+        type=_count,
+        help="times a failed worker group is restarted from the last checkpoint before the run fails (default 2)",
+    )
     p.add_argument(
         "--image-size",
         type=_image_size,

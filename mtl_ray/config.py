@@ -71,7 +71,12 @@ class TrainConfig(Strict):
     gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0, description="default: leave at least 1 CPU to Ray Data")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept on storage")
-    max_failures: int = Field(0, ge=0, description="worker-group restarts before the run fails")
+    max_failures: int = Field(
+        2, ge=0, description="worker-group restarts (from the last checkpoint) before the run fails; a lost spot node"
+    )
+    max_nonfinite_steps: int = Field(
+        10, ge=1, description="steps in a row with a NaN or inf loss or gradient (each skipped) before the run stops"
+    )
     shuffle_buffer: int = Field(
         1024, ge=0, description="rows each worker shuffles its stream in, anew each epoch; 0 = off"
     )

@@ -21,7 +21,8 @@ def task_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
     """AUROC, accuracy and F1 (positive class, threshold 0.5) of one task, and n_labeled.
 
     `probs` and `targets` are 1-D; NaN targets are unknown and left out. F1 is 0.0 when neither
-    labels nor predictions hold a positive (`zero_division=0`).
+    labels nor predictions hold a positive (`zero_division=0`). Probabilities that are not finite
+    (a diverged model) give no scores and a `nonfinite` count instead.
     """
     known = ~np.isnan(targets)
     y = targets[known].astype(np.int64)
@@ -29,6 +30,9 @@ def task_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
     n = int(y.size)
     if n == 0:
         return {"auroc": None, "accuracy": None, "f1": None, "n_labeled": 0}
+    nonfinite = int((~np.isfinite(p)).sum())
+    if nonfinite:  # a diverged model: no score, and the count that says why
+        return {"auroc": None, "accuracy": None, "f1": None, "n_labeled": n, "nonfinite": nonfinite}
     pred = (p >= THRESHOLD).astype(np.int64)
     both_classes = 0 < int(y.sum()) < n
     return {

@@ -281,6 +281,13 @@ def register_checkpoint(
     with tempfile.TemporaryDirectory() as fetched, tempfile.TemporaryDirectory() as served:
         meta = _serving_copy(fetch_checkpoint(uri, fetched), served)
         score = meta["metrics"].get(GATE_METRIC)
+        diverged = {t: m["nonfinite"] for t, m in meta["metrics"].get("val", {}).items() if m.get("nonfinite")}
+        if diverged:
+            task, count = next(iter(diverged.items()))
+            raise UserError(
+                f"{uri}: not registered: the model's validation outputs are not finite ({count} NaN or inf "
+                f"probabilities for {task}); it diverged"
+            )
         tracking.connect(uri_used)
         try:
             if run_id is None:

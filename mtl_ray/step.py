@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,6 +59,30 @@ def _average_gradients(model: torch.nn.Module) -> None:
             p.grad /= n
 
 
+def whole_batches(batches: Iterable[dict]) -> Iterator[dict]:
+    """Collated training batches of at least two rows, as batch norm needs: an epoch's last batch
+    of one row joins the batch before it.
+
+    Decided on rows read (kept plus skipped), which Ray Data's equal split makes the same on every
+    worker, so DDP workers still take the same number of steps.
+    """
+    held = None
+    for batch in batches:
+        if held is None:
+            held = batch
+        elif len(batch["image"]) + int(batch["skipped"]) < 2:
+            held = {
+                "image": torch.cat([held["image"], batch["image"]]),
+                "labels": torch.cat([held["labels"], batch["labels"]]),
+                "skipped": held["skipped"] + batch["skipped"],
+            }
+        else:
+            yield held
+            held = batch
+    if held is not None:
+        yield held
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -67,12 +91,14 @@ def train_step(
     labels: torch.Tensor,
     device: torch.device,
     reduction: str = "seed",
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One optimisation step: uint8 images moved as bytes, normalised on the device, bf16 on GPU.
 
     The weighting method turns the per-task loss terms into gradients. Methods that edit gradients
     (GradNorm, PCGrad) run under DDP's `no_sync()` and the gradients are averaged here instead.
-    Returns the weighted loss and the per-task terms, detached.
+    A step whose gradients are not finite (a NaN or inf loss anywhere makes them so) is not taken;
+    the gradients are read after they are averaged, so every DDP worker decides alike.
+    Returns the weighted loss, the per-task terms (detached) and whether the step was taken.
     """
     x = to_input(images.to(device, non_blocking=True), channels_last=True)
     labels = labels.to(device, non_blocking=True)
@@ -85,8 +111,21 @@ def train_step(
         loss = weighting.backward(terms, known_tasks(labels), model)
     if by_hand:
         _average_gradients(model)
-    optimizer.step()
-    return loss, terms.detach()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
+    if finite:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return loss, terms.detach(), finite
+
+
+def diverged(cfg: TrainConfig, epoch: int, step: int) -> str:
+    """The one-line error for a run stopped by `max_nonfinite_steps` non-finite steps in a row."""
+    return (
+        f"epoch {epoch}, step {step}: the loss or its gradients were NaN or inf for {cfg.max_nonfinite_steps} "
+        f"steps in a row (each skipped), so the run stopped; the learning rate (lr {cfg.lr:g}) is likely too high"
+    )
 
 
 def predict_batches(

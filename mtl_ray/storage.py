@@ -105,5 +105,8 @@ def prepare_output(path: str) -> tuple[pafs.FileSystem, str]:
         info = fs.get_file_info(inner)
         if info.type == pafs.FileType.File:
             raise UserError(f"{path}: exists and is a file; expected a directory")
-        fs.create_dir(inner, recursive=True)
+        try:
+            fs.create_dir(inner, recursive=True)
+        except OSError as exc:  # a file where a parent directory should be, or no permission
+            raise UserError(f"{path}: cannot create the directory ({exc.strerror or first_line(exc)})") from None
     return fs, inner

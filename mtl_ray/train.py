@@ -33,7 +33,15 @@ from mtl_ray.runtime import (
     user_error_in,
 )
 from mtl_ray.shards import ShardFormat
-from mtl_ray.step import all_reduce_sum, epoch_lr, mean_over_workers, predict_batches, train_step
+from mtl_ray.step import (
+    all_reduce_sum,
+    diverged,
+    epoch_lr,
+    mean_over_workers,
+    predict_batches,
+    train_step,
+    whole_batches,
+)
 from mtl_ray.text import number, table
 from mtl_ray.validate import ValidationReport, validate
 
@@ -103,27 +111,41 @@ def worker_loop(config: dict) -> None:
                 "local_shuffle_buffer_size": cfg.shuffle_buffer,
                 "local_shuffle_seed": hash((cfg.seed, epoch, rank)) % 2**31,
             }
-        seen, loss_sum, batches, skipped = 0, 0.0, 0, 0
+        seen, loss_sum, batches, skipped, nonfinite, in_a_row = 0, 0.0, 0, 0, 0, 0
         terms_sum = torch.zeros(len(tasks), device=device)
         started = time.perf_counter()
-        for batch in train_shard.iter_torch_batches(
-            batch_size=cfg.batch_size, collate_fn=collate, device=device, **shuffle
+        for step, batch in enumerate(
+            whole_batches(
+                train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, device=device, **shuffle)
+            ),
+            start=1,
         ):
-            loss, terms = train_step(
+            loss, terms, taken = train_step(
                 model, optimizer, weighting, batch["image"], batch["labels"], device, cfg.loss_reduction
             )
             seen += len(batch["image"])
             skipped += int(batch["skipped"])
+            if not taken:
+                nonfinite, in_a_row = nonfinite + 1, in_a_row + 1
+                if in_a_row >= cfg.max_nonfinite_steps:
+                    # every worker stops at the same step (see train_step), so none waits in a collective
+                    ray.train.report({"error": diverged(cfg, epoch + 1, step)})
+                    return
+                continue
+            in_a_row = 0
             loss_sum += float(loss)
             terms_sum += terms
             batches += 1
         elapsed = time.perf_counter() - started
-        total_seen, total_loss, total_batches, total_skipped = all_reduce_sum([seen, loss_sum, batches, skipped])
+        total_seen, total_loss, total_batches, total_skipped, total_nonfinite = all_reduce_sum(
+            [seen, loss_sum, batches, skipped, nonfinite]
+        )
         weighting.epoch_end(terms_sum / max(batches, 1))
         metrics = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(total_batches, 1),
             "train_images_per_s": total_seen / max(elapsed, 1e-9),
+            "nonfinite_steps": int(total_nonfinite),
             "task_weights": dict(zip(tasks, weighting.weights(), strict=True)),
         }
         if rank == 0:
@@ -455,6 +477,8 @@ def fit(
     seconds = time.perf_counter() - started
     if result.error:
         raise user_error_in(result.error) or result.error
+    if result.metrics and "error" in result.metrics:
+        raise UserError(result.metrics["error"])
     with result.checkpoint.as_directory() as d:
         location = f"{shown}{result.checkpoint.path}"
         return result_from_checkpoint(

@@ -239,6 +239,23 @@ def test_register_and_predict_bad_input(cli, local_mlflow, tmp_path):
         assert len(result.err.strip().splitlines()) == 1, result.err
 
 
+def test_a_diverged_checkpoint_is_never_registered(cli, local_mlflow, tmp_path):
+    from mtl_ray.metrics import task_metrics
+
+    make_checkpoint(tmp_path / "nan", 0.9, seed=3)
+    _, meta = checkpoint.load(str(tmp_path / "nan"))
+    meta["metrics"]["val"]["car"] = task_metrics(np.array([np.nan, 0.5, np.inf]), np.array([1.0, 0.0, 1.0]))
+    with open(tmp_path / "nan" / "meta.json", "w") as f:
+        json.dump(meta, f)
+    res = cli("register", "--checkpoint", tmp_path / "nan")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1
+    assert "not registered: the model's validation outputs are not finite (2 NaN or inf" in res.err
+    assert "probabilities for car); it diverged" in res.err
+    from mlflow import MlflowClient
+
+    assert MlflowClient().search_registered_models() == []
+
+
 def test_unreachable_tracking_server_is_one_line(cli, tmp_path, monkeypatch):
     make_checkpoint(tmp_path / "c", 0.7, seed=8)
     dead = f"http://127.0.0.1:{free_port()}"

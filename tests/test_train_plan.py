@@ -1,13 +1,14 @@
-"""Resource sizing, source selection and the learning-rate schedule for training, without Ray."""
+"""Resource sizing, source selection, the learning-rate schedule and batch shaping for training, without Ray."""
 
 import itertools
 
 import pytest
+import torch
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
 from mtl_ray.runtime import plan_resources
-from mtl_ray.step import epoch_lr
+from mtl_ray.step import epoch_lr, whole_batches
 
 
 def test_two_cpu_default_leaves_one_cpu_for_ray_data():
@@ -58,3 +59,43 @@ def test_constant_schedule_keeps_lr_where_cosine_decays():
     assert [epoch_lr(cosine, e) for e in range(4)] == pytest.approx(
         [0.01, 0.01 * (1 + 2**-0.5) / 2, 0.005, 0.01 * (1 - 2**-0.5) / 2]
     )
+
+
+def _batch(rows: int, skipped: int = 0) -> dict:
+    return {
+        "image": torch.zeros(rows, 8, 8, 3, dtype=torch.uint8),
+        "labels": torch.zeros(rows, 2),
+        "skipped": torch.tensor(skipped),
+    }
+
+
+def test_a_last_batch_of_one_row_joins_the_batch_before_it():
+    sizes = [len(b["image"]) for b in whole_batches([_batch(4), _batch(4), _batch(1)])]
+    assert sizes == [4, 5]
+    assert [len(b["image"]) for b in whole_batches([_batch(4), _batch(2)])] == [4, 2]
+    # a batch thinned by skipped images is judged on rows read, the same on every DDP worker
+    assert [len(b["image"]) for b in whole_batches([_batch(4), _batch(1, skipped=1)])] == [4, 1]
+    joined = list(whole_batches([_batch(3, skipped=1), _batch(0, skipped=1)]))
+    assert len(joined) == 1 and int(joined[0]["skipped"]) == 2
+
+
+def test_a_step_with_non_finite_gradients_is_not_taken():
+    from mtl_ray.models import build
+    from mtl_ray.step import train_step
+    from mtl_ray.weighting import get as get_weighting
+
+    torch.manual_seed(0)
+    model = build("xs", 2, channels_last=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    images = torch.randint(0, 255, (8, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]] * 4)
+    before = [p.detach().clone() for p in model.parameters()]
+    _, _, taken = train_step(model, optimizer, get_weighting("equal", 2), images, labels, torch.device("cpu"))
+    assert taken and any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+    with torch.no_grad():
+        model.heads.bias[0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, _, taken = train_step(model, optimizer, get_weighting("equal", 2), images, labels, torch.device("cpu"))
+    assert not taken and not torch.isfinite(loss)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True) if a.isfinite().all())

@@ -4,9 +4,11 @@ These are the slow tests (one Ray instance for the session, tiny synthetic data)
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pyarrow.fs as pafs
@@ -91,6 +93,39 @@ def test_rerun_of_a_killed_driver_resumes_from_its_last_checkpoint(ray_session, 
 
 
 @pytest.mark.slow
+def test_a_train_worker_killed_mid_run_is_restarted_from_the_last_checkpoint(ray_session, cli, scenes, tmp_path):
+    """One Ray Train worker process killed by pid after the first checkpoint: with the default
+    `max_failures` the worker group restarts from that checkpoint and the run ends with every epoch."""
+    from ray.util.state import list_actors
+
+    runs = tmp_path / "runs"
+    snapshot = runs / "worker" / "checkpoint_manager_snapshot.json"
+    killed: dict = {}
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 240
+        while not snapshot.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        if snapshot.exists() and workers:
+            killed["pid"] = workers[0]["pid"]
+            killed["at"] = time.monotonic()
+            os.kill(killed["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    command = ["train", "--data", scenes, "--epochs", 3, "--backbone", "xs", "--storage", runs, "--name", "worker"]
+    res = cli(*command, "--json", "-")
+    killer.join()
+    assert "pid" in killed, "no worker was killed"
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["epochs"] == 3 and [h["epoch"] for h in out["history"]] == [1, 2, 3]
+    assert out["first_epoch"] >= 2, out  # the restarted group resumed after the first checkpoint
+    print(f"worker {killed['pid']} killed; the run finished {time.monotonic() - killed['at']:.0f} s later")
+
+
+@pytest.mark.slow
 def test_reads_shards_from_and_checkpoints_to_s3(ray_session, cli, s3, tmp_path):
     bucket = s3.bucket()
     synthesize(f"s3://{bucket}/scenes", 600, seed=3)
@@ -124,6 +159,16 @@ def test_validation_tasks_must_match_training_tasks(ray_session, cli, scenes, tm
     assert res.code == 2
     assert "validation tasks ['car', 'pedestrian'] differ from training tasks" in res.err
     assert len(res.err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_one_line_naming_epoch_step_and_lr(ray_session, cli, scenes, tmp_path):
+    (tmp_path / "hot.yaml").write_text("lr: 1.0e+8\nbackbone: xs\nepochs: 2\n")
+    res = cli("train", "--data", scenes, "--config", tmp_path / "hot.yaml", "--storage", tmp_path / "runs")
+    assert res.code == 2, res.err
+    assert len(res.err.strip().splitlines()) == 1, res.err
+    assert re.search(r"epoch 1, step \d+: the loss or its gradients were NaN or inf for 10 steps in a row", res.err)
+    assert "lr 1e+08" in res.err
 
 
 @pytest.mark.slow

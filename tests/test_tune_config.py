@@ -7,6 +7,7 @@ from mtl_ray.config import TuneConfig, load
 from mtl_ray.errors import UserError
 from mtl_ray.registry import check_name
 from mtl_ray.runtime import ResourcePlan
+from mtl_ray.synth import synthesize
 from mtl_ray.tracking import epoch_metrics, flat_params, tracking_uri
 from mtl_ray.tune import check_search, concurrent_trials, param_space
 
@@ -150,3 +151,32 @@ def test_training_data_comes_from_the_flag_else_the_config():
     assert TuneConfig(data="s3://b/shards").data_path("local/", "job.yaml") == "local/"
     with pytest.raises(UserError, match=r"job.yaml: no training data: pass --data PATH"):
         TuneConfig().data_path(None, "job.yaml")
+
+
+def test_tune_and_quickstart_bad_input_through_the_cli_is_one_line(cli, tmp_path):
+    """Each stops before Ray starts, with exit 2 and one line naming the file, key or path."""
+    synthesize(str(tmp_path / "data"), 40, seed=1)
+    files = {
+        "unknown.yaml": "bogus: 1\n",
+        "backbone.yaml": "search:\n  backbone: [s, q]\n",
+        "samples.yaml": "num_samples: 0\n",
+        "nodata.yaml": "num_samples: 1\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "a-file").write_text("")
+    data = ["--data", tmp_path / "data"]
+    cases = {
+        ("tune", "--config", tmp_path / "missing.yaml", *data): "missing.yaml: cannot read",
+        ("tune", "--config", tmp_path / "unknown.yaml", *data): "unknown.yaml: unknown key 'bogus'",
+        ("tune", "--config", tmp_path / "backbone.yaml", *data): "search.backbone: unknown backbone 'q'",
+        ("tune", "--config", tmp_path / "samples.yaml", *data): "key 'num_samples'",
+        ("tune", "--config", tmp_path / "nodata.yaml"): "no training data",
+        ("tune", "--config", tmp_path / "nodata.yaml", "--data", tmp_path / "nowhere"): "nowhere: no such file",
+        ("quickstart", "--out", tmp_path / "a-file"): "a-file/data: cannot create the directory",
+    }
+    for args, expected in cases.items():
+        res = cli(*args)
+        assert res.code == 2, (args, res.err)
+        assert expected in res.err, (args, res.err)
+        assert len(res.err.strip().splitlines()) == 1, res.err
