@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import ray
 import torch
 
 from mtl_ray import checkpoint, dataset
@@ -54,6 +55,19 @@ from mtl_ray.weighting import get as get_weighting
 
 def worker_loop(config: dict) -> None:
     """Train on this worker's stream of the `train` dataset; rank 0 validates and checkpoints."""
+    import ray.train
+    import ray.train.torch
+
+    if ray.get(config["user_errors"].first.remote()) is not None:
+        return  # a group restarted after a user error: the same input would only fail again
+    try:
+        _train(config)
+    except UserError as exc:
+        ray.get(config["user_errors"].put.remote(str(exc)))
+        raise
+
+
+def _train(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
@@ -128,9 +142,7 @@ def worker_loop(config: dict) -> None:
             if not taken:
                 nonfinite, in_a_row = nonfinite + 1, in_a_row + 1
                 if in_a_row >= cfg.max_nonfinite_steps:
-                    # every worker stops at the same step (see train_step), so none waits in a collective
-                    ray.train.report({"error": diverged(cfg, epoch + 1, step)})
-                    return
+                    raise UserError(diverged(cfg, epoch + 1, step))
                 continue
             in_a_row = 0
             loss_sum += float(loss)
@@ -182,6 +194,47 @@ def worker_loop(config: dict) -> None:
 
 
 # ---- 2. the driver --------------------------------------------------------------------------
+
+
+@ray.remote(num_cpus=0)
+class UserErrors:
+    """The first user error (bad input, a diverging run) a worker raised, kept for the driver.
+
+    Ray Train restarts the worker group after any worker error (`max_failures`); the restarted
+    workers find the error here and stop at once instead of failing the same way again.
+    """
+
+    def __init__(self) -> None:
+        self.message: str | None = None
+
+    def put(self, message: str) -> None:
+        self.message = self.message or message
+
+    def first(self) -> str | None:
+        return self.message
+
+
+@dataclass
+class Run:
+    """A `TorchTrainer` and the `UserErrors` its workers report to."""
+
+    trainer: object
+    user_errors: object
+
+    def fit(self):
+        """`trainer.fit()`, with a worker's user error raised here as one `UserError`."""
+        try:
+            result = self.trainer.fit()
+            failure = result.error
+        except Exception as exc:  # a UserError raised in a Ray Data task arrives wrapped
+            result, failure = None, exc
+        message = ray.get(self.user_errors.first.remote())
+        ray.kill(self.user_errors)
+        if message:
+            raise UserError(message)
+        if failure is not None:
+            raise user_error_in(failure) or failure from None
+        return result
 
 
 @dataclass
@@ -347,17 +400,17 @@ def build_trainer(
     callbacks: Sequence[object] = (),
     source: InitSource | None = None,
 ):
-    """The `TorchTrainer` of one run: `worker_loop` on `plan`'s workers, checkpoints under storage/name,
-    starting from `source`'s weights when given (its state goes to the workers through the object store)."""
-    import ray
+    """The `TorchTrainer` of one run (a `Run`): `worker_loop` on `plan`'s workers, checkpoints under
+    storage/name, starting from `source`'s weights when given (its state goes to the workers through the
+    object store)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     init = None
     if source is not None:
         init = {**source.lineage, "state": ray.put(source.state), "tasks": source.tasks}
-
-    return TorchTrainer(
+    user_errors = UserErrors.remote()
+    trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
             "train": cfg.model_dump(),
@@ -365,6 +418,7 @@ def build_trainer(
             "torch_threads": plan.torch_threads,
             "train_rows": inputs.train_rows,
             "init": init,
+            "user_errors": user_errors,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
@@ -383,6 +437,7 @@ def build_trainer(
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
+    return Run(trainer, user_errors)
 
 
 def result_from_checkpoint(
@@ -457,8 +512,6 @@ def fit(
     the training rows with those ids (a label budget of `mtl-ray transfer`); `source` is `config.init`
     already loaded, so that runs of one comparison start from the very same weights.
     """
-    import ray
-
     cfg, source = (init_settings(config, source), source) if source else with_init(config or TrainConfig())
     inputs = prepare(data, cfg, val=val, tasks=tasks, labeled_only=labeled_only, shuffle_labels=shuffle_labels, ids=ids)
     storage_dir, storage_fs, shown = run_storage(storage_path)
@@ -470,15 +523,8 @@ def fit(
         inputs, cfg, plan, name=run_name, storage_dir=storage_dir, storage_fs=storage_fs, source=source
     )
     started = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # a UserError raised in a worker or a Ray Data task arrives wrapped
-        raise user_error_in(exc) or exc from None
+    result = trainer.fit()
     seconds = time.perf_counter() - started
-    if result.error:
-        raise user_error_in(result.error) or result.error
-    if result.metrics and "error" in result.metrics:
-        raise UserError(result.metrics["error"])
     with result.checkpoint.as_directory() as d:
         location = f"{shown}{result.checkpoint.path}"
         return result_from_checkpoint(

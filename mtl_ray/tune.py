@@ -175,7 +175,7 @@ def train_driver(
         callbacks=[TuneReportCallback()],
         source=source,
     )
-    trainer.fit()
+    trainer.fit()  # a Run: a user error in a worker fails this trial with its one line
 
 
 # ---- MLflow: one child run per trial ------------------------------------------------------------
