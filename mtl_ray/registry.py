@@ -89,9 +89,12 @@ def fetch_checkpoint(uri: str, dest: str, what: str = "") -> str:
             raise UserError(f"{shown}: not a checkpoint directory (no {checkpoint.META_FILE})")
         return uri
     fs, path = storage.resolve(uri)
-    if fs.get_file_info(f"{path}/{checkpoint.META_FILE}").type != pafs.FileType.File:
-        raise UserError(f"{shown}: not a checkpoint (no {checkpoint.META_FILE})")
-    pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    try:
+        if fs.get_file_info(f"{path}/{checkpoint.META_FILE}").type != pafs.FileType.File:
+            raise UserError(f"{shown}: not a checkpoint (no {checkpoint.META_FILE}; check the bucket and key)")
+        pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    except OSError as exc:  # endpoint down, access denied
+        raise UserError(f"{shown}: cannot read from S3: {first_line(exc)}") from None
     return dest
 
 
@@ -288,7 +291,12 @@ def register_checkpoint(
                 f"{uri}: not registered: the model's validation outputs are not finite ({count} NaN or inf "
                 f"probabilities for {task}); it diverged"
             )
-        tracking.connect(uri_used)
+        try:
+            tracking.connect(uri_used)
+        except UserError as exc:
+            raise UserError(
+                f"{exc}; the checkpoint stays on storage: run `mtl-ray register --checkpoint {uri}` when it answers"
+            ) from None
         try:
             if run_id is None:
                 mlflow.set_experiment(experiment)

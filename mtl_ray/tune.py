@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,6 +294,8 @@ class TuneResult:
     parent_run_id: str | None
     seconds: float
     tracking_failures: list[str] = field(default_factory=list)
+    registration_error: str | None = None
+    """Why registering the best trial failed (its checkpoint stays on storage); the exit code is then 1."""
     exit_code: int = 0
 
     def to_json(self) -> dict:
@@ -310,6 +313,7 @@ class TuneResult:
             "best": best,
             "trials": [t.to_json() for t in self.trials],
             "registered": self.registered.to_json() if self.registered else None,
+            "registration_error": self.registration_error,
             "tracking_uri": tracking.masked(self.tracking_uri),
             "parent_run_id": self.parent_run_id,
             "seconds": self.seconds,
@@ -329,6 +333,8 @@ class TuneResult:
         ]
         if self.registered:
             lines.append(self.registered.render())
+        if self.registration_error:
+            lines.append(f"not registered: {self.registration_error}")
         shown = tracking.masked(self.tracking_uri)
         lines.append(f"tracking {shown} (browse: mlflow ui --backend-store-uri {shown})")
         lines += [f"warning: MLflow {f}" for f in self.tracking_failures]
@@ -402,10 +408,12 @@ def tune(
     source: str = "config",
     name: str | None = None,
     storage_path: str | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TuneResult:
     """Search `config.search` with Ray Tune, log every trial to MLflow, register the best.
 
-    `data`/`val` default to the config's `data`/`val` keys (how `jobs/configs` name their shards).
+    `data`/`val` default to the config's `data`/`val` keys (how `jobs/configs` name their shards);
+    `callbacks` are more Ray Tune callbacks, called after the MLflow trial logger.
     """
     import ray
     import ray.tune
@@ -490,7 +498,7 @@ def tune(
             name=tune_name,
             storage_path=storage_dir,
             storage_filesystem=storage_fs,
-            callbacks=[logger],
+            callbacks=[logger, *callbacks],
             failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures),
             verbose=0,
         ),
@@ -505,17 +513,20 @@ def tune(
         best = _best(trials, cfg.metric, mode)
     finally:
         _close_parent(client, parent_id, trials, failures)
-    registered = None
+    registered, registration_error = None, None
     if cfg.registry.enabled:
-        registered = registry.register_checkpoint(
-            best.checkpoint,
-            name=cfg.registry.name,
-            alias=cfg.registry.alias,
-            run_id=best.run_id,
-            data=data,
-            tracking_uri=uri,
-            experiment=cfg.tracking.experiment,
-        )
+        try:
+            registered = registry.register_checkpoint(
+                best.checkpoint,
+                name=cfg.registry.name,
+                alias=cfg.registry.alias,
+                run_id=best.run_id,
+                data=data,
+                tracking_uri=uri,
+                experiment=cfg.tracking.experiment,
+            )
+        except UserError as exc:  # the search is done and its best checkpoint kept: say so, then fail
+            registration_error = str(exc)
     return TuneResult(
         name=tune_name,
         metric=cfg.metric,
@@ -526,6 +537,8 @@ def tune(
         parent_run_id=parent_id,
         seconds=seconds,
         tracking_failures=failures,
+        registration_error=registration_error,
+        exit_code=1 if registration_error else 0,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -160,33 +162,44 @@ def mlflow_server(_moto_server, tmp_path_factory):
         aws_secret_access_key="testing",
     ).create_bucket(Bucket=bucket)
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    exe = venv_tool("mlflow")
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination",
-            f"s3://{bucket}/mlflow",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    uri = f"http://127.0.0.1:{port}"
+    proc, uri = start_mlflow_server(root, f"s3://{bucket}/mlflow", env)
     try:
-        wait_http(uri + "/health", timeout=90)
         yield MlflowServer(uri=uri, artifacts=f"s3://{bucket}/mlflow")
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to a server's process group (`mlflow server` runs uvicorn and job runners under it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+def start_mlflow_server(root, artifacts: str, env: dict) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on 127.0.0.1 with its sqlite database in `root`, answering /health; (process, URI)."""
+    port = free_port()
+    with open(root / "server.log", "a") as log:
+        proc = subprocess.Popen(
+            [
+                venv_tool("mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root}/mlflow.db",
+                "--artifacts-destination",
+                artifacts,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: killing the group stops its workers too
+        )
+    uri = f"http://127.0.0.1:{port}"
+    wait_http(uri + "/health", timeout=90)
+    return proc, uri

@@ -150,3 +150,49 @@ def test_quickstart_leaves_a_champion_a_fresh_process_can_use(ray_session, cli, 
     )
     model = _checkpoint_model(result["best"]["checkpoint"])
     np.testing.assert_allclose(np.array(got["values"]), own_probabilities(model, encoded, size=64), atol=1e-5)
+
+
+def test_a_tracking_server_down_at_registration_keeps_the_best_checkpoint_for_a_later_register(
+    ray_session, small_scenes, cli, tmp_path, monkeypatch
+):
+    """The server is killed by pid when the search ends: tune prints the best trial's checkpoint and
+    exits 1; with a server back on the same database, `register --checkpoint` succeeds."""
+    import os
+    import signal
+    import time
+
+    from conftest import start_mlflow_server, stop_group
+    from ray.tune import Callback
+
+    from mtl_ray.config import TuneConfig
+    from mtl_ray.registry import register
+    from mtl_ray.tune import tune
+
+    (tmp_path / "artifacts").mkdir()
+    env = dict(os.environ)
+    server, uri = start_mlflow_server(tmp_path, str(tmp_path / "artifacts"), env)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    class StopServer(Callback):  # pickled with the experiment state: it holds the pid only
+        def __init__(self, pid: int):
+            self.pid = pid
+
+        def on_experiment_end(self, trials, **info):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    config = TuneConfig.model_validate(
+        {"train": {"epochs": 1}, "search": {"backbone": ["xs"]}, "num_samples": 1, "tracking": {"uri": uri}}
+    )
+    result = tune(small_scenes, config=config, storage_path=str(tmp_path / "runs"), callbacks=[StopServer(server.pid)])
+    stopped = time.monotonic()
+    assert server.wait(timeout=10) == -signal.SIGKILL
+    assert result.exit_code == 1 and result.registered is None
+    assert "unreachable" in result.registration_error
+    assert f"mtl-ray register --checkpoint {result.best.checkpoint}" in result.registration_error
+    assert result.best.mean_auroc is not None and f"checkpoint {result.best.checkpoint}" in result.render()
+    server, uri = start_mlflow_server(tmp_path, str(tmp_path / "artifacts"), env)  # the same database
+    try:
+        later = register(checkpoint_uri=result.best.checkpoint, tracking_uri=uri)
+        assert later.version == "1" and later.alias_moved
+        print(f"registration gave up {time.monotonic() - stopped:.0f} s after the server stopped")
+    finally:
+        stop_group(server)
