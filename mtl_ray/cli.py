@@ -196,7 +196,15 @@ def _cmd_tune(args: argparse.Namespace) -> Result:
     from mtl_ray.tune import tune
 
     cfg = config.load(config.TuneConfig, args.config)
-    return tune(args.data, val=args.val, config=cfg, source=args.config, name=args.name, storage_path=args.storage)
+    return tune(
+        args.data,
+        val=args.val,
+        config=cfg,
+        source=args.config,
+        name=args.name,
+        storage_path=args.storage,
+        resume=args.resume,
+    )
 
 
 def _cmd_register(args: argparse.Namespace) -> Result:
@@ -462,6 +470,12 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     )
     p.add_argument(
         "--name", metavar="NAME", help="tune job name (default tune-DATE-TIME); trials' Train runs are NAME-TRIAL_ID"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="NAME",
+        help="finish the interrupted search NAME under --storage: finished trials kept, unfinished ones "
+        "resumed from their checkpoints, errored ones restarted; the best is registered once",
     )
     p.add_argument(
         "--storage",

@@ -106,6 +106,9 @@ def _train(config: dict) -> None:
         weighting.load_state_dict(state["weighting"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], meta["history"]
+        if start_epoch >= cfg.epochs:  # it had finished (a resumed Tune trial): its result once more, for Tune
+            ray.train.report(meta["metrics"], checkpoint=resumed if rank == 0 else None)
+            return
     first_epoch = start_epoch + 1
     lineage = None if init is None else {k: v for k, v in init.items() if k != "state"}
     model = ray.train.torch.prepare_model(model)

@@ -220,6 +220,10 @@ class TrialLogger(Callback):
         if trial.trial_id in self.run_ids:
             return
         client = self._client()
+        found = self.trial_runs(client, trial.trial_id)  # a resumed search continues the trial's run
+        if found:
+            self.run_ids.update(found)
+            return
         run = client.create_run(
             self.experiment,
             run_name=trial.trial_id,
@@ -228,6 +232,14 @@ class TrialLogger(Callback):
         self.run_ids[trial.trial_id] = run.info.run_id
         for key, value in tracking.flat_params(trial.config).items():
             client.log_param(run.info.run_id, key, value)
+
+    def trial_runs(self, client=None, trial_id: str | None = None) -> dict[str, str]:
+        """{trial id: run id} of the parent's child runs (of one trial when `trial_id` is given)."""
+        query = f"tags.`{tracking.PARENT_TAG}` = '{self.parent_run_id}'"
+        if trial_id:
+            query += f" and tags.`{tracking.TRIAL_TAG}` = '{trial_id}'"
+        runs = (client or self._client()).search_runs([self.experiment], filter_string=query, max_results=1000)
+        return {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in runs if tracking.TRIAL_TAG in r.data.tags}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._safely("log epoch", self._result, trial, result)
@@ -409,11 +421,14 @@ def tune(
     name: str | None = None,
     storage_path: str | None = None,
     callbacks: Sequence[Callback] = (),
+    resume: str | None = None,
 ) -> TuneResult:
     """Search `config.search` with Ray Tune, log every trial to MLflow, register the best.
 
     `data`/`val` default to the config's `data`/`val` keys (how `jobs/configs` name their shards);
-    `callbacks` are more Ray Tune callbacks, called after the MLflow trial logger.
+    `callbacks` are more Ray Tune callbacks, called after the MLflow trial logger. `resume` names an
+    interrupted search under the same storage to finish (Tune's restore: finished trials kept,
+    unfinished ones resumed, errored ones restarted), logging into its MLflow runs.
     """
     import ray
     import ray.tune
@@ -443,10 +458,19 @@ def tune(
     uri = tracking.tracking_uri(cfg.tracking.uri)
     client = tracking.connect(uri)
 
-    tune_name = name or cfg.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume and name and name != resume:
+        raise UserError(f"--resume {resume} and --name {name}: a resumed search keeps its name")
+    tune_name = resume or name or cfg.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment_dir = f"{storage_dir.rstrip('/')}/{tune_name}"
+    if resume and not ray.tune.Tuner.can_restore(experiment_dir, storage_filesystem=storage_fs):
+        raise UserError(f"--resume {resume}: no search of that name under {storage_path}")
     experiment = tracking.experiment_id(client, cfg.tracking.experiment)
-    parent = client.create_run(experiment, run_name=tune_name, tags={"mtl_ray.data": data, "mtl_ray.kind": "tune"})
-    parent_id = parent.info.run_id
+    parent_id = _parent_run(client, experiment, tune_name) if resume else None
+    if parent_id is None:
+        parent = client.create_run(
+            experiment, run_name=tune_name, tags={"mtl_ray.data": data, "mtl_ray.kind": "tune"}
+        )
+        parent_id = parent.info.run_id
     for key, value in {
         "search": json.dumps(cfg.search),
         "search_alg": cfg.search_alg,
@@ -457,7 +481,8 @@ def tune(
         "num_samples": str(cfg.num_samples),
         **tracking.flat_params(cfg.train.model_dump(), "train."),
     }.items():
-        client.log_param(parent_id, key, value)
+        if not resume:
+            client.log_param(parent_id, key, value)
 
     ensure_ray()
     cluster = ray.cluster_resources()
@@ -483,30 +508,42 @@ def tune(
         storage_path=storage_path,
         sources=sources,
     )
-    tuner = ray.tune.Tuner(
-        ray.tune.with_resources(trainable, {"CPU": DRIVER_CPUS}),
-        param_space=param_space(forms),
-        tune_config=ray.tune.TuneConfig(
-            metric=cfg.metric,
-            mode=mode,
-            scheduler=scheduler,
-            search_alg=search_alg,
-            num_samples=cfg.num_samples,
-            max_concurrent_trials=concurrency,
-        ),
-        run_config=ray.tune.RunConfig(
-            name=tune_name,
-            storage_path=storage_dir,
+    if resume:  # the restored run config keeps the first run's callbacks: a TrialLogger on the same parent run
+        tuner = ray.tune.Tuner.restore(
+            experiment_dir,
+            ray.tune.with_resources(trainable, {"CPU": DRIVER_CPUS}),
+            resume_unfinished=True,
+            restart_errored=True,
+            param_space=param_space(forms),
             storage_filesystem=storage_fs,
-            callbacks=[logger, *callbacks],
-            failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures),
-            verbose=0,
-        ),
-    )
+        )
+    else:
+        tuner = ray.tune.Tuner(
+            ray.tune.with_resources(trainable, {"CPU": DRIVER_CPUS}),
+            param_space=param_space(forms),
+            tune_config=ray.tune.TuneConfig(
+                metric=cfg.metric,
+                mode=mode,
+                scheduler=scheduler,
+                search_alg=search_alg,
+                num_samples=cfg.num_samples,
+                max_concurrent_trials=concurrency,
+            ),
+            run_config=ray.tune.RunConfig(
+                name=tune_name,
+                storage_path=storage_dir,
+                storage_filesystem=storage_fs,
+                callbacks=[logger, *callbacks],
+                failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures),
+                verbose=0,
+            ),
+        )
     started = time.perf_counter()
     results = tuner.fit()
     seconds = time.perf_counter() - started
 
+    if resume:
+        logger.run_ids.update(logger.trial_runs())  # the trials the first run logged
     trials = _summaries(results, cfg, max_epochs, logger, shown)
     failures = [logger.last_failure] if logger.failures else []
     try:
@@ -540,6 +577,14 @@ def tune(
         registration_error=registration_error,
         exit_code=1 if registration_error else 0,
     )
+
+
+def _parent_run(client, experiment: str, name: str) -> str | None:
+    """The MLflow parent run of the tune job `name`, if one was created."""
+    runs = client.search_runs(
+        [experiment], filter_string=f"tags.`mtl_ray.kind` = 'tune' and attributes.run_name = '{name}'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def _close_parent(client, parent_id: str, trials: list[TrialSummary], failures: list[str]) -> None:

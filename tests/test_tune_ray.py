@@ -196,3 +196,64 @@ def test_a_tracking_server_down_at_registration_keeps_the_best_checkpoint_for_a_
         print(f"registration gave up {time.monotonic() - stopped:.0f} s after the server stopped")
     finally:
         stop_group(server)
+
+
+def test_tune_resume_finishes_a_killed_search_and_registers_once(ray_session, small_scenes, cli, tmp_path, monkeypatch):
+    """The tune driver (and its own local Ray) killed by pid once the first of two trials is done;
+    `--resume NAME` keeps that trial, runs the other, logs into the same parent run, registers once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    config = tmp_path / "tune.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"epochs": 1},
+                "search": {"backbone": ["xs", "s"]},
+                "scheduler": {"name": "fifo"},
+                "max_concurrent_trials": 1,
+                "registry": {"name": "resumed"},
+            }
+        )
+    )
+    runs = tmp_path / "runs"
+    command = ["tune", "--data", small_scenes, "--config", config, "--storage", runs]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # its own local Ray
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "mtl_ray.cli", *map(str, command), "--name", "killed"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("killed-*/checkpoint_*")):  # a 1-epoch trial is done with its checkpoint
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no trial finished within 300 s"
+        time.sleep(0.5)
+    killed = time.monotonic()
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    driver.stderr.close()
+
+    again = cli(*command, "--resume", "killed", "--json", "-")
+    assert again.code == 0, again.err
+    out = again.json()
+    assert out["name"] == "killed" and len(out["trials"]) == 2
+    assert {t["status"] for t in out["trials"]} == {"completed"}, out["trials"]
+    assert out["registered"]["version"] == "1"
+    client = MlflowClient(db)
+    assert len(client.search_model_versions("name='resumed'")) == 1
+    experiment = client.get_experiment_by_name("mtl-ray").experiment_id
+    parents = client.search_runs([experiment], filter_string="tags.`mtl_ray.kind` = 'tune'")
+    assert [p.info.run_id for p in parents] == [out["parent_run_id"]]
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'")
+    assert len({c.data.tags["mtl_ray.trial_id"] for c in children}) == 2
+    print(f"resumed search finished {time.monotonic() - killed:.0f} s after the kill")
