@@ -86,7 +86,9 @@ class TrainConfig(Strict):
         "torchvision (ImageNet weights of a resnet backbone); scratch or none: random weights",
     )
     trunk: Literal["fine_tune", "freeze"] = Field("fine_tune", description="with init: train the trunk or keep it")
-    trunk_lr_scale: float = Field(1.0, gt=0, description="the trunk's learning rate as a multiple of lr")
+    trunk_lr_scale: float = Field(
+        1.0, gt=0, description="with init: the trunk's learning rate as a multiple of lr (from scratch: lr)"
+    )
     epoch_rows: int | None = Field(
         None, ge=1, description="rows an epoch streams: the training rows repeated to about this many; default once"
     )

@@ -91,7 +91,10 @@ def _train(config: dict) -> None:
         model.trunk.requires_grad_(False)
     weighting = get_weighting(cfg.weighting.name, len(tasks), mean_over_workers, **cfg.weighting.params()).to(device)
     groups = [
-        {"params": [p for p in model.trunk.parameters() if p.requires_grad], "lr_scale": cfg.trunk_lr_scale},
+        {
+            "params": [p for p in model.trunk.parameters() if p.requires_grad],
+            "lr_scale": cfg.trunk_lr_scale if init is not None else 1.0,  # a trunk from scratch trains at lr
+        },
         {"params": list(model.heads.parameters()), "lr_scale": 1.0},
     ]
     if list(weighting.parameters()):
