@@ -11,7 +11,7 @@ as mean ± std.
 
     python benchmarks/mtl_quality.py [--worlds synthetic,digits] [--seeds 3] [--first-seed 0] [--n 4000] [--json FILE]
 
-About 15 minutes per world and seed on 2 CPU cores.
+About 10 to 13 minutes per world and seed on 2 CPU cores.
 """
 
 from __future__ import annotations
