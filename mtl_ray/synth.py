@@ -850,16 +850,21 @@ def _round_sign_sprite(d: int, pole: int, ring: bool) -> _Sprite:
 @cache
 def _light_sprite(w: int, pole: int, lit: int) -> _Sprite:
     """Dark box (1), unlit lamps (2), the lit lamp (3), pole (4)."""
+    return _finish(_housing_on_pole(w, pole, lit, pole_part=4), 3)
+
+
+def _housing_on_pole(w: int, pole: int, lit: int | None, pole_part: int) -> np.ndarray:
+    """A traffic-light head's part map: dark box (1), three lamps (2 unlit, 3 the `lit` one), pole."""
     margin = max(1, round(0.15 * w))
     lamp = w - 2 * margin
     box = 3 * lamp + 4 * margin
     parts = np.zeros((box + pole, w), dtype=np.uint8)
     parts[:box] = 1
-    _bar(parts, box, box + pole, max(1, round(w / 3)), 4)
+    _bar(parts, box, box + pole, max(1, round(w / 3)), pole_part)
     disk = _disk(lamp)
     for k in range(3):
         _centred(parts, disk, margin + k * (lamp + margin), 3 if k == lit else 2)
-    return _finish(parts, 3)
+    return parts
 
 
 @cache
@@ -873,15 +878,7 @@ def _trailer_sprite(w: int, hatchback: int) -> _Sprite:
 @cache
 def _signal_box_sprite(w: int, pole: int) -> _Sprite:
     """A traffic light's dark housing (1) with unlit lamps (2), on a pole (3)."""
-    margin = max(1, round(0.15 * w))
-    lamp = w - 2 * margin
-    box = 3 * lamp + 4 * margin
-    parts = np.zeros((box + pole, w), dtype=np.uint8)
-    parts[:box] = 1
-    _bar(parts, box, box + pole, max(1, round(w / 3)), 3)
-    for k in range(3):
-        _centred(parts, _disk(lamp), margin + k * (lamp + margin), 2)
-    return _finish(parts, 2)
+    return _finish(_housing_on_pole(w, pole, None, pole_part=3), 2)
 
 
 @cache
