@@ -54,10 +54,10 @@ from mtl_ray.weighting import get as get_weighting
 
 
 def worker_loop(config: dict) -> None:
-    """Train on this worker's stream of the `train` dataset; rank 0 validates and checkpoints."""
-    import ray.train
-    import ray.train.torch
+    """Train on this worker's stream of the `train` dataset; rank 0 validates and checkpoints.
 
+    A user error (bad input, a diverging run) is kept in `UserErrors` before it fails the group.
+    """
     if ray.get(config["user_errors"].first.remote()) is not None:
         return  # a group restarted after a user error: the same input would only fail again
     try:
