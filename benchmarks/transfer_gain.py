@@ -7,7 +7,7 @@ then trains traffic_light at each label budget from scratch and from `models:/mt
 and once more at one budget from the checkpoint directory, so both kinds of source are measured.
 
     python benchmarks/transfer_gain.py [--labels 25,50,100,all] [--seeds 3] [--n 4000] [--target-n 1200]
-        [--checkpoint-labels 50] [--plots DIR] [--json FILE]
+        [--checkpoint-labels 50] [--config YAML] [--plots DIR] [--json FILE]
 
 Roughly an hour on 2 CPU cores with the defaults: the source, then 30 training runs.
 """
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from mtl_ray.config import TrainConfig
+from mtl_ray.config import TrainConfig, load_train
 from mtl_ray.registry import register_checkpoint
 from mtl_ray.synth import synthesize
 from mtl_ray.train import fit
@@ -38,9 +38,11 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--n", type=int, default=4000, help="source scenes")
     parser.add_argument("--target-n", type=int, default=1200, help="new-task scenes")
+    parser.add_argument("--config", metavar="YAML", help="the transfer runs' TrainConfig (the source: defaults)")
     parser.add_argument("--plots", metavar="DIR")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
+    config = load_train(args.config)
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
@@ -66,6 +68,7 @@ def main() -> int:
                 init,
                 labels=parse_labels(labels),
                 seeds=args.seeds,
+                config=config,
                 storage_path=runs,
                 plots=args.plots if key == "registry" else None,
             )

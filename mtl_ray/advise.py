@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mtl_ray import progress, tracking
 from mtl_ray.errors import UserError
 from mtl_ray.losses import task_terms
 from mtl_ray.metrics import task_metrics
@@ -179,20 +180,28 @@ class Advice:
 
     conditions: dict[str, dict]
     recommendation: str
+    tracking: dict[str, str] | None = None
+    """This advice's own MLflow run ({"run_id", "uri"}), or {"error"} when logging it failed."""
     exit_code: int = 0
 
     def to_json(self) -> dict:
-        return {"conditions": self.conditions, "recommendation": self.recommendation}
+        return {"conditions": self.conditions, "recommendation": self.recommendation, "tracking": self.tracking}
 
     def render(self) -> str:
         lines = [f"{name:<16} {c['verdict']:<4} {c['summary']}" for name, c in self.conditions.items()]
-        return "\n".join(lines + [f"recommendation: {self.recommendation}"])
+        return "\n".join([*lines, f"recommendation: {self.recommendation}", *tracking.result_line(self.tracking)])
 
 
 def advise(
-    data: str, *, rows: int = PROBE_ROWS, steps: int = PROBE_STEPS, size: tuple[int, int] | None = None
+    data: str,
+    *,
+    rows: int = PROBE_ROWS,
+    steps: int = PROBE_STEPS,
+    size: tuple[int, int] | None = None,
+    track: bool = False,
 ) -> Advice:
-    """Measure the three conditions on the shards at `data` (see the module docstring)."""
+    """Measure the three conditions on the shards at `data` (see the module docstring); `track` logs
+    the advice as an MLflow run of its own (`tracking.log_result_run`)."""
     report = validate(data)
     report.raise_if_unusable()
     tasks = list(report.fmt.tasks)
@@ -213,6 +222,7 @@ def advise(
     val_split = "val" if report.rows_in("val") else "train"
     val_images, val_labels = load_sample(report, val_split, rows // 2, size)
 
+    progress.say(f"advise 1/4: a trunk trained on the other tasks, probed for {focus}")
     trunk = probe_fit(PROBE_BACKBONE, images, labels[:, others], steps)
     probe_auroc = linear_probe(trunk, focus_images, focus_labels[:, j], val_images, val_labels[:, j])
     alone = _auroc(probe_fit(PROBE_BACKBONE, focus_images, focus_labels[:, [j]], steps), val_images, val_labels[:, j])
@@ -226,12 +236,14 @@ def advise(
             if probe_auroc >= alone - 2 * PROBE_MARGIN
             else "no"
         )
+    progress.say(f"advise 2/4: gradient cosines between tasks ({SMALL})")
     multi = probe_fit(SMALL, images, labels, steps)
     cosines = gradient_cosines(multi, val_images[:256], val_labels[:256], tasks)
     mean_cos = float(np.mean(list(cosines.values()))) if cosines else 0.0
 
     gaps = {}
-    for backbone in (SMALL, BIG):
+    for step, backbone in enumerate((SMALL, BIG), start=3):
+        progress.say(f"advise {step}/4: multi-task against single-task on {focus}, backbone {backbone}")
         mtl = _auroc(
             multi if backbone == SMALL else probe_fit(backbone, images, labels, steps), val_images, val_labels[:, j], j
         )
@@ -273,7 +285,16 @@ def advise(
             f"{number(big_gap, '+.3f')} with {BIG}",
         },
     }
-    return Advice(conditions, _recommend(shared_verdict, data_verdict, capacity_verdict, focus))
+    advice = Advice(conditions, _recommend(shared_verdict, data_verdict, capacity_verdict, focus))
+    if track:
+        verdicts = {f"{name}.verdict": c["verdict"] for name, c in conditions.items()}
+        advice.tracking = tracking.log_result_run(
+            "advise",
+            advice.to_json(),
+            advice.render(),
+            params={"data": data, "rows": rows, "steps": steps, "focus": focus, **verdicts},
+        )
+    return advice
 
 
 def _recommend(shared: str, amounts: str, capacity: str, focus: str) -> str:

@@ -11,11 +11,12 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from mtl_ray import __version__
+from mtl_ray import __version__, progress
 from mtl_ray.config import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from mtl_ray.errors import UserError
 from mtl_ray.images import RESIZE_MODES
@@ -167,13 +168,14 @@ def _cmd_compare(args: argparse.Namespace) -> Result:
         storage_path=args.storage,
         focus=args.focus,
         seeds=args.seeds,
+        track=not args.no_track,
     )
 
 
 def _cmd_advise(args: argparse.Namespace) -> Result:
     from mtl_ray.advise import advise
 
-    return advise(args.data, rows=args.rows, steps=args.steps)
+    return advise(args.data, rows=args.rows, steps=args.steps, track=not args.no_track)
 
 
 def _cmd_transfer(args: argparse.Namespace) -> Result:
@@ -308,6 +310,7 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     def command(sub, name: str, help: str, handler: Callable[[argparse.Namespace], Result]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--json", metavar="FILE", help="write the summary as JSON to FILE ('-' = stdout)")
+        p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (errors still show)")
         p.set_defaults(handler=handler)
         return p
 
@@ -431,6 +434,11 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
         type=_positive_int,
         default=1,
         help="run each side N times (training seeds seed..seed+N-1) and report mean ± std",
+    )
+    p.add_argument(
+        "--no-track",
+        action="store_true",
+        help="do not log this result as an MLflow run (default: log it to MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
     )
 
     p = command(
@@ -559,6 +567,11 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
     p.add_argument("--rows", type=_positive_int, default=1024, help="rows sampled for the probes (default 1024)")
     p.add_argument("--steps", type=_positive_int, default=60, help="training steps per probe (default 60)")
+    p.add_argument(
+        "--no-track",
+        action="store_true",
+        help="do not log this result as an MLflow run (default: log it to MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
+    )
     return parser, commands
 
 
@@ -574,6 +587,7 @@ def _write_json(summary: dict, target: str) -> None:
 def run(produce: Callable[[], Result], json_target: str | None) -> int:
     """Run a command: its summary to stdout (stderr with `--json -`), JSON where asked, one line per error."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would bury the one-line errors
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download is not progress
     human = sys.stderr if json_target == "-" else sys.stdout
     try:
         # Ray Tune and MLflow print progress to stdout; with --json - it must hold the JSON alone.
@@ -596,6 +610,7 @@ def run(produce: Callable[[], Result], json_target: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    progress.set_quiet(args.quiet)
     return run(lambda: args.handler(args), args.json)
 
 
@@ -611,7 +626,9 @@ def job_main(kind: str, argv: list[str] | None = None) -> int:
     p.add_argument("--storage", metavar="PATH", help="checkpoints (default: the config's storage)")
     p.add_argument("--name", metavar="NAME", help="run or tune job name")
     p.add_argument("--json", metavar="FILE", help="write the summary as JSON to FILE ('-' = stdout)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (errors still show)")
     args = p.parse_args(argv)
+    progress.set_quiet(args.quiet)
 
     def produce() -> Result:
         from mtl_ray import config

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from mtl_ray import progress, tracking
 from mtl_ray.config import TrainConfig, WeightingConfig
 from mtl_ray.errors import UserError
 from mtl_ray.metrics import METRIC
@@ -85,6 +87,8 @@ class CompareResult:
     runs: list[CompareRun]
     focus: str | None = None
     plots: list[str] = field(default_factory=list)
+    tracking: dict[str, str] | None = None
+    """This comparison's own MLflow run ({"run_id", "uri"}), or {"error"} when logging it failed."""
     exit_code: int = 0
 
     @property
@@ -143,6 +147,7 @@ class CompareResult:
             "stl_params": sum(r.params for r in self.runs[0].stl.values()),
             "mtl_checkpoint": self.runs[0].mtl.checkpoint,
             "plots": self.plots,
+            "tracking": self.tracking,
         }
         if self.several:
             out["delta_pct_std"] = {t: self._stat(lambda run, t=t: run.delta_pct(t))[1] for t in self.tasks}
@@ -196,7 +201,7 @@ class CompareResult:
             + (" (per seed)" if self.several else "")
         )
         lines += [f"plot {p}" for p in self.plots]
-        return "\n".join(lines)
+        return "\n".join(lines + tracking.result_line(self.tracking))
 
     def write_plots(self, directory: str) -> list[str]:
         """metrics.png (per-task AUROC, each side, seed means), curves.png (validation AUROC per epoch,
@@ -251,8 +256,10 @@ def compare(
     storage_path: str | None = None,
     focus: str | None = None,
     seeds: int = 1,
+    track: bool = False,
 ) -> CompareResult:
-    """Train the multi-task model and one single-task network per task, `seeds` times; see the module docstring."""
+    """Train the multi-task model and one single-task network per task, `seeds` times; see the module
+    docstring. `track` logs the comparison as an MLflow run of its own (`tracking.log_result_run`)."""
     cfg = config or TrainConfig()
     if control not in (None, "shuffle"):
         raise UserError(f"--control {control!r}: expected 'shuffle'")
@@ -280,17 +287,30 @@ def compare(
         )
         prefix = f"compare-{stamp}-s{run_cfg.seed}"
         common = dict(val=val, storage_path=storage_path)
+        of = f"seed {k + 1}/{seeds}: " if seeds > 1 else ""
+        progress.say(f"compare {of}multi-task: {', '.join(tasks)}")
         mtl = fit(data, name=f"{prefix}-mtl", config=run_cfg, **common)
-        stl = {
-            t: fit(data, name=f"{prefix}-stl-{t}", tasks=[t], labeled_only=True, config=single_cfg, **common)
-            for t in tasks
-        }
+        stl = {}
+        for i, t in enumerate(tasks, start=1):
+            progress.say(f"compare {of}single-task {i}/{len(tasks)}: {t}")
+            stl[t] = fit(data, name=f"{prefix}-stl-{t}", tasks=[t], labeled_only=True, config=single_cfg, **common)
         shuffled = None
         if control == "shuffle":
             others = [t for t in tasks if t != focus]
+            progress.say(f"compare {of}shuffle control: {', '.join(others)} labels shuffled")
             shuffled = fit(data, name=f"{prefix}-shuffle", shuffle_labels=others, config=run_cfg, **common)
         runs.append(CompareRun(run_cfg.seed, mtl, stl, shuffled))
     result = CompareResult(tasks=tasks, runs=runs, focus=focus)
     if plots:
         result.plots = result.write_plots(plots)
+    if track:
+        with tempfile.TemporaryDirectory() as d:
+            result.tracking = tracking.log_result_run(
+                "compare",
+                result.to_json(),
+                result.render(),
+                params={"data": data, "val": val, "seeds": seeds, "control": control, "focus": focus}
+                | cfg.model_dump(),
+                artifacts=result.plots or result.write_plots(d),
+            )
     return result

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mtl_ray import storage
+from mtl_ray import progress, storage
 from mtl_ray.errors import UserError
 from mtl_ray.images import (
     Size,
@@ -470,6 +470,7 @@ class ShardSink:
         self._written = 0
         self._paths: list[str] = []
         self._writer: ShardWriter | None = None
+        self._progress = progress.Counter("convert: rows written", planned)
 
     def add(self, table: pa.Table) -> None:
         self._pending.append(table)
@@ -511,6 +512,7 @@ class ShardSink:
             self._paths.append(path)
         self._writer.write(table)
         self._written += table.num_rows
+        self._progress.advance(table.num_rows)
 
 
 def _check_no_shards(fs: pafs.FileSystem, root: str, out: str) -> None:

@@ -238,6 +238,32 @@ def _version_tags(meta: dict, data: str | None) -> dict[str, str]:
     return tags
 
 
+def _description(meta: dict, data: str | None, run_id: str) -> str:
+    """A model version's description (Markdown): what it scores per task, and where it came from."""
+    metrics = meta["metrics"]
+    size, resize = checkpoint.input_spec(meta)
+    rows = []
+    for task, m in (metrics.get("val") or {}).items():
+        cells = [task, *(number(m.get(k)) for k in ("auroc", "accuracy", "f1")), str(m.get("n_labeled"))]
+        rows.append("| " + " | ".join(cells) + " |")
+    init = meta.get("init") or {}
+    started = (
+        f"`{init['uri']}`" + (f" (version {init['version']})" if init.get("version") else "") if init else "scratch"
+    )
+    return "\n".join(
+        [
+            f"mtl-ray, backbone `{meta['backbone']}`, {'x'.join(map(str, size))} ({resize}), {meta['epoch']} epochs, "
+            f"validation mean AUROC {number(metrics.get(GATE_METRIC))}.",
+            "",
+            "| task | AUROC | accuracy | F1 | labeled |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Lineage: data `{data or 'not recorded'}`; run `{run_id}`; started from {started}.",
+        ]
+    )
+
+
 def _champion(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 
@@ -319,6 +345,7 @@ def register_checkpoint(
             version = str(info.registered_model_version)
             for key, value in _version_tags(meta, data).items():
                 client.set_model_version_tag(name, version, key, value)
+            client.update_model_version(name, version, description=_description(meta, data, run.info.run_id))
             moved, reason = _gate(client, name, alias, score)
             if moved:
                 client.set_registered_model_alias(name, alias, version)

@@ -5,6 +5,7 @@ Ray starts. Ray is imported inside the functions that start it, so planning and 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ def configure_data() -> None:
     # Ray 2.60's Parquet reader V2 lists files and reads footers in a task on every epoch: 2-9 s
     # before the first batch here, against 0.15-0.4 s with V1 (docs/benchmarks.md).
     ctx.use_datasource_v2 = False
+    for handler in logging.getLogger("ray.data").handlers:  # its INFO lines go to ray-data.log, not the terminal
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
 
 
 def run_storage(path: str | None) -> tuple[str, object | None, str]:

@@ -34,6 +34,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import pyarrow.fs as pafs
 
+from mtl_ray import progress
 from mtl_ray.errors import UserError
 from mtl_ray.shards import (
     ENCODINGS,
@@ -219,6 +220,7 @@ def synthesize(
     positive = np.zeros(len(task_list), dtype=np.int64)
     base, extra = divmod(n, count)
     first_row = 0
+    counter = progress.Counter("synth: scenes", n)
     for i, name in enumerate(names):
         rows = base + (i < extra)
         split_rng, scene_rng, label_rng = np.random.default_rng([seed, i]).spawn(3)
@@ -237,6 +239,7 @@ def synthesize(
                     ids = [f"synth-{seed}-{first_row + r:08d}" for r in chunk.tolist()]
                     table = make_table(fmt, encode_images(images, fmt), values, ids, [split_name] * len(chunk))
                     writer.write(table)
+                    counter.advance(len(chunk))
         first_row += rows
     seconds = time.perf_counter() - started
     return SynthResult(

@@ -9,10 +9,13 @@ registered model's users need it without Ray.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,3 +104,113 @@ def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     for task, weight in (result.get("task_weights") or {}).items():
         out[f"weight.{task}"] = float(weight)
     return out
+
+
+def log_datasets(client, run_id: str, profiles: Mapping[str, Mapping[str, Any]]) -> None:
+    """Record the data a run used as MLflow dataset inputs, one per context ("training",
+    "validation"): source URI, digest, and the `ValidationReport.profile` (rows, per-task labeled and
+    positive counts) as the dataset's profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for context, profile in profiles.items():
+        source = str(profile["source"])
+        dataset = Dataset(
+            name=f"{source.rstrip('/').rsplit('/', 1)[-1] or source}:{profile['split']}",
+            digest=profile["digest"],
+            source_type="s3" if source.startswith("s3://") else "local",
+            source=json.dumps({"uri": source}),
+            schema=json.dumps({"tasks": list(profile["tasks"])}),
+            profile=json.dumps({"rows": profile["rows"], "tasks": profile["tasks"]}),
+        )
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+CURVES = {
+    "auroc": ("val.", ".auroc", "validation AUROC"),
+    "loss": ("train_loss", "", "train loss"),
+    "task_weights": ("weight.", "", "task weight"),
+}
+"""PNG curves logged per run: file stem → (metric prefix, suffix, y label)."""
+
+
+def log_curves(client, run_id: str) -> list[str]:
+    """Plot a run's per-epoch metrics (validation AUROC per task, train loss, task weights) from its
+    MLflow metric history and log them as PNGs under `curves/`; returns the artifact paths."""
+    from mtl_ray.plots import Line, curves
+
+    keys = list(client.get_run(run_id).data.metrics)
+    logged = []
+    with tempfile.TemporaryDirectory() as d:
+        for stem, (prefix, suffix, ylabel) in CURVES.items():
+            lines = []
+            for key in sorted(k for k in keys if k.startswith(prefix) and k.endswith(suffix)):
+                history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+                label = key[len(prefix) : len(key) - len(suffix)] or ylabel
+                lines.append(Line(label, [m.step for m in history], [m.value for m in history], marker="."))
+            if lines:
+                path = curves(os.path.join(d, f"{stem}.png"), lines, xlabel="epoch", ylabel=ylabel, title=ylabel)
+                client.log_artifact(run_id, path, "curves")
+                logged.append(f"curves/{stem}.png")
+    return logged
+
+
+def numbers_of(summary: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a JSON summary as MLflow metrics: {"mtl": {"car": 0.9}} → {"mtl.car": 0.9};
+    characters MLflow refuses in a name (the ~ of a task pair, say) become _."""
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        name = prefix + re.sub(r"[^\w\-. /]", "_", str(key))
+        if isinstance(value, Mapping):
+            out.update(numbers_of(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+            out[name] = float(value)
+    return out
+
+
+def log_result_run(
+    kind: str,
+    summary: Mapping[str, Any],
+    text: str,
+    *,
+    params: Mapping[str, Any],
+    artifacts: Sequence[str] = (),
+    experiment: str = "mtl-ray",
+) -> dict[str, str]:
+    """Log a command's result (`compare`, `advise`) as an MLflow run of its own in the tracking URI in
+    use: its parameters, every number of `summary` as a metric, the summary as JSON, `text` (the table
+    and verdicts as printed) and the `artifacts` (plots). Returns {"run_id", "uri"}, or {"error"}
+    when the tracker fails: the result itself is printed either way."""
+    from mlflow.entities import Metric, Param
+
+    uri = tracking_uri()
+    try:
+        client = connect(uri)
+        run = client.create_run(experiment_id(client, experiment), run_name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        client.set_tag(run_id, "mtl_ray.kind", kind)
+        metrics = [Metric(k, v, now, 0) for k, v in numbers_of(summary).items()]
+        for i in range(0, len(metrics), 1000):  # MLflow's limits per batch
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        logged = [Param(k, v[:6000]) for k, v in flat_params(params).items()]
+        for i in range(0, len(logged), 100):
+            client.log_batch(run_id, params=logged[i : i + 100])
+        client.log_dict(run_id, dict(summary), f"{kind}.json")
+        client.log_text(run_id, text, f"{kind}.txt")
+        for path in artifacts:
+            client.log_artifact(run_id, path, "plots")
+        client.set_terminated(run_id)
+    except Exception as exc:  # the result is worth more than its record: print it, say what failed
+        return {"error": masked(describe(exc), uri)}
+    return {"run_id": run_id, "uri": masked(uri)}
+
+
+def result_line(record: Mapping[str, str] | None) -> list[str]:
+    """The line a command prints about its own MLflow run (none when it was not tracked)."""
+    if not record:
+        return []
+    if "error" in record:
+        return [f"MLflow: not logged ({record['error']})"]
+    return [f"MLflow run {record['run_id']} in {record['uri']}"]

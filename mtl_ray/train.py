@@ -13,15 +13,16 @@ Rerunning `fit` with the same `name` and `storage` resumes from the last checkpo
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import ray
 import torch
 
-from mtl_ray import checkpoint, dataset
+from mtl_ray import checkpoint, dataset, progress
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
 from mtl_ray.images import show_size
@@ -56,14 +57,14 @@ from mtl_ray.weighting import get as get_weighting
 def worker_loop(config: dict) -> None:
     """Train on this worker's stream of the `train` dataset; rank 0 validates and checkpoints.
 
-    A user error (bad input, a diverging run) is kept in `UserErrors` before it fails the group.
+    A user error (bad input, a diverging run) is kept in the run's `Inbox` before it fails the group.
     """
-    if ray.get(config["user_errors"].first.remote()) is not None:
+    if ray.get(config["inbox"].first.remote()) is not None:
         return  # a group restarted after a user error: the same input would only fail again
     try:
         _train(config)
     except UserError as exc:
-        ray.get(config["user_errors"].put.remote(str(exc)))
+        ray.get(config["inbox"].put.remote(str(exc)))
         raise
 
 
@@ -180,6 +181,7 @@ def _train(config: dict) -> None:
                 }
             )
             history.append(metrics)
+            config["inbox"].report.remote({k: metrics[k] for k in progress.EPOCH_KEYS})
             with tempfile.TemporaryDirectory() as d:
                 meta = {
                     "epoch": epoch + 1,
@@ -201,10 +203,13 @@ def _train(config: dict) -> None:
 
 # ---- 2. the driver --------------------------------------------------------------------------
 
+PROGRESS_POLL_S = 1.0
+
 
 @ray.remote(num_cpus=0)
-class UserErrors:
-    """The first user error (bad input, a diverging run) a worker raised, kept for the driver.
+class Inbox:
+    """What a run's workers tell its driver: each epoch's report (for the progress lines) and the
+    first user error (bad input, a diverging run).
 
     Ray Train restarts the worker group after any worker error (`max_failures`); the restarted
     workers find the error here and stop at once instead of failing the same way again.
@@ -212,6 +217,7 @@ class UserErrors:
 
     def __init__(self) -> None:
         self.message: str | None = None
+        self.reports: list[dict] = []
 
     def put(self, message: str) -> None:
         self.message = self.message or message
@@ -219,23 +225,47 @@ class UserErrors:
     def first(self) -> str | None:
         return self.message
 
+    def report(self, metrics: dict) -> None:
+        self.reports.append(metrics)
+
+    def take(self) -> list[dict]:
+        taken, self.reports = self.reports, []
+        return taken
+
 
 @dataclass
 class Run:
-    """A `TorchTrainer` and the `UserErrors` its workers report to."""
+    """A `TorchTrainer` and the `Inbox` its workers report to."""
 
     trainer: object
-    user_errors: object
+    inbox: object
 
-    def fit(self):
-        """`trainer.fit()`, with a worker's user error raised here as one `UserError`."""
+    def fit(self, on_epoch: Callable[[dict], None] | None = None):
+        """`trainer.fit()`, with a worker's user error raised here as one `UserError`; `on_epoch` is
+        called on this process with each epoch's report while the run goes on."""
+        stop = threading.Event()
+
+        def relay() -> None:
+            while not stop.wait(PROGRESS_POLL_S):
+                for metrics in ray.get(self.inbox.take.remote()):
+                    on_epoch(metrics)
+
+        watcher = threading.Thread(target=relay, daemon=True) if on_epoch else None
+        if watcher:
+            watcher.start()
         try:
             result = self.trainer.fit()
             failure = result.error
         except Exception as exc:  # a UserError raised in a Ray Data task arrives wrapped
             result, failure = None, exc
-        message = ray.get(self.user_errors.first.remote())
-        ray.kill(self.user_errors)
+        finally:
+            stop.set()
+        if watcher:
+            watcher.join()
+            for metrics in ray.get(self.inbox.take.remote()):
+                on_epoch(metrics)
+        message = ray.get(self.inbox.first.remote())
+        ray.kill(self.inbox)
         if message:
             raise UserError(message)
         if failure is not None:
@@ -327,21 +357,27 @@ class Inputs:
     size_reason: str
     train_rows: int
     """Training rows one pass streams (for a `labeled_only` subset, those of its best-labeled task)."""
+    profiles: dict[str, dict] = field(default_factory=dict)
+    """{"training"|"validation": `ValidationReport.profile`} of the data as a whole, for the tracker."""
 
     def passes(self, cfg: TrainConfig) -> int:
         """Passes over the training rows per epoch: enough for `cfg.epoch_rows` rows, at least one."""
         return max(1, round(cfg.epoch_rows / max(self.train_rows, 1))) if cfg.epoch_rows else 1
 
 
-def _select_sources(data: str, val: str | None, report: ValidationReport) -> tuple[dataset.Source, dataset.Source]:
-    """Train rows (split train or unassigned) and validation rows (--val, or the data's val split)."""
+def _select_sources(
+    data: str, val: str | None, report: ValidationReport
+) -> tuple[dataset.Source, dataset.Source, dict]:
+    """Train rows (split train or unassigned), validation rows (--val, or the data's val split), and
+    the validation rows' `ValidationReport.profile`."""
     if report.rows_in("train") == 0:
         raise UserError(f"{data}: no training rows (split 'train' or unassigned)")
     train_src = dataset.Source(report.fs, tuple(report.paths), report.fmt, "train", report.has_split_column)
     if val is None:
         if report.rows_in("val") == 0:
             raise UserError(f"{data}: empty validation split: no rows with split 'val'; add some or pass --val PATH")
-        return train_src, dataset.Source(report.fs, tuple(report.paths), report.fmt, "val", report.has_split_column)
+        val_src = dataset.Source(report.fs, tuple(report.paths), report.fmt, "val", report.has_split_column)
+        return train_src, val_src, report.profile("val")
     val_report = validate(val)
     val_report.raise_if_unusable()
     if list(val_report.fmt.tasks) != list(report.fmt.tasks):
@@ -352,9 +388,8 @@ def _select_sources(data: str, val: str | None, report: ValidationReport) -> tup
     if val_report.rows == 0:
         raise UserError(f"{val}: empty validation data")
     split = "val" if val_report.rows_in("val") else None
-    return train_src, dataset.Source(
-        val_report.fs, tuple(val_report.paths), val_report.fmt, split, val_report.has_split_column
-    )
+    val_src = dataset.Source(val_report.fs, tuple(val_report.paths), val_report.fmt, split, val_report.has_split_column)
+    return train_src, val_src, val_report.profile(split)
 
 
 def prepare(
@@ -371,7 +406,7 @@ def prepare(
     size (`cfg.image_size`, else `ValidationReport.training_size`). See `fit` for the keywords."""
     report = validate(data)
     report.raise_if_unusable()
-    train_src, val_src = _select_sources(data, val, report)
+    train_src, val_src, val_profile = _select_sources(data, val, report)
     if tasks is not None:
         unknown = [t for t in tasks if t not in report.fmt.tasks]
         if unknown:
@@ -392,7 +427,10 @@ def prepare(
     labeled = report.labeled_in("train")
     rows = max(labeled[t] for t in train_src.fmt.tasks) if labeled_only else report.rows_in("train")
     rows = len(ids) if ids is not None else rows
-    return Inputs(data, train_src, val_src, size, reason, rows)
+    profiles = {"training": report.profile("train"), "validation": val_profile}
+    for profile in profiles.values():
+        profile["tasks"] = {t: profile["tasks"][t] for t in train_src.fmt.tasks}
+    return Inputs(data, train_src, val_src, size, reason, rows, profiles)
 
 
 def build_trainer(
@@ -415,7 +453,7 @@ def build_trainer(
     init = None
     if source is not None:
         init = {**source.lineage, "state": ray.put(source.state), "tasks": source.tasks}
-    user_errors = UserErrors.remote()
+    inbox = Inbox.remote()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
@@ -424,7 +462,7 @@ def build_trainer(
             "torch_threads": plan.torch_threads,
             "train_rows": inputs.train_rows,
             "init": init,
-            "user_errors": user_errors,
+            "inbox": inbox,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
@@ -443,7 +481,7 @@ def build_trainer(
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    return Run(trainer, user_errors)
+    return Run(trainer, inbox)
 
 
 def result_from_checkpoint(
@@ -529,7 +567,7 @@ def fit(
         inputs, cfg, plan, name=run_name, storage_dir=storage_dir, storage_fs=storage_fs, source=source
     )
     started = time.perf_counter()
-    result = trainer.fit()
+    result = trainer.fit(on_epoch=progress.EpochPrinter(run_name, cfg.epochs))
     seconds = time.perf_counter() - started
     with result.checkpoint.as_directory() as d:
         location = f"{shown}{result.checkpoint.path}"

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
+from mtl_ray import progress
 from mtl_ray.compare import mean_std
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
@@ -40,6 +41,8 @@ from mtl_ray.validate import ValidationReport, validate
 ALL = "all"
 DEFAULT_LABELS = (25, 50, 100, ALL)
 PROBE_ROWS = 1024
+SCRATCH = {"trunk": "fine_tune", "trunk_lr_scale": 1.0}
+"""With no source the whole network trains at lr, whatever the config says of a source's trunk."""
 OVERLAP_MARGIN = 0.02
 """AUROC by which a probe on the source trunk must beat one on an untrained trunk to show overlap."""
 
@@ -280,11 +283,14 @@ def transfer(
         point = TransferPoint(label, rows, [], [])
         for k in range(seeds):
             for side, runs in (("scratch", point.scratch), ("transfer", point.transfer)):
+                of = f"seed {k + 1}/{seeds}, " if seeds > 1 else ""
+                progress.say(f"transfer {label} labels, {of}{'from scratch' if side == 'scratch' else 'from ' + init}")
                 cfg = base.model_copy(
                     update={
                         "seed": base.seed + k,
                         "epoch_rows": len(ranked),
                         "init": init if side == "transfer" else None,
+                        **({} if side == "transfer" else SCRATCH),
                     }
                 )
                 runs.append(

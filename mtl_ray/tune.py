@@ -22,7 +22,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from mtl_ray import registry, tracking
+from mtl_ray import progress, registry, tracking
 from mtl_ray.config import TrainConfig, TuneConfig, parse
 from mtl_ray.errors import UserError, describe
 from mtl_ray.images import show_size
@@ -183,14 +183,25 @@ def train_driver(
 
 
 class TrialLogger(Callback):
-    """Ray Tune callback: one MLflow child run per trial under the tune job's parent run.
+    """Ray Tune callback: one MLflow child run per trial under the tune job's parent run, with the
+    trial's parameters, the data it used (dataset inputs), its per-epoch metrics and, at its end,
+    their curves as PNGs.
 
     A failure to log never stops tuning: it is counted in `failures` (reported by `mtl-ray tune`)
     and the checkpoints stay on storage for `mtl-ray register --checkpoint`.
     """
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, max_epochs: int, checkpoint_prefix: str = ""):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        parent_run_id: str,
+        max_epochs: int,
+        checkpoint_prefix: str = "",
+        profiles: dict[str, dict] | None = None,
+    ):
         self.uri = uri
+        self.profiles = profiles or {}
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
@@ -232,6 +243,8 @@ class TrialLogger(Callback):
         self.run_ids[trial.trial_id] = run.info.run_id
         for key, value in tracking.flat_params(trial.config).items():
             client.log_param(run.info.run_id, key, value)
+        if self.profiles:
+            tracking.log_datasets(client, run.info.run_id, self.profiles)
 
     def trial_runs(self, client=None, trial_id: str | None = None) -> dict[str, str]:
         """{trial id: run id} of the parent's child runs (of one trial when `trial_id` is given)."""
@@ -274,6 +287,39 @@ class TrialLogger(Callback):
         if status == "FINISHED" and epochs < self.max_epochs:
             client.set_tag(run_id, "mtl_ray.stopped_early", "true")
         client.set_terminated(run_id, status)
+        tracking.log_curves(client, run_id)  # after the status, so a plotting failure cannot leave the run open
+
+
+class TrialProgress(Callback):
+    """Ray Tune callback: progress lines on the tune driver, a trial's start, each of its epochs, and
+    its end with the reason (finished, stopped early by the scheduler, failed)."""
+
+    def __init__(self, max_epochs: int, scheduler: str):
+        self.max_epochs = max_epochs
+        self.scheduler = scheduler
+        self.clocks: dict[str, list[float]] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.clocks[trial.trial_id] = [time.perf_counter(), 0]
+        searched = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+        progress.say(f"trial {trial.trial_id} started: {searched}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        clock = self.clocks.setdefault(trial.trial_id, [time.perf_counter(), 0])
+        clock[1] += 1
+        line = progress.epoch_line(
+            f"trial {trial.trial_id}", result, self.max_epochs, time.perf_counter() - clock[0], clock[1]
+        )
+        progress.say(line)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        why = "finished" if epochs >= self.max_epochs else f"stopped early by {self.scheduler}"
+        progress.say(f"trial {trial.trial_id} {why} at epoch {epochs}/{self.max_epochs}")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        error = trial.get_error()
+        progress.say(f"trial {trial.trial_id} failed: {_trial_error(error) if error else 'see its error file'}")
 
 
 # ---- 3. the tune job -------------------------------------------------------------------------
@@ -467,9 +513,7 @@ def tune(
     experiment = tracking.experiment_id(client, cfg.tracking.experiment)
     parent_id = _parent_run(client, experiment, tune_name) if resume else None
     if parent_id is None:
-        parent = client.create_run(
-            experiment, run_name=tune_name, tags={"mtl_ray.data": data, "mtl_ray.kind": "tune"}
-        )
+        parent = client.create_run(experiment, run_name=tune_name, tags={"mtl_ray.data": data, "mtl_ray.kind": "tune"})
         parent_id = parent.info.run_id
     for key, value in {
         "search": json.dumps(cfg.search),
@@ -498,7 +542,7 @@ def tune(
         if cfg.scheduler.name == "asha"
         else FIFOScheduler()
     )
-    logger = TrialLogger(uri, experiment, parent_id, max_epochs, shown)
+    logger = TrialLogger(uri, experiment, parent_id, max_epochs, shown, inputs.profiles)
     trainable = ray.tune.with_parameters(
         train_driver,
         inputs=inputs,
@@ -533,7 +577,7 @@ def tune(
                 name=tune_name,
                 storage_path=storage_dir,
                 storage_filesystem=storage_fs,
-                callbacks=[logger, *callbacks],
+                callbacks=[logger, TrialProgress(max_epochs, cfg.scheduler.name), *callbacks],
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures),
                 verbose=0,
             ),

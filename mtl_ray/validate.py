@@ -9,6 +9,8 @@ learning shaky. Training calls `validate` before starting Ray and streams `repor
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mtl_ray import progress
 from mtl_ray.errors import UserError
 from mtl_ray.images import show_size
 from mtl_ray.shards import (
@@ -100,6 +103,22 @@ class ValidationReport:
         """Known labels per task in the rows of `split` (training rows include unassigned ones)."""
         members = [self.splits[s] for s in split_members(split) if s in self.splits]
         return {t: sum(m["tasks"][t]["labeled"] for m in members) for t in self.tasks}
+
+    def profile(self, split: str | None) -> dict:
+        """Rows and per-task labeled/positive counts of `split` (None: every row), with a digest of
+        the shards behind them: what a tracker records of the data a run used."""
+        if split is None:
+            tasks = {t: {"labeled": c["labeled"], "positive": c["positive"]} for t, c in self.tasks.items()}
+            rows = self.rows
+        else:
+            members = [self.splits[s] for s in split_members(split) if s in self.splits]
+            tasks = {
+                t: {k: sum(m["tasks"][t][k] for m in members) for k in ("labeled", "positive")} for t in self.tasks
+            }
+            rows = self.rows_in(split)
+        shards = [[s.name, s.rows] for s in self.shards]
+        digest = hashlib.sha256(json.dumps([shards, split, tasks]).encode()).hexdigest()[:16]
+        return {"source": self.path, "split": split or "all", "rows": rows, "tasks": tasks, "digest": digest}
 
     def training_size(self) -> tuple[tuple[int, int], str]:
         """The (height, width) to train at when none is configured, and why: the shards' size when
@@ -193,7 +212,7 @@ def validate(path: str, *, full: bool = False, image_column: str | None = None) 
     report = ValidationReport(path=path, fs=fs, full=full, ignored_files=[display(f, root, path) for f in ignored])
     split_counts: dict[str, dict] = {}
     reference: _Reference | None = None
-    for file in files:
+    for file in progress.Counter("validate --full: shards", len(files)).each(files) if full else files:
         name = display(file, root, path)
         try:
             pf = open_shard(fs, file, name)

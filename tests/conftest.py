@@ -118,6 +118,13 @@ def cli(capsys):
     return run
 
 
+@pytest.fixture(autouse=True)
+def _own_tracking_store(tmp_path, monkeypatch):
+    """Commands that log to MLflow by default (compare, advise) log to this test's own sqlite store,
+    never to a mlruns.db in the checkout."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+
+
 @pytest.fixture(scope="session")
 def ray_session(_moto_server):
     """One local Ray instance for the whole test session (start-up costs ~10 s).

@@ -1,8 +1,11 @@
 """`mtl-ray advise`: the three conditions, measured on small synthetic data."""
 
+import os
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from mlflow import MlflowClient
 
 from mtl_ray.advise import data_amounts, gradient_cosines
 from mtl_ray.models import build
@@ -55,6 +58,16 @@ def test_advise_reports_three_conditions(cli, tmp_path):
     assert f"{amounts['tasks']['traffic_light']['labeled']:,} labels" in out["conditions"]["data_amounts"]["summary"]
     assert set(out["conditions"]["capacity"]["evidence"]["probes"]) == {"xs", "m"}
     assert out["recommendation"]
+    assert "advise 1/4: a trunk trained on the other tasks, probed for traffic_light" in res.err
+    assert "advise 4/4: multi-task against single-task on traffic_light, backbone m" in res.err
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(out["tracking"]["run_id"])
+    assert run.data.tags["mtl_ray.kind"] == "advise"
+    for name, condition in out["conditions"].items():
+        assert run.data.params[f"{name}.verdict"] == condition["verdict"]
+    assert run.data.metrics["conditions.shared_features.evidence.probe_auroc"] == pytest.approx(shared["probe_auroc"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"advise.json", "advise.txt"}
 
 
 def test_advise_needs_two_tasks(cli, tmp_path):
@@ -80,8 +93,9 @@ def test_advise_counts_unassigned_rows_as_training_rows(cli, tmp_path):
     index = table.schema.get_field_index("split")
     pq.write_table(table.set_column(index, "split", pa.array(splits, pa.string())), path)
     labeled = table.filter(pc.equal(table.column("split"), "train")).column("traffic_light").is_valid()
-    res = cli("advise", "--data", data, "--rows", 64, "--steps", 2, "--json", "-")
+    res = cli("advise", "--data", data, "--rows", 64, "--steps", 2, "--no-track", "--quiet", "--json", "-")
     assert res.code == 0, res.err
+    assert res.json()["tracking"] is None and "advise 1/4" not in res.err
     focus = res.json()["conditions"]["data_amounts"]["evidence"]["tasks"]["traffic_light"]
     assert focus["labeled"] == pc.sum(labeled.cast(pa.int64())).as_py()  # train and unassigned rows together
     assert 0 < len(unassigned) < len(train_rows)

@@ -1,10 +1,12 @@
 """`mtl-ray compare`: Δm, the single-task baselines, the shuffle control and plots."""
 
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from mlflow import MlflowClient
 
 from mtl_ray.compare import CompareResult, CompareRun, delta_m
 from mtl_ray.dataset import ShuffleLabels
@@ -99,6 +101,25 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
     assert sorted(out["plots"]) == sorted(
         os.path.join(str(plots), n) for n in ("metrics.png", "curves.png", "task_weights.png")
     )
+    for line in ("compare multi-task: car, traffic_light", "compare single-task 2/2: traffic_light"):
+        assert line in res.err, res.err[-3000:]
+    assert "compare shuffle control: car labels shuffled" in res.err
+    assert len(re.findall(r"compare-\S+: epoch 1/1  loss ", res.err)) == 4  # mtl, 2 stl, control
+    assert " INFO " not in res.err
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(out["tracking"]["run_id"])
+    assert run.data.tags["mtl_ray.kind"] == "compare" and run.info.status == "FINISHED"
+    assert run.data.metrics["delta_m_pct"] == pytest.approx(out["delta_m_pct"])
+    assert run.data.metrics["stl.traffic_light.auroc"] == pytest.approx(out["stl"]["traffic_light"]["auroc"])
+    assert run.data.params["control"] == "shuffle" and run.data.params["weighting.name"] == "static"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"compare.json", "compare.txt", "plots"} <= artifacts
+    text = open(client.download_artifacts(run.info.run_id, "compare.txt", str(tmp_path))).read()
+    assert text.startswith("task") and "Δm" in text and "traffic_light" in text
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
+        f"plots/{n}" for n in ("metrics.png", "curves.png", "task_weights.png")
+    }
 
 
 def test_compare_refuses_a_task_without_known_labels(cli, tmp_path):

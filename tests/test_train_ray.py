@@ -59,6 +59,14 @@ def test_two_workers_three_epochs_learn_the_seed_tasks(ray_session, cli, scenes,
     assert meta["tasks"] == list(SEED_TASKS) and meta["backbone"] == "s" and meta["epoch"] == 3
     assert state["model"]["heads.weight"].shape[0] == len(SEED_TASKS)
     assert "mean_auroc" in res.err  # the human summary goes to stderr with --json -
+    epochs = re.findall(
+        r"^learn: epoch (\d)/3  loss [\d.]+  val mean AUROC ([\d.]+)  [\d,]+ img/s  elapsed \S+  ETA \S+$",
+        res.err,
+        re.MULTILINE,
+    )
+    assert [int(k) for k, _ in epochs] == [1, 2, 3], res.err
+    assert float(epochs[-1][1]) == pytest.approx(out["mean_auroc"], abs=5e-4)
+    assert not re.search(r"\bINFO\b", res.err), res.err  # Ray's and Ray Data's own lines stay in the Ray logs
 
 
 @pytest.mark.slow

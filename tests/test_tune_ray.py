@@ -2,6 +2,7 @@
 `mlflow server` (sqlite + s3 artifacts on moto_server) and a local sqlite store."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from test_registry import fresh_predict, own_probabilities
 from mtl_ray import checkpoint
 from mtl_ray.images import encode_image
 from mtl_ray.models import build
-from mtl_ray.synth import synthesize
+from mtl_ray.synth import SEED_TASKS, synthesize
 
 SIZE = 32
 
@@ -106,8 +107,21 @@ def test_tune_tracks_every_trial_on_a_server_and_registers_the_best(
         assert {"val.traffic_light.auroc", "weight.car", "train_loss"} <= set(run.data.metrics)
         assert run.data.params["backbone"] == trial["config"]["backbone"]
         assert run.info.status == "FINISHED"
+        curves = {a.path for a in client.list_artifacts(run.info.run_id, "curves")}
+        assert curves == {"curves/auroc.png", "curves/loss.png", "curves/task_weights.png"}, curves
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation"}
+        profile = json.loads(inputs["training"].profile)
+        assert profile["rows"] > 0 and set(profile["tasks"]) == set(SEED_TASKS)
+        assert 0 < profile["tasks"]["car"]["positive"] <= profile["tasks"]["car"]["labeled"] <= profile["rows"]
+        assert json.loads(inputs["validation"].source)["uri"] == str(small_scenes)
     best_run = client.get_run(best["run_id"])
     assert best_run.data.tags["mtl_ray.checkpoint"] == best["checkpoint"]
+    version = client.get_model_version("tune-test", result["registered"]["version"])
+    assert f"| traffic_light | {best_run.data.metrics['val.traffic_light.auroc']:.3f} |" in version.description
+    assert f"run `{best['run_id']}`" in version.description and str(small_scenes) in version.description
+    assert re.search(r"trial \w+ stopped early by asha at epoch 1/2", out.err), out.err[-3000:]
+    assert re.search(r"trial \w+: epoch 2/2  loss [\d.]+  val mean AUROC [\d.]+ ", out.err), out.err[-3000:]
 
     encoded, paths = _images(tmp_path)
     got = fresh_predict(
@@ -172,6 +186,7 @@ def test_a_tracking_server_down_at_registration_keeps_the_best_checkpoint_for_a_
     env = dict(os.environ)
     server, uri = start_mlflow_server(tmp_path, str(tmp_path / "artifacts"), env)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
     class StopServer(Callback):  # pickled with the experiment state: it holds the pid only
         def __init__(self, pid: int):
             self.pid = pid
