@@ -265,20 +265,27 @@ def _description(meta: dict, data: str | None, run_id: str) -> str:
 
 
 def _champion(client, name: str, alias: str):
+    """The version `alias` points at, or None when it points nowhere yet. Any other failure to read it
+    is raised: a registry that cannot be read must not pass for one without a champion."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if "not found" in exc.message and exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            return None
+        raise
 
 
-def _gate(client, name: str, alias: str, score: float | None) -> tuple[bool, str]:
+def _gate(client, name: str, alias: str, score: float | None, tasks: list[str]) -> tuple[bool, str]:
     champion = _champion(client, name, alias)
     if score is None:
         return False, f"the new version has no validation {GATE_METRIC}"
     if champion is None:
         return True, f"no {alias} yet"
+    theirs = json.loads(champion.tags.get("tasks", "null"))
+    if theirs != tasks:
+        return False, f"{alias} version {champion.version} predicts other tasks ({theirs}): the scores do not compare"
     raw = champion.tags.get(GATE_METRIC)
     best = float(raw) if raw not in (None, "None") else None
     if best is None or score > best:
@@ -346,7 +353,7 @@ def register_checkpoint(
             for key, value in _version_tags(meta, data).items():
                 client.set_model_version_tag(name, version, key, value)
             client.update_model_version(name, version, description=_description(meta, data, run.info.run_id))
-            moved, reason = _gate(client, name, alias, score)
+            moved, reason = _gate(client, name, alias, score, meta["tasks"])
             if moved:
                 client.set_registered_model_alias(name, alias, version)
         except UserError:

@@ -528,6 +528,7 @@ def tune(
         if not resume:
             client.log_param(parent_id, key, value)
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune prints no tables of its own
     ensure_ray()
     cluster = ray.cluster_resources()
     plan = plan_resources(cfg.train, {**cluster, "CPU": cluster.get("CPU", 0) - DRIVER_CPUS})

@@ -27,28 +27,30 @@ TASKS = ["pedestrian", "car", "stop_sign", "traffic_light"]
 SIZE = 32
 
 
-def make_checkpoint(directory, mean_auroc: float, seed: int, image: dict | None = None) -> torch.nn.Module:
+def make_checkpoint(
+    directory, mean_auroc: float, seed: int, image: dict | None = None, tasks: list[str] = TASKS
+) -> torch.nn.Module:
     """A real checkpoint of an untrained xs network, with `mean_auroc` as its validation score; `image`
     is its meta's image entry (default: the one-side form of checkpoints made before [H, W] sizes)."""
     directory.mkdir(parents=True)
     torch.manual_seed(seed)
-    model = build("xs", len(TASKS))
+    model = build("xs", len(tasks))
     meta = {
         "epoch": 1,
         "first_epoch": 1,
-        "tasks": TASKS,
+        "tasks": tasks,
         "backbone": "xs",
         "config": TrainConfig(backbone="xs").model_dump(),
         "image": image or {"size": SIZE, "channels": 3},
         "metrics": {
             "mean_auroc": mean_auroc,
             "train_images_per_s": 1.0,
-            "val": {t: {"auroc": mean_auroc} for t in TASKS},
+            "val": {t: {"auroc": mean_auroc} for t in tasks},
         },
         "history": [],
     }
     checkpoint.save(
-        str(directory), model, get_weighting("equal", len(TASKS)), torch.optim.AdamW(model.parameters()), meta
+        str(directory), model, get_weighting("equal", len(tasks)), torch.optim.AdamW(model.parameters()), meta
     )
     return model.eval()
 
@@ -103,6 +105,13 @@ def test_gate_moves_the_alias_only_for_a_better_model(cli, local_mlflow, tmp_pat
     assert {str(v.version) for v in client.search_model_versions("name='mtl-ray'")} == {"1", "2", "3"}
     tags = client.get_model_version("mtl-ray", "2").tags
     assert json.loads(tags["tasks"]) == TASKS and tags["backbone"] == "xs" and float(tags["mean_auroc"]) == 0.6
+    assert "| car | 0.600 |" in client.get_model_version("mtl-ray", "2").description
+
+    make_checkpoint(tmp_path / "other", 0.99, seed=3, tasks=["cat", "dog"])
+    other = cli("register", "--checkpoint", tmp_path / "other", "--json", "-")
+    assert other.code == 0 and other.json()["alias_moved"] is False, other.err
+    assert "predicts other tasks" in other.json()["reason"] and "do not compare" in other.json()["reason"]
+    assert str(client.get_model_version_by_alias("mtl-ray", "champion").version) == "3"
 
 
 def test_predictions_through_the_registry_equal_the_checkpoints_own(cli, local_mlflow, tmp_path, images):
