@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import mtl_ray
-from mtl_ray import checkpoint, storage, tracking
+from mtl_ray import checkpoint, gate, storage, tracking
 from mtl_ray.config import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from mtl_ray.errors import UserError, describe, first_line
+from mtl_ray.gate import GATE_METRIC
 from mtl_ray.text import number, table
 
-GATE_METRIC = "mean_auroc"
 MODEL_ARTIFACT = "model"
 
 
@@ -51,6 +51,8 @@ class RegisterResult:
     mean_auroc: float | None
     run_id: str
     tracking_uri: str
+    gate_scores: dict | None = None
+    """{"rows", "challenger", "champion"}: both models scored on the same validation rows."""
     exit_code: int = 0
 
     @property
@@ -64,6 +66,7 @@ class RegisterResult:
             "alias": self.alias,
             "alias_moved": self.alias_moved,
             "reason": self.reason,
+            "gate_scores": self.gate_scores,
             "mean_auroc": self.mean_auroc,
             "model_uri": self.model_uri,
             "run_id": self.run_id,
@@ -264,35 +267,6 @@ def _description(meta: dict, data: str | None, run_id: str) -> str:
     )
 
 
-def _champion(client, name: str, alias: str):
-    """The version `alias` points at, or None when it points nowhere yet. Any other failure to read it
-    is raised: a registry that cannot be read must not pass for one without a champion."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if "not found" in exc.message and exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
-            return None
-        raise
-
-
-def _gate(client, name: str, alias: str, score: float | None, tasks: list[str]) -> tuple[bool, str]:
-    champion = _champion(client, name, alias)
-    if score is None:
-        return False, f"the new version has no validation {GATE_METRIC}"
-    if champion is None:
-        return True, f"no {alias} yet"
-    theirs = json.loads(champion.tags.get("tasks", "null"))
-    if theirs != tasks:
-        return False, f"{alias} version {champion.version} predicts other tasks ({theirs}): the scores do not compare"
-    raw = champion.tags.get(GATE_METRIC)
-    best = float(raw) if raw not in (None, "None") else None
-    if best is None or score > best:
-        return True, f"{GATE_METRIC} {score:.4f} beats {alias} version {champion.version} ({number(best)})"
-    return False, f"{GATE_METRIC} {score:.4f} does not beat {alias} version {champion.version} ({best:.4f})"
-
-
 def register_checkpoint(
     uri: str,
     *,
@@ -353,9 +327,7 @@ def register_checkpoint(
             for key, value in _version_tags(meta, data).items():
                 client.set_model_version_tag(name, version, key, value)
             client.update_model_version(name, version, description=_description(meta, data, run.info.run_id))
-            moved, reason = _gate(client, name, alias, score, meta["tasks"])
-            if moved:
-                client.set_registered_model_alias(name, alias, version)
+            decision = gate.settle(client, name, alias, version, meta)
         except UserError:
             raise
         except Exception as exc:
@@ -368,8 +340,9 @@ def register_checkpoint(
         name=name,
         version=version,
         alias=alias,
-        alias_moved=moved,
-        reason=reason,
+        alias_moved=decision.moved,
+        reason=decision.reason,
+        gate_scores=decision.scores,
         mean_auroc=score,
         run_id=run.info.run_id,
         tracking_uri=uri_used,
@@ -449,39 +422,6 @@ class PredictResult:
         )
 
 
-def _images_from_shards(path: str, limit: int | None) -> tuple[list[str], list[bytes]]:
-    """Encoded image bytes (PNG for raw shards) and ids of up to `limit` rows of the shards at `path`."""
-    from mtl_ray.images import encode_image
-    from mtl_ray.shards import decode_images, image_bytes, open_shard
-    from mtl_ray.validate import validate
-
-    report = validate(path)
-    report.raise_if_unusable()
-    fmt = report.fmt
-    ids: list[str] = []
-    images: list[bytes] = []
-    for shard in report.paths:
-        if limit is not None and len(images) >= limit:
-            break
-        pf = open_shard(report.fs, shard, shard)
-        cols = [fmt.image_column] + (["id"] if "id" in pf.schema_arrow.names else [])
-        table = pf.read(columns=cols)
-        if limit is not None:
-            table = table.slice(0, limit - len(images))
-        if fmt.encoding == "raw":
-            images.extend(
-                encode_image(im, "png") for im in decode_images(table.column(fmt.image_column), fmt, where=shard)
-            )
-        else:
-            images.extend(v.as_py() for v in image_bytes(table.column(fmt.image_column)))
-        ids.extend(
-            table.column("id").to_pylist()
-            if "id" in cols
-            else [f"{os.path.basename(shard)}#{i}" for i in range(table.num_rows)]
-        )
-    return ids, images
-
-
 def predict(
     model_uri: str,
     *,
@@ -497,7 +437,7 @@ def predict(
     if (data is None) == (not images):
         raise UserError("predict: give --data PATH or image files, not both")
     if data is not None:
-        ids, encoded = _images_from_shards(data, limit)
+        ids, encoded, _ = gate.shard_rows(data, limit)
     else:
         ids, encoded = list(images), []
         for path in images:

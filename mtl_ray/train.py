@@ -12,6 +12,7 @@ Rerunning `fit` with the same `name` and `storage` resumes from the last checkpo
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import ray
 import torch
 
-from mtl_ray import checkpoint, dataset, progress
+from mtl_ray import checkpoint, dataset, progress, storage
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
 from mtl_ray.images import show_size
@@ -190,7 +191,7 @@ def _train(config: dict) -> None:
                     "backbone": cfg.backbone,
                     "config": cfg.model_dump(),
                     "image": {"size": list(fmt.shape[:2]), "channels": 3, "resize": cfg.resize},
-                    "data": {"train_rows": config["train_rows"]},
+                    "data": {"train_rows": config["train_rows"], "val": config["val_rows"]},
                     "init": lineage,
                     "metrics": metrics,
                     "history": history,
@@ -360,6 +361,15 @@ class Inputs:
     profiles: dict[str, dict] = field(default_factory=dict)
     """{"training"|"validation": `ValidationReport.profile`} of the data as a whole, for the tracker."""
 
+    def val_rows(self) -> dict:
+        """Where the validation rows are, for the checkpoint: the alias gate scores a champion on them."""
+        profile = self.profiles["validation"]
+        path = profile["source"]
+        return {
+            "path": path if storage.is_s3(path) else os.path.abspath(path),
+            "split": None if profile["split"] == "all" else profile["split"],
+        }
+
     def passes(self, cfg: TrainConfig) -> int:
         """Passes over the training rows per epoch: enough for `cfg.epoch_rows` rows, at least one."""
         return max(1, round(cfg.epoch_rows / max(self.train_rows, 1))) if cfg.epoch_rows else 1
@@ -461,6 +471,7 @@ def build_trainer(
             "batch_format": dataset.decoded_format(inputs.train.fmt, inputs.size),
             "torch_threads": plan.torch_threads,
             "train_rows": inputs.train_rows,
+            "val_rows": inputs.val_rows(),
             "init": init,
             "inbox": inbox,
         },

@@ -28,13 +28,20 @@ SIZE = 32
 
 
 def make_checkpoint(
-    directory, mean_auroc: float, seed: int, image: dict | None = None, tasks: list[str] = TASKS
+    directory,
+    mean_auroc: float,
+    seed: int,
+    image: dict | None = None,
+    tasks: list[str] = TASKS,
+    model: torch.nn.Module | None = None,
+    val: dict | None = None,
 ) -> torch.nn.Module:
-    """A real checkpoint of an untrained xs network, with `mean_auroc` as its validation score; `image`
-    is its meta's image entry (default: the one-side form of checkpoints made before [H, W] sizes)."""
+    """A real checkpoint of `model` (default: an untrained xs network), with `mean_auroc` as its
+    validation score; `image` is its meta's image entry (default: the one-side form of checkpoints
+    made before [H, W] sizes); `val` where its validation rows are (none: made before that was kept)."""
     directory.mkdir(parents=True)
     torch.manual_seed(seed)
-    model = build("xs", len(tasks))
+    model = model or build("xs", len(tasks))
     meta = {
         "epoch": 1,
         "first_epoch": 1,
@@ -48,6 +55,7 @@ def make_checkpoint(
             "val": {t: {"auroc": mean_auroc} for t in tasks},
         },
         "history": [],
+        "data": {"val": val},
     }
     checkpoint.save(
         str(directory), model, get_weighting("equal", len(tasks)), torch.optim.AdamW(model.parameters()), meta
@@ -93,7 +101,10 @@ def test_gate_moves_the_alias_only_for_a_better_model(cli, local_mlflow, tmp_pat
     worse = cli("register", "--checkpoint", tmp_path / "c1", "--json", "-")
     assert worse.code == 0, worse.err
     assert worse.json()["version"] == "2" and worse.json()["alias_moved"] is False
-    assert worse.json()["reason"] == "mean_auroc 0.6000 does not beat champion version 1 (0.7000)"
+    assert worse.json()["reason"] == (
+        "mean_auroc 0.6000 does not beat champion version 1 (0.7000), each on its own validation data: "
+        "the checkpoint names no validation rows"
+    )
 
     better = cli("register", "--checkpoint", tmp_path / "c2", "--json", "-")
     assert better.json()["version"] == "3" and better.json()["alias_moved"] is True
@@ -112,6 +123,58 @@ def test_gate_moves_the_alias_only_for_a_better_model(cli, local_mlflow, tmp_pat
     assert other.code == 0 and other.json()["alias_moved"] is False, other.err
     assert "predicts other tasks" in other.json()["reason"] and "do not compare" in other.json()["reason"]
     assert str(client.get_model_version_by_alias("mtl-ray", "champion").version) == "3"
+
+
+@pytest.mark.slow
+def test_two_registrations_at_once_leave_the_alias_on_the_model_that_scores_best_on_the_same_rows(
+    mlflow_server, tmp_path, monkeypatch
+):
+    """The gate scores the champion and the challenger on the challenger's validation rows, with the
+    registered models themselves; the `mean_auroc` written in the checkpoints is made to lie (the
+    worst model claims the best score) so that only a fair comparison gets the order right. Two
+    processes register at once against one `mlflow server`."""
+    from mtl_ray.advise import load_sample, probe_fit
+    from mtl_ray.gate import GATE_ROWS, score, shard_rows
+    from mtl_ray.tracking import connect
+    from mtl_ray.validate import validate
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    name = "gate-race"
+    data = tmp_path / "scenes"
+    synthesize(str(data), 600, image_size=SIZE, seed=11)
+    val = {"path": str(data), "split": "val"}
+    images, labels = load_sample(validate(str(data)), "train", 512, (SIZE, SIZE))
+    make_checkpoint(tmp_path / "untrained", 0.99, seed=0, val=val)
+    for steps in (8, 80):
+        make_checkpoint(
+            tmp_path / f"trained{steps}", 0.5, seed=0, val=val, model=probe_fit("xs", images, labels, steps)
+        )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    register = [sys.executable, "-m", "mtl_ray.cli", "register", "--name", name, "--json", "-", "--checkpoint"]
+    first = subprocess.run([*register, tmp_path / "untrained"], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and json.loads(first.stdout)["alias_moved"] is True, first.stderr
+    racers = [
+        subprocess.Popen([*register, tmp_path / f"trained{s}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for s in (8, 80)
+    ]
+    results = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err.decode()[-2000:]
+        results.append(json.loads(out))
+    for result in results:
+        assert result["gate_scores"]["rows"] == min(GATE_ROWS, validate(str(data)).rows_in("val"))
+        assert "on the same" in result["reason"], result["reason"]
+
+    client = connect(mlflow_server.uri)  # this process's MLflow may point at an earlier test's store
+    _, encoded, truth = shard_rows(str(data), GATE_ROWS, "val", tuple(TASKS))
+    fair = {v: score(f"models:/{name}/{v}", encoded, truth, TASKS) for v in ("1", "2", "3")}
+    assert max(fair["2"], fair["3"]) > fair["1"] + 0.05, fair  # training helped: the claim of 0.99 was a lie
+    assert fair["2"] != fair["3"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == max(fair, key=fair.get), (
+        fair,
+        results,
+    )
 
 
 def test_predictions_through_the_registry_equal_the_checkpoints_own(cli, local_mlflow, tmp_path, images):
