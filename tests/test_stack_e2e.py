@@ -6,6 +6,7 @@ checkpoints to S3 and logs to the server; a fresh process then pulls the champio
 import os
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -51,14 +52,45 @@ def stack(tmp_path_factory):
         )
 
 
-def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(stack, tmp_path):
-    env = _client_env(stack)
-    assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
-    data = "s3://mtl-ray/e2e/shards"
+JOB_TRACES = """
+import json, os
+from mlflow import MlflowClient
+from ray.job_submission import JobSubmissionClient
+
+jobs = JobSubmissionClient(os.environ["RAY_ADDRESS"])
+text = [json.dumps(j.dict() if hasattr(j, "dict") else vars(j), default=str) for j in jobs.list_jobs()]
+text += [jobs.get_job_logs(j.submission_id) for j in jobs.list_jobs() if j.submission_id]
+mlflow = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+for run in mlflow.search_runs([e.experiment_id for e in mlflow.search_experiments()]):
+    text.append(json.dumps({**run.data.params, **run.data.tags}))
+print("\\n".join(text))
+"""
+"""Everything the Jobs API and MLflow hold about the jobs: job info (runtime env included), logs,
+every run's parameters and tags."""
+
+
+def _predict_champion(env: dict, tmp_path) -> np.ndarray:
+    from mtl_ray.images import encode_image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(encode_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png"))
+        paths.append(str(tmp_path / f"{i}.png"))
+    got = fresh_predict(
+        "models:/mtl-ray@champion",
+        paths,
+        {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "PATH": "/usr/bin:/bin"},
+        tmp_path,
+    )
+    assert got["columns"] == ["pedestrian", "car", "stop_sign", "traffic_light"]
+    return np.array(got["values"])
+
+
+def _smoke_job(env: dict, data: str) -> subprocess.CompletedProcess:
     cli = [sys.executable, "-m", "mtl_ray.cli"]
     synth = _run([*cli, "data", "synth", data, "--n", "400", "--image-size", "32", "--shards", "2"], env)
     assert synth.returncode == 0, synth.stderr
-
     job = _run(
         [
             *cli,
@@ -80,25 +112,35 @@ def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(s
     )
     assert job.returncode == 0, (job.stdout[-3000:], job.stderr[-3000:])
     assert "SUCCEEDED" in job.stderr.splitlines()[-1] or "SUCCEEDED" in job.stdout.splitlines()[-1]
+    return job
+
+
+def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(stack, tmp_path):
+    """The job, then the stack restarted (`down`, `up`) and the job again: S3 and the registry start
+    empty together, so the champion loads after the restart too. The submitting shell holds AWS
+    secrets of its own (moto takes any); none of them reaches the Jobs API, the job's logs or MLflow."""
+    secrets = {"AWS_SECRET_ACCESS_KEY": f"sk-{uuid.uuid4().hex}", "AWS_SESSION_TOKEN": f"tok-{uuid.uuid4().hex}"}
+    env = {**_client_env(stack), **secrets}
+    assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
+    data = "s3://mtl-ray/e2e/shards"
+    job = _smoke_job(env, data)
     assert "registered mtl-ray version 1" in job.stdout
     assert "checkpoint s3://mtl-ray/e2e/runs/smoke-" in job.stdout
-
-    rng = np.random.default_rng(0)
-    from mtl_ray.images import encode_image
-
-    paths = []
-    for i in range(3):
-        (tmp_path / f"{i}.png").write_bytes(encode_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png"))
-        paths.append(str(tmp_path / f"{i}.png"))
-    got = fresh_predict(
-        "models:/mtl-ray@champion",
-        paths,
-        {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "PATH": "/usr/bin:/bin"},
-        tmp_path,
-    )
-    assert got["columns"] == ["pedestrian", "car", "stop_sign", "traffic_light"]
-    values = np.array(got["values"])
+    values = _predict_champion(env, tmp_path)
     assert values.shape == (3, 4) and ((values >= 0) & (values <= 1)).all()
+
+    traces = _run([sys.executable, "-c", JOB_TRACES], env)
+    assert traces.returncode == 0 and "smoke" in traces.stdout, traces.stderr[-2000:]
+    for name, value in secrets.items():
+        assert value not in traces.stdout, f"{name} leaked into the job's info, logs or MLflow"
+
+    assert _run(["bash", STACK, "down"], stack).returncode == 0
+    up = _run(["bash", STACK, "up"], stack, timeout=300)
+    assert up.returncode == 0 and "registry empty, together" in up.stdout, up.stdout + up.stderr
+    env = {**_client_env(stack), **secrets}
+    job = _smoke_job(env, data)
+    assert "registered mtl-ray version 1" in job.stdout  # a fresh registry, as fresh as the bucket
+    assert _predict_champion(env, tmp_path).shape == (3, 4)
 
 
 def test_submit_bad_input_is_one_line(stack, tmp_path):

@@ -41,6 +41,9 @@ ray_tmp() { echo "/tmp/mtl-ray-stack-$(cksum <<<"$STATE" | cut -d' ' -f1)"; }
 
 up_moto() {
   alive moto && return 0
+  # moto keeps S3 in memory: a fresh one has no objects, so the registry that pointed at them goes too.
+  if alive mlflow; then pkill -TERM -P "$(cat "$STATE/mlflow.pid")" 2>/dev/null || true; kill "$(cat "$STATE/mlflow.pid")"; fi
+  rm -f "$STATE/mlflow.pid" "$STATE/mlflow.db"
   free_port > "$STATE/moto.port"
   moto_server -H 127.0.0.1 -p "$(port moto)" > "$STATE/moto.log" 2>&1 &
   echo $! > "$STATE/moto.pid"
@@ -105,6 +108,7 @@ cmd_status() {
     echo "ray: stopped"
   fi
   echo "s3 bucket: s3://$BUCKET (MLflow artifacts under s3://$BUCKET/mlflow)"
+  echo "state: S3 lives in moto's memory; up after down starts S3 and the registry empty, together"
 }
 
 cmd_down() {
