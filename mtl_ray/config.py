@@ -74,6 +74,12 @@ class TrainConfig(Strict):
     max_failures: int = Field(
         2, ge=0, description="worker-group restarts (from the last checkpoint) before the run fails; a lost spot node"
     )
+    checkpoint_every_steps: int = Field(
+        0,
+        ge=0,
+        description="also checkpoint every N steps inside an epoch (0: at epoch ends only); a resumed run restarts "
+        "the interrupted epoch's stream with the weights of its last step checkpoint",
+    )
     max_nonfinite_steps: int = Field(
         10, ge=1, description="steps in a row with a NaN or inf loss or gradient (each skipped) before the run stops"
     )

@@ -54,6 +54,10 @@ from mtl_ray.weighting import get as get_weighting
 
 # ---- 1. the worker loop ---------------------------------------------------------------------
 
+STEP_KEY = "step_in_epoch"
+"""Marks a report made inside an epoch (a step checkpoint): it has no epoch metrics, and Tune's
+scheduler and the progress and MLflow callbacks pass it by."""
+
 
 def worker_loop(config: dict) -> None:
     """Train on this worker's stream of the `train` dataset; rank 0 validates and checkpoints.
@@ -102,7 +106,7 @@ def _train(config: dict) -> None:
     if list(weighting.parameters()):
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, history = 0, []
+    start_epoch, history, resumes = 0, [], []
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as d:
@@ -110,7 +114,8 @@ def _train(config: dict) -> None:
         model.load_state_dict(state["model"])
         weighting.load_state_dict(state["weighting"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"], meta["history"]
+        start_epoch, history, resumes = state["epoch"], meta["history"], meta.get("resumes", [])
+        resumes.append({"epoch": start_epoch + 1, "step": meta.get("step", 0)})
         if start_epoch >= cfg.epochs:  # it had finished (a resumed Tune trial): its result once more, for Tune
             ray.train.report(meta["metrics"], checkpoint=resumed if rank == 0 else None)
             return
@@ -118,6 +123,31 @@ def _train(config: dict) -> None:
     lineage = None if init is None else {k: v for k, v in init.items() if k != "state"}
     model = ray.train.torch.prepare_model(model)
     collate = dataset.ShardCollate(fmt)
+
+    def save(epochs_done: int, metrics: dict, step: int = 0) -> None:
+        """Rank 0 writes a checkpoint (after `epochs_done` whole epochs and `step` steps of the next)
+        and every rank reports, as Ray Train requires of all workers."""
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        meta = {
+            "epoch": epochs_done,
+            "step": step,
+            "first_epoch": first_epoch,
+            "tasks": tasks,
+            "backbone": cfg.backbone,
+            "config": cfg.model_dump(),
+            "image": {"size": list(fmt.shape[:2]), "channels": 3, "resize": cfg.resize},
+            "data": {"train_rows": config["train_rows"], "val": config["val_rows"]},
+            "init": lineage,
+            "metrics": metrics if not step else (history[-1] if history else {}),
+            "history": history,
+            "resumes": resumes,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint.save(d, unwrap(model), weighting, optimizer, meta)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -147,15 +177,17 @@ def _train(config: dict) -> None:
             )
             seen += len(batch["image"])
             skipped += int(batch["skipped"])
-            if not taken:
+            if taken:
+                in_a_row = 0
+                loss_sum += float(loss)
+                terms_sum += terms
+                batches += 1
+            else:
                 nonfinite, in_a_row = nonfinite + 1, in_a_row + 1
                 if in_a_row >= cfg.max_nonfinite_steps:
                     raise UserError(diverged(cfg, epoch + 1, step))
-                continue
-            in_a_row = 0
-            loss_sum += float(loss)
-            terms_sum += terms
-            batches += 1
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:  # the same steps on every rank
+                save(epoch, {STEP_KEY: step, "epochs_done": epoch}, step)
         elapsed = time.perf_counter() - started
         total_seen, total_loss, total_batches, total_skipped, total_nonfinite = all_reduce_sum(
             [seen, loss_sum, batches, skipped, nonfinite]
@@ -183,23 +215,7 @@ def _train(config: dict) -> None:
             )
             history.append(metrics)
             config["inbox"].report.remote({k: metrics[k] for k in progress.EPOCH_KEYS})
-            with tempfile.TemporaryDirectory() as d:
-                meta = {
-                    "epoch": epoch + 1,
-                    "first_epoch": first_epoch,
-                    "tasks": tasks,
-                    "backbone": cfg.backbone,
-                    "config": cfg.model_dump(),
-                    "image": {"size": list(fmt.shape[:2]), "channels": 3, "resize": cfg.resize},
-                    "data": {"train_rows": config["train_rows"], "val": config["val_rows"]},
-                    "init": lineage,
-                    "metrics": metrics,
-                    "history": history,
-                }
-                checkpoint.save(d, unwrap(model), weighting, optimizer, meta)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
+        save(epoch + 1, metrics)
 
 
 # ---- 2. the driver --------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from mtl_ray.runtime import (
     user_error_in,
 )
 from mtl_ray.text import number, table
-from mtl_ray.train import Inputs, build_trainer, init_settings, prepare
+from mtl_ray.train import STEP_KEY, Inputs, build_trainer, init_settings, prepare
 
 REPORTED_METRICS = {"mean_auroc": "max", "train_loss": "min"}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -259,7 +259,7 @@ class TrialLogger(Callback):
 
     def _result(self, trial, result) -> None:
         run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
+        if run_id is None or STEP_KEY in result:
             return
         from mlflow.entities import Metric
 
@@ -305,6 +305,8 @@ class TrialProgress(Callback):
         progress.say(f"trial {trial.trial_id} started: {searched}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if STEP_KEY in result:
+            return
         clock = self.clocks.setdefault(trial.trial_id, [time.perf_counter(), 0])
         clock[1] += 1
         line = progress.epoch_line(
@@ -529,6 +531,7 @@ def tune(
             client.log_param(parent_id, key, value)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune prints no tables of its own
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # step checkpoints report no metric
     ensure_ray()
     cluster = ray.cluster_resources()
     plan = plan_resources(cfg.train, {**cluster, "CPU": cluster.get("CPU", 0) - DRIVER_CPUS})
