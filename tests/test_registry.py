@@ -125,6 +125,28 @@ def test_gate_moves_the_alias_only_for_a_better_model(cli, local_mlflow, tmp_pat
     assert str(client.get_model_version_by_alias("mtl-ray", "champion").version) == "3"
 
 
+def test_a_champion_whose_artifacts_are_gone_gives_way_to_a_model_that_loads(cli, local_mlflow, tmp_path):
+    """The local stack's old failure: the registry kept a champion whose S3 objects were gone. The
+    gate reports it and moves the alias to the new, loadable model, whatever the old one's score."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    data = tmp_path / "scenes"
+    synthesize(str(data), 120, image_size=SIZE, seed=12)
+    val = {"path": str(data), "split": "val"}
+    make_checkpoint(tmp_path / "old", 0.99, seed=0, val=val)
+    make_checkpoint(tmp_path / "new", 0.51, seed=1, val=val)
+    assert cli("register", "--checkpoint", tmp_path / "old").code == 0
+    shutil.rmtree(tmp_path / "mlruns")  # every artifact of version 1
+    res = cli("register", "--checkpoint", tmp_path / "new", "--json", "-")
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["alias_moved"] is True and "champion version 1 cannot be loaded" in out["reason"], out["reason"]
+    assert out["gate_scores"]["champion"] is None and 0.0 <= out["gate_scores"]["challenger"] <= 1.0
+    assert str(MlflowClient(local_mlflow).get_model_version_by_alias("mtl-ray", "champion").version) == "2"
+
+
 @pytest.mark.slow
 def test_two_registrations_at_once_leave_the_alias_on_the_model_that_scores_best_on_the_same_rows(
     mlflow_server, tmp_path, monkeypatch
