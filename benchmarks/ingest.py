@@ -13,13 +13,13 @@ compared. Prints the ratio mtl-ray / plain (1.0 = no overhead).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
+from report import emit
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.models import build
@@ -112,17 +112,13 @@ def main() -> int:
         "epochs": args.epochs,
         "shuffle_buffer": args.shuffle_buffer,
     }
-    print(
+    line = (
         f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f} img/s  ratio {ours / plain:.3f}  "
         f"({args.backbone}, batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer "
         f"{args.shuffle_buffer}, "
         f"best of {args.epochs} epochs)"
     )
-    if args.json == "-":
-        print(json.dumps(summary, indent=2))
-    elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    emit(line, summary, args.json)
     return 0
 
 

@@ -18,7 +18,6 @@ and the ratios mtl-ray / plain and mtl-ray / DataLoader.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from report import emit
 
 from mtl_ray.dataset import ShardCollate, Source, decoded_format, read
 from mtl_ray.runtime import configure_data, ensure_ray
@@ -133,17 +133,13 @@ def main() -> int:
         "dataloader_workers": workers,
         "epochs": args.epochs,
     }
-    print(
+    line = (
         f"mtl-ray {ours:,.0f} img/s ({summary['mtl_ray_mb_per_s']:,.0f} MB/s)  plain {plain:,.0f} img/s  "
         f"DataLoader({workers} workers) {dataloader:,.0f} img/s  ratio {ours / plain:.3f}  "
         f"ratio_to_dataloader {ours / dataloader:.3f}  ({rows:,} {fmt.encoding} {size[0]}x{size[1]} train rows, "
         f"batch {args.batch_size}, best of {args.epochs})"
     )
-    if args.json == "-":
-        print(json.dumps(summary, indent=2))
-    elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    emit(line, summary, args.json)
     return 0
 
 
