@@ -177,14 +177,37 @@ class DecodeToRaw:
         return batch.set_column(batch.schema.get_field_index(column), column, encode_images(decoded.images, self.out))
 
 
-def read(source: Source, size: Size, resize: str = "letterbox", passes: int = 1):
+CACHE_FRACTION = 0.1
+"""Decoded rows up to this share of the object store are read once and kept there (`cached`)."""
+
+
+def cached(rows: int, size: Size, object_store_bytes: float) -> bool:
+    """Whether `rows` decoded images at `size` are small enough to read once and serve every epoch
+    from the object store. Reading is then paid once: a streamed epoch restarts Ray Data's executor
+    and its read tasks, a fixed ~0.2 s that dominates epochs of a few thousand images
+    (docs/benchmarks.md, "The input path alone")."""
+    return rows * size[0] * size[1] * 3 <= CACHE_FRACTION * object_store_bytes
+
+
+def read(source: Source, size: Size, resize: str = "letterbox", passes: int = 1, cache: bool = False):
     """A Ray Dataset of `source`'s rows with raw images at `size` (height, width) and the task labels,
-    streamed `passes` times over (one epoch of a small training set made as long as a bigger one's)."""
+    streamed `passes` times over (one epoch of a small training set made as long as a bigger one's),
+    read once and kept in the object store when `cache` (or `passes` > 1).
+
+    One read task per shard file, fused with the row selection and decoding: left to itself, Ray
+    Data splits each file's output into many ~1 MB blocks and runs the batch functions as one task
+    per block, 7× slower on 2 cores."""
     import ray.data
 
     columns = [source.fmt.image_column, *source.fmt.tasks] + ([SPLIT_COLUMN] if source.has_split_column else [])
     columns += [ID_COLUMN] if source.ids is not None else []
-    ds = ray.data.read_parquet(list(source.paths), filesystem=source.fs, columns=columns, include_paths=True)
+    ds = ray.data.read_parquet(
+        list(source.paths),
+        filesystem=source.fs,
+        columns=columns,
+        include_paths=True,
+        override_num_blocks=len(source.paths),
+    )
     ds = ds.map_batches(SelectRows(source), batch_format="pyarrow", batch_size=None)
     if source.shuffle:
         ds = ds.map_batches(
@@ -193,10 +216,10 @@ def read(source: Source, size: Size, resize: str = "letterbox", passes: int = 1)
     if needs_decode(source.fmt, size):
         ds = ds.map_batches(DecodeToRaw(source, size, resize), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
     ds = ds.drop_columns([PATH_COLUMN])
-    if passes == 1:
+    if passes == 1 and not cache:
         return ds
-    ds = ds.materialize()  # a small subset read and decoded once, then streamed `passes` times from memory
-    return ds.union(*[ds] * (passes - 1))
+    ds = ds.materialize()
+    return ds.union(*[ds] * (passes - 1)) if passes > 1 else ds
 
 
 class ShardCollate(ArrowBatchCollateFn):

@@ -91,6 +91,8 @@ class ResourcePlan:
     use_gpu: bool
     torch_threads: int
     data_cpus: float
+    object_store_bytes: float = 0.0
+    """The cluster's object store, for deciding what training data to keep there (`dataset.cached`)."""
 
 
 def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
@@ -120,7 +122,14 @@ def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
             f"--workers {workers}: the Ray cluster has {cpus:g} CPUs; {workers} workers need at least "
             f"{workers * MIN_CPUS_PER_WORKER:g} ({MIN_CPUS_PER_WORKER:g} each) plus {data_cpus:g} for Ray Data"
         )
-    return ResourcePlan(workers, round(per_worker, 3), cfg.gpu, max(1, int(per_worker)), data_cpus)
+    return ResourcePlan(
+        workers,
+        round(per_worker, 3),
+        cfg.gpu,
+        max(1, int(per_worker)),
+        data_cpus,
+        float(cluster.get("object_store_memory", 0.0)),
+    )
 
 
 def check_model_config(cfg: TrainConfig, num_tasks: int, size: tuple[int, int] | None = None) -> None:

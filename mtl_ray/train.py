@@ -386,6 +386,10 @@ class Inputs:
             "split": None if profile["split"] == "all" else profile["split"],
         }
 
+    def cached(self, object_store_bytes: float) -> bool:
+        """Whether the training rows are small enough to read once and serve from memory every epoch."""
+        return dataset.cached(self.train_rows, self.size, object_store_bytes)
+
     def passes(self, cfg: TrainConfig) -> int:
         """Passes over the training rows per epoch: enough for `cfg.epoch_rows` rows, at least one."""
         return max(1, round(cfg.epoch_rows / max(self.train_rows, 1))) if cfg.epoch_rows else 1
@@ -503,7 +507,9 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
         datasets={
-            "train": dataset.read(inputs.train, inputs.size, cfg.resize, inputs.passes(cfg)),
+            "train": dataset.read(
+                inputs.train, inputs.size, cfg.resize, inputs.passes(cfg), cache=inputs.cached(plan.object_store_bytes)
+            ),
             "val": dataset.read(inputs.val, inputs.size, cfg.resize),
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

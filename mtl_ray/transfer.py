@@ -301,6 +301,7 @@ def transfer(
                         storage_path=storage_path,
                         ids=ids,
                         name=f"transfer-{stamp}-{label}-{side}-s{cfg.seed}",
+                        source=source if side == "transfer" else None,  # loaded once, above
                     )
                 )
         points.append(point)
