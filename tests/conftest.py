@@ -108,6 +108,7 @@ def cli(capsys):
     """Runs `mtl-ray ARGS...` in-process and returns exit code, stdout and stderr."""
 
     def run(*args: str) -> CliResult:
+        capsys.readouterr()  # only this command's output: not the progress lines of set-up before it
         try:
             code = cli_main([str(a) for a in args])
         except SystemExit as exc:  # argparse usage errors

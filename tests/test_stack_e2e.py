@@ -8,9 +8,10 @@ import subprocess
 import sys
 import uuid
 
+import boto3
 import numpy as np
 import pytest
-from test_registry import fresh_predict
+from test_registry import fresh_predict, make_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STACK = os.path.join(ROOT, "infra", "local", "stack.sh")
@@ -116,8 +117,8 @@ def _smoke_job(env: dict, data: str) -> subprocess.CompletedProcess:
 
 
 def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(stack, tmp_path):
-    """The job, then the stack restarted (`down`, `up`) and the job again: S3 and the registry start
-    empty together, so the champion loads after the restart too. The submitting shell holds AWS
+    """The job, then the stack restarted (`down`, `up`) and a registering job again: S3 and the
+    registry start empty together, so the champion loads after the restart too. The submitting shell holds AWS
     secrets of its own (moto takes any); none of them reaches the Jobs API, the job's logs or MLflow."""
     secrets = {"AWS_SECRET_ACCESS_KEY": f"sk-{uuid.uuid4().hex}", "AWS_SESSION_TOKEN": f"tok-{uuid.uuid4().hex}"}
     env = {**_client_env(stack), **secrets}
@@ -138,7 +139,20 @@ def test_tune_job_on_the_local_stack_reads_s3_and_registers_through_the_server(s
     up = _run(["bash", STACK, "up"], stack, timeout=300)
     assert up.returncode == 0 and "registry empty, together" in up.stdout, up.stdout + up.stderr
     env = {**_client_env(stack), **secrets}
-    job = _smoke_job(env, data)
+    checkpoint = tmp_path / "restart"
+    make_checkpoint(checkpoint, 0.6, seed=0)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    for f in checkpoint.iterdir():
+        s3.upload_file(str(f), "mtl-ray", f"e2e/restart/{f.name}")
+    cli = [sys.executable, "-m", "mtl_ray.cli"]
+    job = _run([*cli, "submit", "--", "register", "--checkpoint", "s3://mtl-ray/e2e/restart"], env, timeout=300)
+    assert job.returncode == 0, (job.stdout[-3000:], job.stderr[-3000:])
     assert "registered mtl-ray version 1" in job.stdout  # a fresh registry, as fresh as the bucket
     assert _predict_champion(env, tmp_path).shape == (3, 4)
 

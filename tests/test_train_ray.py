@@ -122,7 +122,7 @@ def test_a_train_worker_killed_mid_epoch_is_restarted_from_the_last_step_checkpo
             os.kill(killed["pid"], signal.SIGKILL)
 
     config = tmp_path / "steps.yaml"
-    config.write_text("epochs: 2\nepoch_rows: 6000\ncheckpoint_every_steps: 20\nbackbone: xs\n")
+    config.write_text("epochs: 2\nepoch_rows: 4000\ncheckpoint_every_steps: 20\nbackbone: xs\n")
     killer = threading.Thread(target=kill_a_worker)
     killer.start()
     res = cli("train", "--data", scenes, "--config", config, "--storage", runs, "--name", "worker", "--json", "-")

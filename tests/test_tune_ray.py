@@ -55,7 +55,7 @@ def test_tune_tracks_every_trial_on_a_server_and_registers_the_best(
     config.write_text(
         yaml.safe_dump(
             {
-                "train": {"epochs": 2, "batch_size": 16, "checkpoint_every_steps": 10},
+                "train": {"epochs": 2, "batch_size": 16, "checkpoint_every_steps": 20},
                 "search": {"backbone": ["xs", "s"], "lr": [3e-3, 1e-7]},
                 "scheduler": {"grace_period": 1, "reduction_factor": 4},
                 "registry": {"name": "tune-test"},

@@ -60,12 +60,15 @@ def good_dataset(root: Path, n: int = 60) -> Path:
 
 
 def failing(cli, *args) -> str:
-    """Runs validate expecting exit 2; returns stderr after checking it has no traceback."""
+    """Runs validate expecting exit 2; returns its error lines (the ones after any progress lines),
+    checking there is no traceback."""
     r = cli("data", "validate", *args)
     assert r.code == 2, (r.out, r.err)
     assert "Traceback" not in r.err
-    assert r.err.startswith("mtl-ray: error: ")
-    return r.err
+    lines = r.err.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("mtl-ray: error: "))
+    assert all(line.startswith("mtl-ray: error: ") for line in lines[first:]), r.err
+    return "\n".join(lines[first:]) + "\n"
 
 
 # ---- good data -------------------------------------------------------------------------------
