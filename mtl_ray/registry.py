@@ -2,8 +2,8 @@
 
 `register_checkpoint` logs the checkpoint as an `mlflow.pyfunc` model (`mtl_ray.pyfunc`) carrying
 its own copy of the `mtl_ray` package (`code_paths`), registers it as a new version of NAME, and
-moves the alias (default `champion`) only if the new version's validation `mean_auroc` beats the
-current champion's. The version is kept either way and the result says which and why.
+moves the alias (default `champion`) only if the new version beats the current champion on the same
+validation rows (`mtl_ray.gate`). The version is kept either way and the result says which and why.
 """
 
 from __future__ import annotations
@@ -278,7 +278,8 @@ def register_checkpoint(
     experiment: str = DEFAULT_EXPERIMENT,
 ) -> RegisterResult:
     """Log the checkpoint at `uri` as a pyfunc model into `run_id` (or a new run), register it as a
-    new version of `name`, and move `alias` if its `mean_auroc` beats the alias's current version."""
+    new version of `name`, and move `alias` to it if it beats the alias's current version on the same
+    validation rows (`mtl_ray.gate`)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -17,6 +17,8 @@ MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE) if name.endswith(".py
 
 NO_RAY = [
     "registry",
+    "gate",
+    "progress",
     "pyfunc",
     "advise",
     "validate",
@@ -35,7 +37,7 @@ NO_RAY = [
     "config",
     "plots",
 ]
-NO_TORCH = ["shards", "storage", "validate", "convert", "synth", "images", "config", "text", "errors"]
+NO_TORCH = ["shards", "storage", "validate", "convert", "synth", "images", "config", "text", "errors", "progress"]
 
 
 def import_with_blocked(blocked: str, module: str) -> subprocess.CompletedProcess:
