@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import torch
-from ingest import plain_epoch
+from ingest import dataloader, plain_epoch, train_epoch
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.models import build
@@ -73,6 +73,8 @@ def main() -> int:
             plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size, device)
             for _ in range(args.epochs)
         )
+        loader = dataloader(fs, paths, tasks, args.batch_size)
+        peer = max(train_epoch(loader, model, optimizer, weighting, device) for _ in range(args.epochs))
         cfg = TrainConfig(backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs, workers=1, gpu=True)
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="gpu-bench")
         ours = max(h["train_images_per_s"] for h in result.history)
@@ -81,6 +83,8 @@ def main() -> int:
         "mtl_ray_images_per_s": round(ours, 1),
         "plain_images_per_s": round(plain, 1),
         "ratio": round(ours / plain, 3),
+        "dataloader_images_per_s": round(peer, 1),
+        "ratio_to_dataloader": round(ours / peer, 3),
         "ceiling_images_per_s": round(top, 1),
         "ratio_to_ceiling": round(ours / top, 3),
         "device": torch.cuda.get_device_name(),

@@ -1,9 +1,10 @@
 """Training throughput of the mtl-ray path against a hand-written pyarrow → torch loop.
 
-Both sides train the same model with the same batch size and torch thread count on the same
-shards, one after the other in this process. The mtl-ray side is `mtl_ray.train.fit` with one
-Ray Train worker (Ray Data read → split filter → streaming split → Arrow collate); the plain side
-reads the same Parquet files with pyarrow in one process. Each side runs `--epochs` epochs and the
+Three sides train the same model with the same batch size and torch thread count on the same
+shards, one after the other in this process. The mtl-ray side is `mtl_ray.train.fit` with one Ray
+Train worker (Ray Data read → split filter → streaming split → Arrow collate); the plain side reads
+the same Parquet files with pyarrow in one process; the third is a torch `DataLoader` over the same
+row groups (CPUs − 1 worker processes), reported as `ratio_to_dataloader`. Each side runs `--epochs` epochs and the
 best epoch's images/s counts, so Ray's start-up is left out and only the steady per-batch path is
 compared. Prints the ratio mtl-ray / plain (1.0 = no overhead).
 
@@ -13,17 +14,18 @@ compared. Prints the ratio mtl-ray / plain (1.0 = no overhead).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
+from input import RowGroups, plain_batches
 from report import emit
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.models import build
-from mtl_ray.shards import SPLIT_COLUMN, decode_images, labels_of, open_shard, shard_format, split_mask
+from mtl_ray.shards import open_shard, shard_format
 from mtl_ray.step import train_step
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
@@ -31,33 +33,35 @@ from mtl_ray.train import fit
 from mtl_ray.weighting import get as get_weighting
 
 
-def plain_epoch(
-    fs,
-    paths: list[str],
-    tasks: list[str],
-    model,
-    optimizer,
-    weighting,
-    batch_size: int,
-    device: torch.device | None = None,
-) -> float:
-    """One epoch over the train rows, pyarrow batches straight into torch; returns images/s."""
+def train_epoch(batches, model, optimizer, weighting, device: torch.device | None = None) -> float:
+    """One epoch of `train_step` over `batches` ({"image", "labels"} tensors); returns images/s."""
     device = device or torch.device("cpu")
     seen = 0
     started = time.perf_counter()
-    for path in paths:
-        pf = open_shard(fs, path, path)
-        fmt = shard_format(pf, path)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=[fmt.image_column, SPLIT_COLUMN, *tasks]):
-            batch = batch.filter(split_mask(batch.column(SPLIT_COLUMN), "train"))
-            if batch.num_rows == 0:
-                continue
-            images = torch.from_numpy(np.array(decode_images(batch.column(fmt.image_column), fmt)))
-            train_step(model, optimizer, weighting, images, torch.from_numpy(labels_of(batch, tasks)), device)
-            seen += batch.num_rows
+    for batch in batches:
+        if len(batch["image"]):
+            train_step(model, optimizer, weighting, batch["image"], batch["labels"], device)
+            seen += len(batch["image"])
     if device.type == "cuda":
         torch.cuda.synchronize()
     return seen / (time.perf_counter() - started)
+
+
+def plain_epoch(fs, paths, tasks, model, optimizer, weighting, batch_size: int, device=None) -> float:
+    """One epoch over the train rows, pyarrow batches straight into torch (`input.plain_batches`)."""
+    return train_epoch(plain_batches(fs, paths, tasks, batch_size, None), model, optimizer, weighting, device)
+
+
+def dataloader(fs, paths, tasks, batch_size: int) -> torch.utils.data.DataLoader:
+    """The peer a user would pick: a torch DataLoader over the same row groups (`input.RowGroups`),
+    CPUs − 1 worker processes, pinned memory when CUDA is there."""
+    return torch.utils.data.DataLoader(
+        RowGroups(fs, paths, tasks, batch_size, None),
+        batch_size=None,
+        num_workers=max(1, (os.cpu_count() or 2) - 1),
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=True,
+    )
 
 
 def main() -> int:
@@ -90,6 +94,8 @@ def main() -> int:
         plain = max(
             plain_epoch(fs, paths, tasks, model, optimizer, weighting, args.batch_size) for _ in range(args.epochs)
         )
+        loader = dataloader(fs, paths, tasks, args.batch_size)
+        peer = max(train_epoch(loader, model, optimizer, weighting) for _ in range(args.epochs))
 
         cfg = TrainConfig(
             backbone=args.backbone,
@@ -106,6 +112,8 @@ def main() -> int:
         "mtl_ray_images_per_s": round(ours, 1),
         "plain_images_per_s": round(plain, 1),
         "ratio": round(ours / plain, 3),
+        "dataloader_images_per_s": round(peer, 1),
+        "ratio_to_dataloader": round(ours / peer, 3),
         "backbone": args.backbone,
         "batch_size": args.batch_size,
         "threads": args.threads,
@@ -113,7 +121,8 @@ def main() -> int:
         "shuffle_buffer": args.shuffle_buffer,
     }
     line = (
-        f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f} img/s  ratio {ours / plain:.3f}  "
+        f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f} img/s  DataLoader {peer:,.0f} img/s  ratio {ours / plain:.3f}  "
+        f"ratio_to_dataloader {ours / peer:.3f}  "
         f"({args.backbone}, batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer "
         f"{args.shuffle_buffer}, "
         f"best of {args.epochs} epochs)"
