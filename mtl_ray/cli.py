@@ -299,6 +299,14 @@ def cli_commands() -> list[str]:
     return list(_build()[1].choices)
 
 
+def _no_track_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-track",
+        action="store_true",
+        help="do not log this result as an MLflow run (default: log it to MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
+    )
+
+
 def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser and its top-level subcommands."""
     parser = argparse.ArgumentParser(
@@ -435,11 +443,7 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
         default=1,
         help="run each side N times (training seeds seed..seed+N-1) and report mean ± std",
     )
-    p.add_argument(
-        "--no-track",
-        action="store_true",
-        help="do not log this result as an MLflow run (default: log it to MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
-    )
+    _no_track_flag(p)
 
     p = command(
         commands,
@@ -567,11 +571,7 @@ def _build() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
     p.add_argument("--rows", type=_positive_int, default=1024, help="rows sampled for the probes (default 1024)")
     p.add_argument("--steps", type=_positive_int, default=60, help="training steps per probe (default 60)")
-    p.add_argument(
-        "--no-track",
-        action="store_true",
-        help="do not log this result as an MLflow run (default: log it to MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
-    )
+    _no_track_flag(p)
     return parser, commands
 
 

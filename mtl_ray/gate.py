@@ -111,7 +111,7 @@ class Decision:
     """{"rows", "challenger", "champion"}: both models on the same rows, when they were scored."""
 
 
-def decide(client, name: str, alias: str, version: str, meta: dict, current) -> Decision:
+def decide(name: str, alias: str, version: str, meta: dict, current) -> Decision:
     """Should `version` (trained as `meta` says) take `alias` from `current` (a model version or None)?"""
     tasks = meta["tasks"]
     own = meta["metrics"].get(GATE_METRIC)
@@ -170,7 +170,7 @@ def settle(client, name: str, alias: str, version: str, meta: dict) -> Decision:
     decision = Decision(False, "")
     for _ in range(ROUNDS):
         current = champion(client, name, alias)
-        decision = decide(client, name, alias, version, meta, current)
+        decision = decide(name, alias, version, meta, current)
         if not decision.moved:
             return decision
         now = champion(client, name, alias)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from mtl_ray.config import DEFAULT_EXPERIMENT
 from mtl_ray.errors import UserError, describe
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
@@ -176,7 +177,7 @@ def log_result_run(
     *,
     params: Mapping[str, Any],
     artifacts: Sequence[str] = (),
-    experiment: str = "mtl-ray",
+    experiment: str = DEFAULT_EXPERIMENT,
 ) -> dict[str, str]:
     """Log a command's result (`compare`, `advise`) as an MLflow run of its own in the tracking URI in
     use: its parameters, every number of `summary` as a metric, the summary as JSON, `text` (the table

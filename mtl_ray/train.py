@@ -262,10 +262,13 @@ class Run:
         called on this process with each epoch's report while the run goes on."""
         stop = threading.Event()
 
-        def relay() -> None:
-            while not stop.wait(PROGRESS_POLL_S):
+        def relay() -> None:  # until the run ends, then once more for its last reports
+            while True:
+                ended = stop.wait(PROGRESS_POLL_S)
                 for metrics in ray.get(self.inbox.take.remote()):
                     on_epoch(metrics)
+                if ended:
+                    return
 
         watcher = threading.Thread(target=relay, daemon=True) if on_epoch else None
         if watcher:
@@ -279,8 +282,6 @@ class Run:
             stop.set()
         if watcher:
             watcher.join()
-            for metrics in ray.get(self.inbox.take.remote()):
-                on_epoch(metrics)
         message = ray.get(self.inbox.first.remote())
         ray.kill(self.inbox)
         if message:

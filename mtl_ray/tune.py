@@ -297,22 +297,21 @@ class TrialProgress(Callback):
     def __init__(self, max_epochs: int, scheduler: str):
         self.max_epochs = max_epochs
         self.scheduler = scheduler
-        self.clocks: dict[str, list[float]] = {}
+        self.printers: dict[str, progress.EpochPrinter] = {}
+
+    def _printer(self, trial) -> progress.EpochPrinter:
+        if trial.trial_id not in self.printers:
+            self.printers[trial.trial_id] = progress.EpochPrinter(f"trial {trial.trial_id}", self.max_epochs)
+        return self.printers[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.clocks[trial.trial_id] = [time.perf_counter(), 0]
+        self._printer(trial)
         searched = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
         progress.say(f"trial {trial.trial_id} started: {searched}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if STEP_KEY in result:
-            return
-        clock = self.clocks.setdefault(trial.trial_id, [time.perf_counter(), 0])
-        clock[1] += 1
-        line = progress.epoch_line(
-            f"trial {trial.trial_id}", result, self.max_epochs, time.perf_counter() - clock[0], clock[1]
-        )
-        progress.say(line)
+        if STEP_KEY not in result:
+            self._printer(trial)(result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))
