@@ -139,6 +139,7 @@ def _train_config(args: argparse.Namespace):
     overrides = {
         "image_size": args.image_size,
         "strict": args.strict or None,
+        "decode": args.decode,
         "init": args.init,
         "backbone": args.backbone,
         "epochs": args.epochs,
@@ -282,6 +283,12 @@ def _training_flags(p: argparse.ArgumentParser, init_required: bool = False) -> 
         "--strict",
         action="store_true",
         help="an unreadable image stops the run (default: skipped and counted as skipped_images)",
+    )
+    p.add_argument(
+        "--decode",
+        choices=["auto", "tasks", "worker"],
+        help="where JPEG images are decoded: Ray Data tasks on CPUs, or the training worker (nvJPEG on its GPU); "
+        "default auto: the worker on GPU runs when torchvision is installed",
     )
     p.add_argument(
         "--storage",

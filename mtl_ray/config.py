@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mtl_ray.errors import UserError
 
@@ -67,6 +67,11 @@ class TrainConfig(Strict):
         "letterbox", description="to image_size: keep the whole frame and pad (letterbox), stretch, or fill and crop"
     )
     strict: bool = Field(False, description="an unreadable image stops the run instead of being skipped and counted")
+    decode: Literal["auto", "tasks", "worker"] = Field(
+        "auto",
+        description="where JPEG training images are decoded: in Ray Data tasks on CPUs, or in the training worker "
+        "(nvJPEG on its GPU); auto: the worker on GPU runs when torchvision is installed",
+    )
     workers: int | None = Field(None, ge=1, description="Ray Train workers; default: 1 per GPU with --gpu, else 2")
     gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0, description="default: leave at least 1 CPU to Ray Data")
@@ -108,6 +113,13 @@ class TrainConfig(Strict):
         if value is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in parts):
             raise ValueError("expected a positive integer S or [H, W]")
         return tuple(value) if pair else value
+
+    @field_validator("decode")
+    @classmethod
+    def _decode(cls, value: str, info: ValidationInfo) -> str:
+        if value == "worker" and info.data.get("strict"):
+            raise ValueError("worker decoding cannot name the row of an unreadable image: with strict, use tasks")
+        return value
 
     @field_validator("init", mode="before")
     @classmethod

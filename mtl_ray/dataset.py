@@ -189,10 +189,18 @@ def cached(rows: int, size: Size, object_store_bytes: float) -> bool:
     return rows * size[0] * size[1] * 3 <= CACHE_FRACTION * object_store_bytes
 
 
-def read(source: Source, size: Size, resize: str = "letterbox", passes: int = 1, cache: bool = False):
+def read(
+    source: Source,
+    size: Size,
+    resize: str = "letterbox",
+    passes: int = 1,
+    cache: bool = False,
+    encoded: bool = False,
+):
     """A Ray Dataset of `source`'s rows with raw images at `size` (height, width) and the task labels,
     streamed `passes` times over (one epoch of a small training set made as long as a bigger one's),
-    read once and kept in the object store when `cache` (or `passes` > 1).
+    read once and kept in the object store when `cache` (or `passes` > 1). With `encoded` the images
+    stay as they are stored, for the training worker to decode (`mtl_ray.device_decode`).
 
     One read task per shard file, fused with the row selection and decoding: left to itself, Ray
     Data splits each file's output into many ~1 MB blocks and runs the batch functions as one task
@@ -213,7 +221,7 @@ def read(source: Source, size: Size, resize: str = "letterbox", passes: int = 1,
         ds = ds.map_batches(
             ShuffleLabels(source.shuffle, source.seed), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS
         )
-    if needs_decode(source.fmt, size):
+    if needs_decode(source.fmt, size) and not encoded:
         ds = ds.map_batches(DecodeToRaw(source, size, resize), batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
     ds = ds.drop_columns([PATH_COLUMN])
     if passes == 1 and not cache:
@@ -225,7 +233,9 @@ def read(source: Source, size: Size, resize: str = "letterbox", passes: int = 1,
 class ShardCollate(ArrowBatchCollateFn):
     """Arrow batch of raw pixels + label columns → {"image": uint8 [N,H,W,3], "labels": float32 [N,T],
     "skipped": int64 []}, without the rows marked unreadable (counted in "skipped"); a marked row
-    with a problem written (strict runs) is raised as a UserError here, in the training worker."""
+    with a problem written (strict runs) is raised as a UserError here, in the training worker.
+    A batch of encoded images (decoded in the worker, `mtl_ray.device_decode`) has their bytes packed
+    ("jpeg", "offsets", "orientation") in place of "image"."""
 
     def __init__(self, fmt: ShardFormat):
         self.fmt = fmt
@@ -240,13 +250,23 @@ class ShardCollate(ArrowBatchCollateFn):
             raise UserError(problems[0].as_py() if len(problems) else "an unreadable image (--strict)")
         if skipped:
             batch = batch.filter(pc.invert(skip))
+        labels = {"labels": torch.from_numpy(labels_of(batch, self.fmt.tasks)), "skipped": torch.tensor(skipped)}
+        if self.fmt.encoding != "raw":
+            from mtl_ray.device_decode import packed
+
+            return {**packed(*encoded_buffers(batch.column(self.fmt.image_column))), **labels}
         images = decode_column(batch.column(self.fmt.image_column), self.fmt).images
-        labels = labels_of(batch, self.fmt.tasks)
-        return {
-            "image": torch.from_numpy(np.array(images)),
-            "labels": torch.from_numpy(labels),
-            "skipped": torch.tensor(skipped),
-        }
+        return {"image": torch.from_numpy(np.array(images)), **labels}
+
+
+def encoded_buffers(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """An encoded image column's bytes as zero-copy numpy views: (values, offsets), row i at
+    values[offsets[i]:offsets[i+1]]."""
+    arr = image_bytes(column)
+    offset_type = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=offset_type)[arr.offset : arr.offset + len(arr) + 1]
+    values = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    return values, offsets
 
 
 class CountSkipped:

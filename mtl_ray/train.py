@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import ray
 import torch
 
-from mtl_ray import checkpoint, dataset, progress, storage
+from mtl_ray import checkpoint, dataset, device_decode, progress, storage
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
 from mtl_ray.images import show_size
@@ -123,6 +123,8 @@ def _train(config: dict) -> None:
     lineage = None if init is None else {k: v for k, v in init.items() if k != "state"}
     model = ray.train.torch.prepare_model(model)
     collate = dataset.ShardCollate(fmt)
+    encoded: ShardFormat | None = config["encoded_format"]
+    train_collate = dataset.ShardCollate(encoded) if encoded else collate
 
     def save(epochs_done: int, metrics: dict, step: int = 0) -> None:
         """Rank 0 writes a checkpoint (after `epochs_done` whole epochs and `step` steps of the next)
@@ -138,7 +140,11 @@ def _train(config: dict) -> None:
             "backbone": cfg.backbone,
             "config": cfg.model_dump(),
             "image": {"size": list(fmt.shape[:2]), "channels": 3, "resize": cfg.resize},
-            "data": {"train_rows": config["train_rows"], "val": config["val_rows"]},
+            "data": {
+                "train_rows": config["train_rows"],
+                "val": config["val_rows"],
+                "decode": "worker" if encoded else "tasks",
+            },
             "init": lineage,
             "metrics": metrics if not step else (history[-1] if history else {}),
             "history": history,
@@ -166,12 +172,12 @@ def _train(config: dict) -> None:
         seen, loss_sum, batches, skipped, nonfinite, in_a_row = 0, 0.0, 0, 0, 0, 0
         terms_sum = torch.zeros(len(tasks), device=device)
         started = time.perf_counter()
-        for step, batch in enumerate(
-            whole_batches(
-                train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate, device=device, **shuffle)
-            ),
-            start=1,
-        ):
+        stream = train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size, collate_fn=train_collate, device="cpu" if encoded else device, **shuffle
+        )
+        if encoded:
+            stream = device_decode.DecodeOnDevice(stream, tuple(fmt.shape[:2]), cfg.resize, device)
+        for step, batch in enumerate(whole_batches(stream), start=1):
             loss, terms, taken = train_step(
                 model, optimizer, weighting, batch["image"], batch["labels"], device, cfg.loss_reduction
             )
@@ -306,7 +312,8 @@ class TrainResult:
     train_images_per_s: float
     seconds: float
     image: dict = field(default_factory=dict)
-    """{"size": [H, W], "resize": mode, "why": how the size was chosen}"""
+    """{"size": [H, W], "resize": mode, "why": how the size was chosen, "decode": where JPEGs were decoded
+    (tasks: Ray Data tasks; worker: the training worker, `mtl_ray.device_decode`)}"""
     skipped_images: int = 0
     init: dict | None = None
     """Where the first weights came from (`TrainConfig.init`): URI, resolved version, heads kept."""
@@ -484,12 +491,14 @@ def build_trainer(
     init = None
     if source is not None:
         init = {**source.lineage, "state": ray.put(source.state), "tasks": source.tasks}
+    in_worker = device_decode.in_worker(cfg.decode, inputs.train.fmt.encoding, plan.use_gpu, cfg.strict)
     inbox = Inbox.remote()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
             "train": cfg.model_dump(),
             "batch_format": dataset.decoded_format(inputs.train.fmt, inputs.size),
+            "encoded_format": inputs.train.fmt if in_worker else None,
             "torch_threads": plan.torch_threads,
             "train_rows": inputs.train_rows,
             "val_rows": inputs.val_rows(),
@@ -509,7 +518,12 @@ def build_trainer(
         ),
         datasets={
             "train": dataset.read(
-                inputs.train, inputs.size, cfg.resize, inputs.passes(cfg), cache=inputs.cached(plan.object_store_bytes)
+                inputs.train,
+                inputs.size,
+                cfg.resize,
+                inputs.passes(cfg),
+                cache=inputs.cached(plan.object_store_bytes),
+                encoded=in_worker,
             ),
             "val": dataset.read(inputs.val, inputs.size, cfg.resize),
         },
@@ -539,7 +553,12 @@ def result_from_checkpoint(
         checkpoint=location,
         train_images_per_s=metrics["train_images_per_s"],
         seconds=seconds,
-        image={"size": list(size), "resize": resize, "why": size_reason},
+        image={
+            "size": list(size),
+            "resize": resize,
+            "why": size_reason,
+            "decode": meta.get("data", {}).get("decode", "tasks"),
+        },
         skipped_images=metrics.get("skipped_images", 0),
         init=meta.get("init"),
         history=meta["history"],

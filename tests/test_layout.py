@@ -19,6 +19,7 @@ NO_RAY = [
     "registry",
     "gate",
     "progress",
+    "device_decode",
     "pyfunc",
     "advise",
     "validate",

@@ -74,7 +74,7 @@ def test_strict_stops_at_the_corrupt_row_with_one_line(ray_session, cli, hf, tmp
     assert lines[0].endswith("(--strict)")
 
 
-def test_camera_folder_converts_with_a_val_split_and_trains_in_one_go(ray_session, cli, tmp_path):
+def test_camera_folder_converts_with_a_val_split_and_trains_decoding_in_the_worker(ray_session, cli, tmp_path):
     photos, _ = camera_folder(tmp_path / "photos", 90)
     converted = cli(
         "data",
@@ -85,6 +85,8 @@ def test_camera_folder_converts_with_a_val_split_and_trains_in_one_go(ray_sessio
         photos / "labels.csv",
         "--val-fraction",
         "0.3",
+        "--encoding",
+        "jpeg",
         "--json",
         "-",
     )
@@ -99,6 +101,8 @@ def test_camera_folder_converts_with_a_val_split_and_trains_in_one_go(ray_sessio
         "xs",
         "--epochs",
         2,
+        "--decode",
+        "worker",
         "--storage",
         tmp_path / "runs",
         "--json",
@@ -106,6 +110,7 @@ def test_camera_folder_converts_with_a_val_split_and_trains_in_one_go(ray_sessio
     )
     assert res.code == 0, res.err
     out = res.json()
+    assert out["image"]["decode"] == "worker"  # JPEG bytes through Ray Data, decoded and resized in the worker
     assert out["image"]["size"] == [64, 64] and "sizes" in out["image"]["why"]  # mixed sizes: the default
     assert out["skipped_images"] == 0
     assert out["val"]["flower"]["n_labeled"] == splits["val"] and out["val"]["flower"]["auroc"] is not None
