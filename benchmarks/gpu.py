@@ -1,33 +1,45 @@
-"""GPU training throughput: the mtl-ray path, a plain pyarrow → torch loop, and the ceiling.
+"""GPU training throughput: the mtl-ray path against a plain loop, a DataLoader and the ceiling.
 
 The ceiling is plain torch on GPU-resident tensors (no input pipeline at all); the plain loop
-reads the same shards with pyarrow in one process and copies uint8 batches to the GPU; the
-mtl-ray side is `mtl_ray.train.fit(gpu=True)` with one worker. Same model, batch size, bf16
-autocast and channels_last everywhere. Prints the mtl-ray/plain ratio and the ratio to the
-ceiling. Run it on a machine with a GPU (see docs/benchmarks.md for figures):
+reads the same shards with pyarrow in one process (decoding JPEG there with Pillow) and copies
+uint8 batches to the GPU; the DataLoader reads the same row groups in CPUs − 1 worker processes
+with pinned memory; the mtl-ray side is `mtl_ray.train.fit(gpu=True)` with one worker, decoding
+JPEG shards on the GPU (nvJPEG) by default. Same model, batch size, bf16 autocast and
+channels_last everywhere. For JPEG shards it first checks nvJPEG's pixels against the CPU path's
+on one batch (`nvjpeg_mean_abs_diff`, `nvjpeg_max_abs_diff`; exit 1 beyond `DECODE_TOLERANCE`).
+Run it on a machine with a GPU (docs/benchmarks.md has figures; benchmarks/gpu_suite.sh runs
+every GPU workload):
 
-    python benchmarks/gpu.py [--n 50000] [--backbone resnet18|l] [--batch-size 256] [--json FILE]
+    python benchmarks/gpu.py [--n 50000] [--backbone l|resnet18] [--encoding raw|jpeg]
+                             [--image-size 64] [--batch-size 256] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 from ingest import dataloader, plain_epoch, train_epoch
+from report import emit
 
+from mtl_ray import device_decode
 from mtl_ray.config import TrainConfig
+from mtl_ray.dataset import encoded_buffers
 from mtl_ray.models import build
-from mtl_ray.shards import open_shard, shard_format
+from mtl_ray.shards import decode_column, open_shard, shard_format
 from mtl_ray.step import train_step
 from mtl_ray.storage import list_shards
 from mtl_ray.synth import synthesize
 from mtl_ray.train import fit
 from mtl_ray.weighting import get as get_weighting
+
+DECODE_TOLERANCE = 2.0
+"""Largest mean absolute difference (levels of 255) allowed between nvJPEG's pixels and the CPU path's."""
 
 
 def ceiling(
@@ -46,14 +58,34 @@ def ceiling(
     return steps * batch_size / (time.perf_counter() - started)
 
 
+def nvjpeg_difference(fs, path: str, rows: int, device: torch.device) -> tuple[float, int]:
+    """(mean, max) absolute pixel difference between the GPU decode (`device_decode.decode`) and the
+    CPU path (`decode_column`) over the first `rows` images of shard `path`, at their own size."""
+    fmt = shard_format(open_shard(fs, path, path), path)
+    column = pq.read_table(fs.open_input_file(path), columns=[fmt.image_column]).column(fmt.image_column)[:rows]
+    cpu = decode_column(column, fmt)
+    batch = {
+        **device_decode.packed(*encoded_buffers(column)),
+        "labels": torch.zeros((len(column), 0)),
+        "skipped": torch.tensor(0),
+    }
+    size = tuple(cpu.images.shape[1:3])
+    gpu = next(iter(device_decode.DecodeOnDevice([batch], size, "letterbox", device)))
+    assert int(gpu["skipped"]) == 0 and not cpu.bad.any()
+    diff = np.abs(gpu["image"].cpu().numpy().astype(int) - cpu.images.astype(int))
+    return float(diff.mean()), int(diff.max())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50000, help="synthetic images (raw pixels)")
+    parser.add_argument("--n", type=int, default=50000, help="synthetic scenes")
     parser.add_argument("--data", help="use these shards instead of synthesising")
+    parser.add_argument("--encoding", default="raw", choices=["raw", "png", "jpeg"])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--backbone", default="l")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--decode", default="auto", choices=["auto", "tasks", "worker"], help="mtl-ray side")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -61,10 +93,18 @@ def main() -> int:
         return 2
     device = torch.device("cuda")
 
+    check = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or synthesize(f"{tmp}/shards", args.n, image_size=args.image_size, seed=1).path
+        data = (
+            args.data
+            or synthesize(f"{tmp}/shards", args.n, image_size=args.image_size, encoding=args.encoding, seed=1).path
+        )
         fs, paths, _ = list_shards(data)
-        tasks = list(shard_format(open_shard(fs, paths[0], paths[0]), paths[0]).tasks)
+        fmt = shard_format(open_shard(fs, paths[0], paths[0]), paths[0])
+        tasks = list(fmt.tasks)
+        if fmt.encoding == "jpeg" and device_decode.nvjpeg() is not None:
+            mean, worst = nvjpeg_difference(fs, paths[0], args.batch_size, device)
+            check = {"nvjpeg_mean_abs_diff": round(mean, 3), "nvjpeg_max_abs_diff": worst}
         model = build(args.backbone, len(tasks), channels_last=True).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         weighting = get_weighting("equal", len(tasks))
@@ -75,7 +115,14 @@ def main() -> int:
         )
         loader = dataloader(fs, paths, tasks, args.batch_size)
         peer = max(train_epoch(loader, model, optimizer, weighting, device) for _ in range(args.epochs))
-        cfg = TrainConfig(backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs, workers=1, gpu=True)
+        cfg = TrainConfig(
+            backbone=args.backbone,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            workers=1,
+            gpu=True,
+            decode=args.decode,
+        )
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="gpu-bench")
         ours = max(h["train_images_per_s"] for h in result.history)
 
@@ -87,15 +134,25 @@ def main() -> int:
         "ratio_to_dataloader": round(ours / peer, 3),
         "ceiling_images_per_s": round(top, 1),
         "ratio_to_ceiling": round(ours / top, 3),
+        **check,
         "device": torch.cuda.get_device_name(),
         "backbone": args.backbone,
         "batch_size": args.batch_size,
+        "encoding": fmt.encoding,
         "image_size": args.image_size,
+        "decode": result.image["decode"],
+        "dataloader_workers": loader.num_workers,
     }
-    print(json.dumps(summary, indent=2))
-    if args.json and args.json != "-":
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    line = (
+        f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f}  DataLoader({loader.num_workers} workers) {peer:,.0f}  "
+        f"ceiling {top:,.0f}  ratio {ours / plain:.3f}  ratio_to_dataloader {ours / peer:.3f}  "
+        f"ratio_to_ceiling {ours / top:.3f}  ({args.backbone}, {fmt.encoding} {args.image_size} px decoded in "
+        f"{result.image['decode']}, batch {args.batch_size}, best of {args.epochs} epochs)"
+    )
+    emit(line, summary, args.json)
+    if check and check["nvjpeg_mean_abs_diff"] > DECODE_TOLERANCE:
+        print(f"nvJPEG pixels differ from the CPU path's by {check['nvjpeg_mean_abs_diff']} levels", file=sys.stderr)
+        return 1
     return 0
 
 

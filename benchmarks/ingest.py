@@ -8,7 +8,8 @@ row groups (CPUs − 1 worker processes), reported as `ratio_to_dataloader`. Eac
 best epoch's images/s counts, so Ray's start-up is left out and only the steady per-batch path is
 compared. Prints the ratio mtl-ray / plain (1.0 = no overhead).
 
-    python benchmarks/ingest.py [--n 4000] [--backbone s] [--batch-size 64] [--json FILE]
+    python benchmarks/ingest.py [--n 4000] [--backbone s] [--batch-size 64] [--encoding raw|jpeg]
+                                [--image-size 64] [--decode auto|tasks|worker] [--json FILE]
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def dataloader(fs, paths, tasks, batch_size: int) -> torch.utils.data.DataLoader
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=4000, help="synthetic images (64 px raw)")
+    parser.add_argument("--n", type=int, default=4000, help="synthetic scenes")
+    parser.add_argument("--encoding", default="raw", choices=["raw", "png", "jpeg"], help="of the synthetic scenes")
+    parser.add_argument("--image-size", type=int, default=64, help="of the synthetic scenes")
+    parser.add_argument("--decode", default="auto", choices=["auto", "tasks", "worker"], help="mtl-ray side")
     parser.add_argument("--data", help="use these shards instead of synthesising")
     parser.add_argument("--backbone", default="s")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -82,9 +86,13 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or synthesize(f"{tmp}/shards", args.n, seed=1).path
+        data = (
+            args.data
+            or synthesize(f"{tmp}/shards", args.n, image_size=args.image_size, encoding=args.encoding, seed=1).path
+        )
         fs, paths, _ = list_shards(data)
-        tasks = list(shard_format(open_shard(fs, paths[0], paths[0]), paths[0]).tasks)
+        fmt = shard_format(open_shard(fs, paths[0], paths[0]), paths[0])
+        tasks = list(fmt.tasks)
 
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
@@ -104,6 +112,7 @@ def main() -> int:
             workers=1,
             cpus_per_worker=float(args.threads),
             shuffle_buffer=args.shuffle_buffer,
+            decode=args.decode,
         )
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="ingest-bench")
         ours = max(h["train_images_per_s"] for h in result.history)
@@ -115,6 +124,9 @@ def main() -> int:
         "dataloader_images_per_s": round(peer, 1),
         "ratio_to_dataloader": round(ours / peer, 3),
         "backbone": args.backbone,
+        "encoding": fmt.encoding,
+        "image_size": result.image["size"],
+        "decode": result.image["decode"],
         "batch_size": args.batch_size,
         "threads": args.threads,
         "epochs": args.epochs,
@@ -123,7 +135,8 @@ def main() -> int:
     line = (
         f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f} img/s  DataLoader {peer:,.0f} img/s  ratio {ours / plain:.3f}  "
         f"ratio_to_dataloader {ours / peer:.3f}  "
-        f"({args.backbone}, batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer "
+        f"({args.backbone}, {fmt.encoding} {result.image['size'][0]} px decoded in {result.image['decode']}, "
+        f"batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer "
         f"{args.shuffle_buffer}, "
         f"best of {args.epochs} epochs)"
     )

@@ -15,6 +15,9 @@ from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError, first_line
 
 MIN_CPUS_PER_WORKER = 0.25
+GPU_WORKER_CPUS = 2.0
+"""CPUs a GPU training worker holds by default (its loop and the batch-collating thread); the other
+CPUs beside each GPU read and decode in Ray Data tasks."""
 DEFAULT_STORAGE = "mtl-ray-runs"
 
 
@@ -99,7 +102,9 @@ def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
     """Size workers so the request fits the cluster and at least one CPU stays free for Ray Data.
 
     On a 2-CPU machine two CPU workers get 0.5 CPU each: whole-CPU workers would take every CPU and
-    Ray Data's read/decode tasks would never be scheduled (the run hangs; Ray issue 29662).
+    Ray Data's read/decode tasks would never be scheduled (the run hangs; Ray issue 29662). A GPU
+    worker holds `GPU_WORKER_CPUS`; its share of the other CPUs (the cluster's CPUs per GPU, less
+    its own) is counted for Ray Data, where reading and CPU decoding run.
     """
     cpus = float(cluster.get("CPU", 0))
     gpus = float(cluster.get("GPU", 0))
@@ -111,11 +116,13 @@ def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
             )
     else:
         workers = cfg.workers or 2
-    data_cpus = 1.0 if cpus < 8 else max(1.0, cpus * 0.25)
-    if cfg.cpus_per_worker is not None:
-        per_worker = cfg.cpus_per_worker
+    if cfg.gpu:
+        per_gpu = cpus / max(gpus, 1.0)
+        per_worker = cfg.cpus_per_worker or min(GPU_WORKER_CPUS, max(MIN_CPUS_PER_WORKER, per_gpu - 1.0))
+        data_cpus = max(1.0, min(workers * (per_gpu - per_worker), cpus - workers * per_worker))
     else:
-        per_worker = min(1.0 if not cfg.gpu else max(1.0, (cpus - data_cpus) / workers), (cpus - data_cpus) / workers)
+        data_cpus = 1.0 if cpus < 8 else max(1.0, cpus * 0.25)
+        per_worker = cfg.cpus_per_worker or min(1.0, (cpus - data_cpus) / workers)
     need = workers * max(per_worker, MIN_CPUS_PER_WORKER) + data_cpus
     if per_worker < MIN_CPUS_PER_WORKER or need > cpus + 1e-9:
         raise UserError(

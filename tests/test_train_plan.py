@@ -7,7 +7,7 @@ import torch
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.errors import UserError
-from mtl_ray.runtime import plan_resources
+from mtl_ray.runtime import GPU_WORKER_CPUS, plan_resources
 from mtl_ray.step import epoch_lr, whole_batches
 
 
@@ -35,11 +35,14 @@ def test_gpu_without_gpus_fails_fast():
         plan_resources(TrainConfig(gpu=True), {"CPU": 2.0})
 
 
-def test_gpu_workers_default_to_gpu_count_and_keep_data_cpus():
+def test_gpu_workers_default_to_gpu_count_and_leave_the_other_cpus_to_ray_data():
     plan = plan_resources(TrainConfig(gpu=True), {"CPU": 16.0, "GPU": 2.0})
     assert plan.workers == 2 and plan.use_gpu
-    assert plan.workers * plan.cpus_per_worker + plan.data_cpus <= 16.0
-    assert plan.data_cpus >= 4.0
+    assert plan.cpus_per_worker == GPU_WORKER_CPUS and plan.data_cpus == 16.0 - 2 * GPU_WORKER_CPUS
+    one_of_eight = plan_resources(TrainConfig(gpu=True, workers=1), {"CPU": 64.0, "GPU": 8.0})
+    assert one_of_eight.data_cpus == 8.0 - GPU_WORKER_CPUS  # a trial's share: the CPUs beside its GPU
+    scarce = plan_resources(TrainConfig(gpu=True), {"CPU": 2.0, "GPU": 1.0})
+    assert scarce.cpus_per_worker == 1.0 and scarce.data_cpus == 1.0
 
 
 def test_cosine_schedule_starts_at_lr_and_decays_toward_zero():
