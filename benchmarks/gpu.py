@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from ingest import dataloader, plain_epoch, train_epoch
+from ingest import SAME_STEP, dataloader, plain_epoch, train_epoch
 from report import emit
 
 from mtl_ray import device_decode
@@ -122,6 +122,7 @@ def main() -> int:
             workers=1,
             gpu=True,
             decode=args.decode,
+            **SAME_STEP,
         )
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="gpu-bench")
         ours = max(h["train_images_per_s"] for h in result.history)

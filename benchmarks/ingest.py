@@ -33,6 +33,10 @@ from mtl_ray.synth import synthesize
 from mtl_ray.train import fit
 from mtl_ray.weighting import get as get_weighting
 
+SAME_STEP = {"weighting": {"name": "equal"}, "loss_reduction": "seed"}
+"""The mtl-ray side's step as the other sides take it (`train_step` with equal weighting and its
+default reduction), not the product defaults: GradNorm's extra per-task gradients cost time."""
+
 
 def train_epoch(batches, model, optimizer, weighting, device: torch.device | None = None) -> float:
     """One epoch of `train_step` over `batches` ({"image", "labels"} tensors); returns images/s."""
@@ -113,6 +117,7 @@ def main() -> int:
             cpus_per_worker=float(args.threads),
             shuffle_buffer=args.shuffle_buffer,
             decode=args.decode,
+            **SAME_STEP,
         )
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="ingest-bench")
         ours = max(h["train_images_per_s"] for h in result.history)

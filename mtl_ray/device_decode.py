@@ -11,7 +11,8 @@ uint8 [N, H, W, 3] images the CPU path gives:
   antialiased bilinear resampling (torch's matches Pillow's within one level: tests/test_device_decode.py).
 A batch nvJPEG rejects (a damaged file, a PNG among the JPEGs, CMYK) is decoded image by image with
 Pillow instead; an image Pillow cannot read either is dropped and counted in "skipped", as on the
-CPU path. `strict` runs decode in Ray Data tasks, where the shard and row of a bad image are known.
+CPU path. `strict` runs decode in Ray Data tasks, where the shard and row of a bad image are known;
+validation rows are always decoded there (rank 0 reads them once per epoch).
 """
 
 from __future__ import annotations
