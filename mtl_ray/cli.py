@@ -288,7 +288,7 @@ def _training_flags(p: argparse.ArgumentParser, init_required: bool = False) -> 
         "--decode",
         choices=["auto", "tasks", "worker"],
         help="where JPEG images are decoded: Ray Data tasks on CPUs, or the training worker (nvJPEG on its GPU); "
-        "default auto: the worker on GPU runs when torchvision is installed",
+        "default auto: the worker on GPU runs with torchvision over data too big to cache",
     )
     p.add_argument(
         "--storage",

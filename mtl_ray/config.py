@@ -70,7 +70,7 @@ class TrainConfig(Strict):
     decode: Literal["auto", "tasks", "worker"] = Field(
         "auto",
         description="where JPEG training images are decoded: in Ray Data tasks on CPUs, or in the training worker "
-        "(nvJPEG on its GPU); auto: the worker on GPU runs when torchvision is installed",
+        "(nvJPEG on its GPU); auto: the worker on GPU runs with torchvision when the rows are streamed, not cached",
     )
     workers: int | None = Field(None, ge=1, description="Ray Train workers; default: 1 per GPU with --gpu, else 2")
     gpu: bool = False

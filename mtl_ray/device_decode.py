@@ -1,7 +1,7 @@
 """JPEG decoded in the training worker, on its device: nvJPEG on a GPU (`torchvision.io.decode_jpeg`),
 so 224 px JPEG shards do not need five or more CPU cores per GPU to keep it busy.
 
-With `decode: worker` (and `auto` on GPU runs over JPEG shards when torchvision imports), Ray Data
+With `decode: worker` (and `auto` on GPU runs over streamed JPEG shards when torchvision imports), Ray Data
 passes the JPEG bytes through undecoded; `dataset.ShardCollate` packs a batch's bytes into one
 tensor with their offsets and EXIF orientations, and `DecodeOnDevice` turns each such batch into the
 uint8 [N, H, W, 3] images the CPU path gives:
@@ -41,15 +41,17 @@ def nvjpeg() -> object | None:
         return None
 
 
-def in_worker(decode: str, encoding: str, use_gpu: bool, strict: bool) -> bool:
+def in_worker(decode: str, encoding: str, use_gpu: bool, strict: bool, cached: bool = False) -> bool:
     """Whether training images are decoded in the training worker rather than in Ray Data tasks.
 
     `tasks` never; `worker` for JPEG shards (PNG and raw stay on the CPU path); `auto` for JPEG
-    shards on GPU runs when torchvision is installed. Not with `strict`, which needs the shard and
-    row of a bad image (known only in Ray Data tasks; `TrainConfig` refuses `worker` with it)."""
+    shards on GPU runs when torchvision is installed and the training rows are streamed: rows small
+    enough to be `cached` are decoded once by Ray Data and kept as pixels, cheaper than decoding
+    them every epoch on the GPU. Not with `strict`, which needs the shard and row of a bad image
+    (known only in Ray Data tasks; `TrainConfig` refuses `worker` with it)."""
     if decode == "tasks" or encoding != "jpeg" or strict:
         return False
-    return decode == "worker" or (use_gpu and nvjpeg() is not None)
+    return decode == "worker" or (use_gpu and not cached and nvjpeg() is not None)
 
 
 def orientation(data: bytes | memoryview) -> int:

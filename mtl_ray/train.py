@@ -491,7 +491,8 @@ def build_trainer(
     init = None
     if source is not None:
         init = {**source.lineage, "state": ray.put(source.state), "tasks": source.tasks}
-    in_worker = device_decode.in_worker(cfg.decode, inputs.train.fmt.encoding, plan.use_gpu, cfg.strict)
+    cached = inputs.cached(plan.object_store_bytes)
+    in_worker = device_decode.in_worker(cfg.decode, inputs.train.fmt.encoding, plan.use_gpu, cfg.strict, cached)
     inbox = Inbox.remote()
     trainer = TorchTrainer(
         worker_loop,
@@ -522,7 +523,7 @@ def build_trainer(
                 inputs.size,
                 cfg.resize,
                 inputs.passes(cfg),
-                cache=inputs.cached(plan.object_store_bytes),
+                cache=cached,
                 encoded=in_worker,
             ),
             "val": dataset.read(inputs.val, inputs.size, cfg.resize),

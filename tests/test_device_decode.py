@@ -102,12 +102,13 @@ def test_a_packed_batch_decodes_like_the_cpu_path_and_drops_what_it_cannot_read(
     assert diff.max() <= 1 and diff.mean() < 0.25
 
 
-def test_only_jpeg_shards_are_decoded_in_the_worker_and_never_with_strict():
+def test_only_streamed_jpeg_shards_are_decoded_in_the_worker_and_never_with_strict():
     assert device_decode.in_worker("worker", "jpeg", use_gpu=False, strict=False)
     assert not device_decode.in_worker("worker", "png", use_gpu=True, strict=False)
     assert not device_decode.in_worker("tasks", "jpeg", use_gpu=True, strict=False)
     assert not device_decode.in_worker("auto", "jpeg", use_gpu=False, strict=False)
     assert not device_decode.in_worker("auto", "jpeg", use_gpu=True, strict=True)
     assert device_decode.in_worker("auto", "jpeg", use_gpu=True, strict=False) == (device_decode.nvjpeg() is not None)
+    assert not device_decode.in_worker("auto", "jpeg", use_gpu=True, strict=False, cached=True)  # decoded once
     with pytest.raises(UserError, match="decode"):
         load_train(None, {"decode": "worker", "strict": True})
