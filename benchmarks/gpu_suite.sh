@@ -20,7 +20,7 @@ data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
 
 python3 -m mtl_ray.cli data synth "$data/raw64" --n "$(count 50000)" --encoding raw --quiet
-python3 -m mtl_ray.cli data synth "$data/jpeg224" --n "$(count 12000)" --image-size 224 --encoding jpeg --quiet
+python3 -m mtl_ray.cli data synth "$data/jpeg224" --n "$(count 8000)" --image-size 224 --encoding jpeg --quiet
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
 
 python3 input.py --data "$data/raw64" --json "$out/input_raw64.json"
