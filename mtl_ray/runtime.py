@@ -71,7 +71,8 @@ def configure_data() -> None:
     # before the first batch here, against 0.15-0.4 s with V1 (docs/benchmarks.md).
     ctx.use_datasource_v2 = False
     # Per-operator reservations let one read task run at a time on 2 CPUs: a streamed epoch gave
-    # 40,000 images/s with them and 51,000-57,000 without (docs/benchmarks.md).
+    # 40,000 images/s with them and 51,000-57,000 without (docs/benchmarks.md). Ray 2.60 calls this
+    # switch historical and due for removal: remeasure `benchmarks/input.py --stream` on upgrades.
     ctx.op_resource_reservation_enabled = False
     for handler in logging.getLogger("ray.data").handlers:  # its own lines go to ray-data.log, not the terminal
         if type(handler).__name__ == "PlainRayHandler":  # the console; its file handler keeps every line
