@@ -24,8 +24,9 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from ingest import SAME_STEP, dataloader, plain_epoch, train_epoch
-from report import emit
+from ingest import SAME_STEP, plain_epoch, train_epoch
+from input import dataloader
+from report import compared, emit
 
 from mtl_ray import device_decode
 from mtl_ray.config import TrainConfig
@@ -127,28 +128,22 @@ def main() -> int:
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="gpu-bench")
         ours = max(h["train_images_per_s"] for h in result.history)
 
-    summary = {
-        "mtl_ray_images_per_s": round(ours, 1),
-        "plain_images_per_s": round(plain, 1),
-        "ratio": round(ours / plain, 3),
-        "dataloader_images_per_s": round(peer, 1),
-        "ratio_to_dataloader": round(ours / peer, 3),
-        "ceiling_images_per_s": round(top, 1),
-        "ratio_to_ceiling": round(ours / top, 3),
-        **check,
-        "device": torch.cuda.get_device_name(),
-        "backbone": args.backbone,
-        "batch_size": args.batch_size,
-        "encoding": fmt.encoding,
-        "image_size": args.image_size,
-        "decode": result.image["decode"],
-        "dataloader_workers": loader.num_workers,
-    }
+    summary, headline = compared(ours, plain, peer, ceiling=top)
+    summary.update(
+        {
+            **check,
+            "device": torch.cuda.get_device_name(),
+            "backbone": args.backbone,
+            "batch_size": args.batch_size,
+            "encoding": fmt.encoding,
+            "image_size": args.image_size,
+            "decode": result.image["decode"],
+            "dataloader_workers": loader.num_workers,
+        }
+    )
     line = (
-        f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f}  DataLoader({loader.num_workers} workers) {peer:,.0f}  "
-        f"ceiling {top:,.0f}  ratio {ours / plain:.3f}  ratio_to_dataloader {ours / peer:.3f}  "
-        f"ratio_to_ceiling {ours / top:.3f}  ({args.backbone}, {fmt.encoding} {args.image_size} px decoded in "
-        f"{result.image['decode']}, batch {args.batch_size}, best of {args.epochs} epochs)"
+        f"{headline}  ({args.backbone}, {fmt.encoding} {args.image_size} px decoded in {result.image['decode']}, "
+        f"DataLoader {loader.num_workers} workers, batch {args.batch_size}, best of {args.epochs} epochs)"
     )
     emit(line, summary, args.json)
     if check and check["nvjpeg_mean_abs_diff"] > DECODE_TOLERANCE:

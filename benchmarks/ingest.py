@@ -15,14 +15,13 @@ compared. Prints the ratio mtl-ray / plain (1.0 = no overhead).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 
 import torch
-from input import RowGroups, plain_batches
-from report import emit
+from input import dataloader, plain_batches
+from report import compared, emit
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.models import build
@@ -55,18 +54,6 @@ def train_epoch(batches, model, optimizer, weighting, device: torch.device | Non
 def plain_epoch(fs, paths, tasks, model, optimizer, weighting, batch_size: int, device=None) -> float:
     """One epoch over the train rows, pyarrow batches straight into torch (`input.plain_batches`)."""
     return train_epoch(plain_batches(fs, paths, tasks, batch_size, None), model, optimizer, weighting, device)
-
-
-def dataloader(fs, paths, tasks, batch_size: int) -> torch.utils.data.DataLoader:
-    """The peer a user would pick: a torch DataLoader over the same row groups (`input.RowGroups`),
-    CPUs − 1 worker processes, pinned memory when CUDA is there."""
-    return torch.utils.data.DataLoader(
-        RowGroups(fs, paths, tasks, batch_size, None),
-        batch_size=None,
-        num_workers=max(1, (os.cpu_count() or 2) - 1),
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=True,
-    )
 
 
 def main() -> int:
@@ -122,28 +109,23 @@ def main() -> int:
         result = fit(data, config=cfg, storage_path=f"{tmp}/runs", name="ingest-bench")
         ours = max(h["train_images_per_s"] for h in result.history)
 
-    summary = {
-        "mtl_ray_images_per_s": round(ours, 1),
-        "plain_images_per_s": round(plain, 1),
-        "ratio": round(ours / plain, 3),
-        "dataloader_images_per_s": round(peer, 1),
-        "ratio_to_dataloader": round(ours / peer, 3),
-        "backbone": args.backbone,
-        "encoding": fmt.encoding,
-        "image_size": result.image["size"],
-        "decode": result.image["decode"],
-        "batch_size": args.batch_size,
-        "threads": args.threads,
-        "epochs": args.epochs,
-        "shuffle_buffer": args.shuffle_buffer,
-    }
+    summary, headline = compared(ours, plain, peer)
+    summary.update(
+        {
+            "backbone": args.backbone,
+            "encoding": fmt.encoding,
+            "image_size": result.image["size"],
+            "decode": result.image["decode"],
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "epochs": args.epochs,
+            "shuffle_buffer": args.shuffle_buffer,
+        }
+    )
     line = (
-        f"mtl-ray {ours:,.0f} img/s  plain {plain:,.0f} img/s  DataLoader {peer:,.0f} img/s  ratio {ours / plain:.3f}  "
-        f"ratio_to_dataloader {ours / peer:.3f}  "
-        f"({args.backbone}, {fmt.encoding} {result.image['size'][0]} px decoded in {result.image['decode']}, "
-        f"batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer "
-        f"{args.shuffle_buffer}, "
-        f"best of {args.epochs} epochs)"
+        f"{headline}  ({args.backbone}, {fmt.encoding} {result.image['size'][0]} px decoded in "
+        f"{result.image['decode']}, batch {args.batch_size}, {args.threads} torch thread(s), shuffle buffer "
+        f"{args.shuffle_buffer}, best of {args.epochs} epochs)"
     )
     emit(line, summary, args.json)
     return 0

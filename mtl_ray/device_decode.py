@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtl_ray.errors import UserError
-from mtl_ray.images import PAD_COLOUR, RESIZE_MODES, Size, UnreadableImage, read_image
+from mtl_ray.images import PAD_COLOUR, Size, UnreadableImage, check_resize, placement, read_image
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -103,17 +101,14 @@ def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 def _resample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 [N, C, h, w] → [N, C, size] by antialiased bilinear resampling (Pillow's BILINEAR)."""
-    if tuple(images.shape[-2:]) == size:
-        return images
     out = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def fit(images: list[torch.Tensor], size: Size, resize: str = "letterbox") -> torch.Tensor:
     """uint8 [C=3, h, w] images of any sizes → one uint8 [N, H, W, 3] batch at `size` (height, width),
-    by `images.fit`'s geometry; images that share a size are resampled together."""
-    if resize not in RESIZE_MODES:
-        raise UserError(f"resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    placed as `images.fit` places them; images that share a size are resampled together."""
+    check_resize(resize)
     height, width = size
     device = images[0].device if images else torch.device("cpu")
     out = torch.empty((len(images), 3, height, width), dtype=torch.uint8, device=device)
@@ -124,18 +119,15 @@ def fit(images: list[torch.Tensor], size: Size, resize: str = "letterbox") -> to
         by_shape.setdefault(tuple(image.shape[1:]), []).append(i)
     for (h, w), rows in by_shape.items():
         group = torch.stack([images[i] for i in rows])
-        if (h, w) == (height, width) or resize == "squash":
-            out[rows] = _resample(group, (height, width))
-        elif resize == "letterbox":
-            scale = min(width / w, height / h)
-            iw, ih = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
-            left, top = (width - iw) // 2, (height - ih) // 2
-            out[rows, :, top : top + ih, left : left + iw] = _resample(group, (ih, iw))
-        else:
-            scale = max(width / w, height / h)
-            ow, oh = max(width, math.ceil(w * scale)), max(height, math.ceil(h * scale))
-            left, top = (ow - width) // 2, (oh - height) // 2
-            out[rows] = _resample(group, (oh, ow))[:, :, top : top + height, left : left + width]
+        if (h, w) == (height, width):
+            out[rows] = group
+            continue
+        rw, rh, left, top = placement(w, h, size, resize)
+        resized = _resample(group, (rh, rw))
+        if resize == "letterbox":
+            out[rows, :, top : top + rh, left : left + rw] = resized
+        else:  # squash (left = top = 0) or center_crop
+            out[rows] = resized[:, :, top : top + height, left : left + width]
     return out.permute(0, 2, 3, 1)
 
 

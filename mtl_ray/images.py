@@ -88,27 +88,44 @@ def _gray8(fraction: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(np.nan_to_num(fraction) * 255.0), 0, 255).astype(np.uint8), "L")
 
 
-def fit(image: Image.Image | np.ndarray, size: Size, resize: str = "letterbox") -> np.ndarray:
-    """An RGB image at exactly `size` (height, width) by `resize`: letterbox, squash or center_crop."""
+def check_resize(resize: str) -> None:
     if resize not in RESIZE_MODES:
         raise UserError(f"resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+
+
+def placement(width: int, height: int, size: Size, resize: str) -> tuple[int, int, int, int]:
+    """How an image of `width`×`height` reaches `size` (height, width) by `resize`: (w, h, left, top),
+    the size it is resampled to and, for letterbox, where it is pasted on the padded canvas or, for
+    center_crop, where the crop starts in it (squash: the target size at 0, 0). Shared by `fit` and
+    the GPU decode (`mtl_ray.device_decode`), so both place pixels alike."""
+    target_h, target_w = size
+    if resize == "squash":
+        return target_w, target_h, 0, 0
+    if resize == "letterbox":
+        scale = min(target_w / width, target_h / height)
+        w, h = max(1, min(target_w, round(width * scale))), max(1, min(target_h, round(height * scale)))
+        return w, h, (target_w - w) // 2, (target_h - h) // 2
+    scale = max(target_w / width, target_h / height)
+    w, h = max(target_w, math.ceil(width * scale)), max(target_h, math.ceil(height * scale))
+    return w, h, (w - target_w) // 2, (h - target_h) // 2
+
+
+def fit(image: Image.Image | np.ndarray, size: Size, resize: str = "letterbox") -> np.ndarray:
+    """An RGB image at exactly `size` (height, width) by `resize`: letterbox, squash or center_crop."""
+    check_resize(resize)
     im = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     height, width = size
     if im.size == (width, height):
         return np.asarray(im)
+    w, h, left, top = placement(*im.size, size, resize)
+    resized = im.resize((w, h), Image.BILINEAR)
     if resize == "squash":
-        return np.asarray(im.resize((width, height), Image.BILINEAR))
-    w, h = im.size
+        return np.asarray(resized)
     if resize == "letterbox":
-        scale = min(width / w, height / h)
-        inner = (max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale))))
         canvas = Image.new("RGB", (width, height), PAD_COLOUR)
-        canvas.paste(im.resize(inner, Image.BILINEAR), ((width - inner[0]) // 2, (height - inner[1]) // 2))
+        canvas.paste(resized, (left, top))
         return np.asarray(canvas)
-    scale = max(width / w, height / h)
-    outer = (max(width, math.ceil(w * scale)), max(height, math.ceil(h * scale)))
-    left, top = (outer[0] - width) // 2, (outer[1] - height) // 2
-    return np.asarray(im.resize(outer, Image.BILINEAR).crop((left, top, left + width, top + height)))
+    return np.asarray(resized.crop((left, top, left + width, top + height)))
 
 
 def unreadable(exc: BaseException) -> str:

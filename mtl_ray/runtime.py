@@ -123,7 +123,7 @@ def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
     if cfg.gpu:
         per_gpu = cpus / max(gpus, 1.0)
         per_worker = cfg.cpus_per_worker or min(GPU_WORKER_CPUS, max(MIN_CPUS_PER_WORKER, per_gpu - 1.0))
-        data_cpus = max(1.0, min(workers * (per_gpu - per_worker), cpus - workers * per_worker))
+        data_cpus = max(1.0, workers * (per_gpu - per_worker))
     else:
         data_cpus = 1.0 if cpus < 8 else max(1.0, cpus * 0.25)
         per_worker = cfg.cpus_per_worker or min(1.0, (cpus - data_cpus) / workers)
