@@ -360,19 +360,25 @@ def test_unreachable_tracking_server_is_one_line(cli, tmp_path, monkeypatch):
     assert len(out.err.strip().splitlines()) == 1
 
 
-@pytest.fixture
-def old_model(tmp_path):
-    """The model saved before the shard module's rename (tests/fixtures/README.md), unpacked."""
-    with tarfile.open(os.path.join(os.path.dirname(__file__), "fixtures", "model-0.1.0.tar.gz")) as tar:
+def unpack_model(tmp_path, name: str):
+    """A model fixture (tests/fixtures/README.md), unpacked: (model directory, input images, expected)."""
+    with tarfile.open(os.path.join(os.path.dirname(__file__), "fixtures", f"{name}.tar.gz")) as tar:
         tar.extractall(tmp_path, filter="data")
-    root = tmp_path / "model-0.1.0"
+    root = tmp_path / name
     expected = json.loads((root / "expected.json").read_text())
     return root / "model", sorted(str(p) for p in (root / "inputs").iterdir()), expected
 
 
-def test_a_model_saved_before_the_rename_predicts_with_its_own_code_and_with_todays(cli, old_model, tmp_path):
-    model, paths, expected = old_model
-    assert (model / "code" / "mtl_ray" / "format.py").is_file()  # its code predates mtl_ray/shards.py
+@pytest.mark.parametrize(
+    "name, own_module",
+    [
+        ("model-0.1.0", "format.py"),  # saved before mtl_ray/format.py became mtl_ray/shards.py
+        ("model-0.1.0-flat", "train.py"),  # saved by the flat layout, before the packages by stage
+    ],
+)
+def test_an_old_model_predicts_with_its_own_code_and_with_todays(cli, tmp_path, name, own_module):
+    model, paths, expected = unpack_model(tmp_path, name)
+    assert (model / "code" / "mtl_ray" / own_module).is_file()  # its code is not today's
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     own = fresh_predict(str(model), paths, dict(os.environ), elsewhere)
@@ -384,6 +390,30 @@ def test_a_model_saved_before_the_rename_predicts_with_its_own_code_and_with_tod
     assert today.code == 0, today.err
     probs = [[row[t] for t in expected["tasks"]] for row in today.json()["predictions"]]
     np.testing.assert_allclose(probs, expected["probabilities"], atol=1e-6)
+
+
+def test_the_gate_scores_a_champion_registered_by_the_flat_layout(cli, local_mlflow, tmp_path):
+    """A champion saved by the flat layout's code is loaded by today's gate and scored on the same rows."""
+    from mlflow import MlflowClient
+
+    model, _, expected = unpack_model(tmp_path, "model-0.1.0-flat")
+    client = MlflowClient()
+    client.create_registered_model("mtl-ray")
+    run = client.create_run(client.create_experiment("old"))
+    client.log_artifacts(run.info.run_id, str(model), "model")
+    old = client.create_model_version("mtl-ray", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    for key, value in expected["version_tags"].items():
+        client.set_model_version_tag("mtl-ray", old.version, key, value)
+    client.set_registered_model_alias("mtl-ray", "champion", old.version)
+    data = tmp_path / "scenes"
+    synthesize(str(data), 300, image_size=SIZE, seed=4)
+    image = {"size": [24, 40], "channels": 3, "resize": "letterbox"}
+    make_checkpoint(tmp_path / "new", 0.6, seed=2, image=image, val={"path": str(data), "split": "val"})
+    res = cli("register", "--checkpoint", tmp_path / "new", "--json", "-")
+    assert res.code == 0, res.err
+    scores = res.json()["gate_scores"]
+    assert scores["champion"] is not None and scores["challenger"] is not None, res.json()["reason"]
+    assert f"on the same {scores['rows']} validation rows" in res.json()["reason"]
 
 
 def test_the_registered_model_letterboxes_as_its_training_run_did(cli, local_mlflow, tmp_path, images):
