@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
-from mtl_ray.shards import ROW_GROUP_ROWS, ShardFormat, ShardWriter, encode_images, make_table
-from mtl_ray.storage import prepare_output
+from mtl_ray.data.shards import ROW_GROUP_ROWS, ShardFormat, ShardWriter, encode_images, make_table
+from mtl_ray.data.storage import prepare_output
 
 TASKS = ("has_0", "has_1", "has_2", "has_3", "has_4")
 SIZE = 64

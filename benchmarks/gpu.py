@@ -24,20 +24,20 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from ingest import SAME_STEP, plain_epoch, train_epoch
+from ingest import REDUCTION, SAME_STEP, plain_epoch, train_epoch
 from input import dataloader
 from report import compared, emit
 
-from mtl_ray import device_decode
 from mtl_ray.config import TrainConfig
-from mtl_ray.dataset import encoded_buffers
-from mtl_ray.models import build
-from mtl_ray.shards import decode_column, open_shard, shard_format
-from mtl_ray.step import train_step
-from mtl_ray.storage import list_shards
-from mtl_ray.synth import synthesize
-from mtl_ray.train import fit
-from mtl_ray.weighting import get as get_weighting
+from mtl_ray.data.shards import decode_column, open_shard, shard_format
+from mtl_ray.data.storage import list_shards
+from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.model.backbones import build
+from mtl_ray.model.step import train_step
+from mtl_ray.model.weighting import get as get_weighting
+from mtl_ray.training import device_decode
+from mtl_ray.training.dataset import encoded_buffers
+from mtl_ray.training.driver import fit
 
 DECODE_TOLERANCE = 2.0
 """Largest mean absolute difference (levels of 255) allowed between nvJPEG's pixels and the CPU path's."""
@@ -50,11 +50,11 @@ def ceiling(
     images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 2, (batch_size, tasks), device=device).float()
     for _ in range(5):
-        train_step(model, optimizer, weighting, images, labels, device)
+        train_step(model, optimizer, weighting, images, labels, device, REDUCTION)
     torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, weighting, images, labels, device)
+        train_step(model, optimizer, weighting, images, labels, device, REDUCTION)
     torch.cuda.synchronize()
     return steps * batch_size / (time.perf_counter() - started)
 

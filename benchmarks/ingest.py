@@ -24,17 +24,18 @@ from input import dataloader, plain_batches
 from report import compared, emit
 
 from mtl_ray.config import TrainConfig
-from mtl_ray.models import build
-from mtl_ray.shards import open_shard, shard_format
-from mtl_ray.step import train_step
-from mtl_ray.storage import list_shards
-from mtl_ray.synth import synthesize
-from mtl_ray.train import fit
-from mtl_ray.weighting import get as get_weighting
+from mtl_ray.data.shards import open_shard, shard_format
+from mtl_ray.data.storage import list_shards
+from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.model.backbones import build
+from mtl_ray.model.step import train_step
+from mtl_ray.model.weighting import get as get_weighting
+from mtl_ray.training.driver import fit
 
-SAME_STEP = {"weighting": {"name": "equal"}, "loss_reduction": "seed"}
-"""The mtl-ray side's step as the other sides take it (`train_step` with equal weighting and its
-default reduction), not the product defaults: GradNorm's extra per-task gradients cost time."""
+REDUCTION = "seed"
+SAME_STEP = {"weighting": {"name": "equal"}, "loss_reduction": REDUCTION}
+"""The one step every side takes (equal weighting, the seed's reduction), not the product defaults:
+GradNorm's extra per-task gradients cost time, and the comparison is about the input path."""
 
 
 def train_epoch(batches, model, optimizer, weighting, device: torch.device | None = None) -> float:
@@ -44,7 +45,7 @@ def train_epoch(batches, model, optimizer, weighting, device: torch.device | Non
     started = time.perf_counter()
     for batch in batches:
         if len(batch["image"]):
-            train_step(model, optimizer, weighting, batch["image"], batch["labels"], device)
+            train_step(model, optimizer, weighting, batch["image"], batch["labels"], device, REDUCTION)
             seen += len(batch["image"])
     if device.type == "cuda":
         torch.cuda.synchronize()

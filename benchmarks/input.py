@@ -32,11 +32,11 @@ import ray
 import torch
 from report import compared, emit
 
-from mtl_ray.dataset import ShardCollate, Source, cached, decoded_format, read
-from mtl_ray.runtime import configure_data, ensure_ray
-from mtl_ray.shards import SPLIT_COLUMN, decode_column, labels_of, open_shard, shard_format, split_mask
-from mtl_ray.storage import list_shards
-from mtl_ray.synth import synthesize
+from mtl_ray.cluster.runtime import configure_data, ensure_ray
+from mtl_ray.data.shards import SPLIT_COLUMN, decode_column, labels_of, open_shard, shard_format, split_mask
+from mtl_ray.data.storage import list_shards
+from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.training.dataset import ShardCollate, Source, cached, decoded_format, read
 
 
 def timed(batches) -> tuple[float, int]:

@@ -26,9 +26,9 @@ import time
 
 from digit_scenes import write as write_digits
 
-from mtl_ray.compare import compare
 from mtl_ray.config import TrainConfig
-from mtl_ray.synth import synthesize
+from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.studies.compare import compare
 
 WORLDS = {"synthetic": "traffic_light", "digits": "has_3"}
 RATE = 0.05

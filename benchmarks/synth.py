@@ -18,7 +18,7 @@ import tempfile
 
 import pyarrow as pa
 
-from mtl_ray.synth import synthesize
+from mtl_ray.data.synth.dataset import synthesize
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,10 @@ import tempfile
 import time
 
 from mtl_ray.config import TrainConfig, load_train
-from mtl_ray.registry import register_checkpoint
-from mtl_ray.synth import synthesize
-from mtl_ray.train import fit
-from mtl_ray.transfer import parse_labels, transfer
+from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.registry.register import register_checkpoint
+from mtl_ray.studies.transfer import parse_labels, transfer
+from mtl_ray.training.driver import fit
 
 SOURCE_TASKS = ["pedestrian", "car", "stop_sign"]
 TARGET_TASK = "traffic_light"

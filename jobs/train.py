@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds mtl_ray
 
-from mtl_ray.cli import job_main  # noqa: E402
+from mtl_ray.cli.jobs import job_main
 
 if __name__ == "__main__":
     sys.exit(job_main("train"))

@@ -17,6 +17,8 @@ DEFAULT_MODEL_NAME = "mtl-ray"
 DEFAULT_ALIAS = "champion"
 """The gated alias: it moves to a new version only when that version wins the gate."""
 DEFAULT_EXPERIMENT = "mtl-ray"
+DEFAULT_STORAGE = "mtl-ray-runs"
+"""Where checkpoints go when no storage is given (relative to the working directory)."""
 
 
 class Strict(BaseModel):
@@ -34,7 +36,10 @@ class WeightingConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = "gradnorm"
+    name: str = Field(
+        "gradnorm",
+        description="task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad (parameters via --config)",
+    )
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -50,8 +55,8 @@ class TrainConfig(Strict):
     (slow-learning tasks get more weight).
     """
 
-    backbone: str = "m"
-    epochs: int = Field(10, ge=1)
+    backbone: str = Field("m", description="backbone name (see docs/models.md); with init, the init's")
+    epochs: int = Field(10, ge=1, description="passes over the training rows")
     batch_size: int = Field(32, ge=1, description="per worker; small batches give more steps on small data")
     lr: float = Field(3e-3, gt=0)
     lr_schedule: Literal["cosine", "constant"] = Field(
@@ -73,7 +78,7 @@ class TrainConfig(Strict):
         "(nvJPEG on its GPU); auto: the worker on GPU runs with torchvision when the rows are streamed, not cached",
     )
     workers: int | None = Field(None, ge=1, description="Ray Train workers; default: 1 per GPU with --gpu, else 2")
-    gpu: bool = False
+    gpu: bool = Field(False, description="train on GPUs (fails fast if the cluster has none)")
     cpus_per_worker: float | None = Field(None, gt=0, description="default: leave at least 1 CPU to Ray Data")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept on storage")
     max_failures: int = Field(
@@ -128,7 +133,7 @@ class TrainConfig(Strict):
 
     def size(self) -> tuple[int, int] | None:
         """`image_size` as (height, width), or None for the data's own size."""
-        from mtl_ray.images import as_size
+        from mtl_ray.data.images import as_size
 
         return as_size(self.image_size)
 
@@ -218,8 +223,10 @@ class TuneConfig(Strict):
     `{name: ..., <param>: ...}` mappings, so static weight vectors are searchable too.
     """
 
-    data: str | None = Field(None, description="training shards, when --data is not given (jobs/configs)")
-    val: str | None = Field(None, description="validation shards (default: the data's val split)")
+    data: str | None = Field(
+        None, description="training shards, a directory or s3://bucket/prefix (rows with split 'train' or none)"
+    )
+    val: str | None = Field(None, description="validation shards (default: the 'val' split of the data)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: dict[str, Any] = Field(default_factory=dict)
     search_alg: Literal["grid", "optuna"] = "grid"
@@ -229,8 +236,10 @@ class TuneConfig(Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster fits")
     trial_max_failures: int = Field(0, ge=0, description="restarts of a failed trial (it resumes from its checkpoint)")
-    storage: str | None = None
-    name: str | None = None
+    storage: str | None = Field(
+        None, description=f"where checkpoints go: a directory or s3://bucket/prefix (default ./{DEFAULT_STORAGE})"
+    )
+    name: str | None = Field(None, description="tune job name (default tune-DATE-TIME); trials' runs are NAME-TRIAL_ID")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
 

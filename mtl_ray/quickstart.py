@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mtl_ray.config import SchedulerConfig, TrainConfig, TuneConfig
-from mtl_ray.text import number
+from mtl_ray.result import Result, number
 
 if TYPE_CHECKING:
-    from mtl_ray.registry import PredictResult
-    from mtl_ray.tune import TuneResult
+    from mtl_ray.registry.predict import PredictResult
+    from mtl_ray.training.tune import TuneResult
 
 DEFAULT_OUT = "mtl-ray-quickstart"
 SCENES = 4000
@@ -36,13 +36,11 @@ def quickstart_config(out: str, epochs: int = EPOCHS) -> TuneConfig:
 
 
 @dataclass
-class QuickstartResult:
+class QuickstartResult(Result):
     data: str
     tune: TuneResult
     predictions: PredictResult
     seconds: float
-    exit_code: int = 0
-
     @property
     def model_uri(self) -> str:
         reg = self.tune.registered
@@ -85,9 +83,9 @@ class QuickstartResult:
 
 def quickstart(out: str = DEFAULT_OUT, *, scenes: int = SCENES, epochs: int = EPOCHS) -> QuickstartResult:
     """Run the pipeline into `out` (shards in out/data, checkpoints in out/runs)."""
+    from mtl_ray.data.synth.dataset import synthesize
     from mtl_ray.registry import predict
-    from mtl_ray.synth import synthesize
-    from mtl_ray.tune import tune
+    from mtl_ray.training.tune import tune
 
     started = time.perf_counter()
     data = os.path.join(out, "data")

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from mtl_ray.cli import main as cli_main
-from mtl_ray.runtime import free_port
+from mtl_ray.cli.app import main as cli_main
+from mtl_ray.cluster.runtime import free_port
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The checkout: docs/, infra/, jobs/ and tests/fixtures/ are read from here."""
 
 def pytest_collection_modifyitems(config, items):
     """A test that starts Ray, a Tune job or the local stack is an end-to-end run: it must be marked slow."""
@@ -135,7 +137,7 @@ def ray_session(_moto_server):
     """
     import ray
 
-    from mtl_ray.runtime import ensure_ray
+    from mtl_ray.cluster.runtime import ensure_ray
 
     saved = {k: os.environ.get(k) for k in _s3_env(_moto_server)}
     os.environ.update(_s3_env(_moto_server))

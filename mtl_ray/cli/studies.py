@@ -1,0 +1,109 @@
+"""`mtl-ray compare | transfer | advise`: does multi-task learning, or transfer, pay off on this data?"""
+
+from __future__ import annotations
+
+import argparse
+
+from mtl_ray.cli.flags import add_command, from_api, positive_int
+from mtl_ray.cli.train import train_config, training_flags
+from mtl_ray.result import Result
+
+
+def compare(args: argparse.Namespace) -> Result:
+    from mtl_ray.studies.compare import compare
+
+    return compare(
+        args.data,
+        val=args.val,
+        config=train_config(args).model_copy(update={"init": None}),  # transfer trains with and without it
+        control=args.control,
+        plots=args.plots,
+        storage_path=args.storage,
+        focus=args.focus,
+        seeds=args.seeds,
+        track=not args.no_track,
+    )
+
+
+def transfer(args: argparse.Namespace) -> Result:
+    from mtl_ray.studies.transfer import transfer
+
+    return transfer(
+        args.data,
+        args.init,
+        labels=args.labels,
+        seeds=args.seeds,
+        config=train_config(args),
+        val=args.val,
+        plots=args.plots,
+        storage_path=args.storage,
+    )
+
+
+def advise(args: argparse.Namespace) -> Result:
+    from mtl_ray.studies.advise import advise
+
+    return advise(args.data, rows=args.rows, steps=args.steps, track=not args.no_track)
+
+
+def no_track_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-track",
+        action="store_true",
+        help="do not log this result as an MLflow run (default: log it to MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
+    )
+
+
+def _label_budgets(text: str) -> list[int | str]:
+    from mtl_ray.studies.transfer import parse_labels
+
+    return from_api(parse_labels)(text)
+
+
+def add(commands: argparse._SubParsersAction) -> None:
+    p = add_command(
+        commands, "compare", "multi-task model vs one single-task network per task, same backbone and epochs", compare
+    )
+    training_flags(p)
+    p.add_argument(
+        "--control", choices=["shuffle"], help="also retrain the multi-task model with the other tasks' labels shuffled"
+    )
+    p.add_argument(
+        "--focus", metavar="TASK", help="the task the shuffle control keeps (default: the one with the fewest labels)"
+    )
+    p.add_argument("--plots", metavar="DIR", help="write metrics.png, curves.png and task_weights.png here")
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=1,
+        help="run each side N times (training seeds seed..seed+N-1) and report mean ± std",
+    )
+    no_track_flag(p)
+
+    p = add_command(
+        commands,
+        "transfer",
+        "the transfer-learning curve: each label budget trained from scratch and from a trained model (--init)",
+        transfer,
+    )
+    training_flags(p, init_required=True)
+    p.add_argument(
+        "--labels",
+        type=_label_budgets,
+        default="25,50,100,all",
+        metavar="25,50,all",
+        help="label budgets: that many labeled training rows, picked by a hash of the row id (default 25,50,100,all)",
+    )
+    p.add_argument("--seeds", type=positive_int, default=1, help="runs per budget and side; mean ± std reported")
+    p.add_argument("--plots", metavar="DIR", help="write transfer.png (AUROC against labels, both ways) here")
+
+    p = add_command(
+        commands,
+        "advise",
+        "measure the three conditions for multi-task learning: shared features, data amounts, capacity",
+        advise,
+    )
+    p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
+    p.add_argument("--rows", type=positive_int, default=1024, help="rows sampled for the probes (default 1024)")
+    p.add_argument("--steps", type=positive_int, default=60, help="training steps per probe (default 60)")
+    no_track_flag(p)

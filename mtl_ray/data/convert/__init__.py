@@ -1,0 +1,1 @@
+"""`mtl-ray data convert`: users' images and labels into shards (`pipeline.convert`)."""

@@ -1,0 +1,1 @@
+"""`mtl-ray data synth`: procedural driving scenes whose tasks share parts (see `dataset`)."""

@@ -1,0 +1,298 @@
+"""Multi-task vs separate single-task networks on the user's data: does sharing pay off here?
+
+`compare` trains the multi-task model and one single-task network per task with the same backbone,
+config and number of optimisation steps: a single-task network sees only the rows where its label
+is known, so each of its epochs streams those rows as often as it takes to match the multi-task
+run's epoch (`TrainConfig.epoch_rows`). Otherwise a task labeled on 5 % of the rows would get a
+twentieth of the steps, and the comparison would measure under-training, not sharing. Task
+weighting does not apply to one task, so single-task networks use `equal`. The report gives
+per-task metrics both ways and Δm % (Maninis et al. 2019), the average relative gain of the
+multi-task model over the single-task ones on a higher-is-better metric:
+
+    Δm % = (1/T) Σₜ (M_mtl,t − M_stl,t) / M_stl,t × 100     (positive = multi-task wins)
+
+`control="shuffle"` adds Caruana's control: the multi-task model retrained with every task's
+training labels except one focus task permuted across rows (same label rates, no signal), so any
+gain that came from the other tasks should vanish. `seeds=N` runs every side N times (training
+seeds seed … seed+N−1) and reports the mean and standard deviation of each number, so that a gain
+can be told from seed noise.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mtl_ray import progress
+from mtl_ray.config import TrainConfig, WeightingConfig
+from mtl_ray.data.validate import validate
+from mtl_ray.errors import UserError
+from mtl_ray.model.metrics import METRIC
+from mtl_ray.registry import tracking
+from mtl_ray.result import Result, number, table
+from mtl_ray.studies.stats import delta_m, mean_std
+from mtl_ray.training.driver import TrainResult, fit
+
+METRICS = (METRIC, "accuracy", "f1")
+
+
+@dataclass
+class CompareRun:
+    """One seed's runs: the multi-task model, one single-task network per task, the control."""
+
+    seed: int
+    mtl: TrainResult
+    stl: dict[str, TrainResult]
+    control: TrainResult | None = None
+
+    @property
+    def stl_val(self) -> dict[str, dict]:
+        """Each single-task network's metrics on its own task."""
+        return {t: r.val[t] for t, r in self.stl.items()}
+
+    @property
+    def delta_m_pct(self) -> float | None:
+        return delta_m(self.mtl.val, self.stl_val)
+
+    def delta_pct(self, task: str) -> float | None:
+        return delta_m({task: self.mtl.val[task]}, {task: self.stl_val[task]})
+
+
+@dataclass
+class CompareResult(Result):
+    """Both sides' per-task metrics (means over seeds, with their spread when there are several),
+    Δm %, costs, and the shuffle control when asked for."""
+
+    tasks: list[str]
+    runs: list[CompareRun]
+    focus: str | None = None
+    plots: list[str] = field(default_factory=list)
+    tracking: dict[str, str] | None = None
+    """This comparison's own MLflow run ({"run_id", "uri"}), or {"error"} when logging it failed."""
+    @property
+    def several(self) -> bool:
+        return len(self.runs) > 1
+
+    def _stat(self, get: Callable[[CompareRun], float | None]) -> tuple[float | None, float | None]:
+        return mean_std([get(run) for run in self.runs])
+
+    def _side(self, val_of: Callable[[CompareRun], dict[str, dict]]) -> dict[str, dict]:
+        """{task: {metric: mean, metric_std: std (several seeds), n_labeled}} for one side."""
+        out = {}
+        for t in self.tasks:
+            entry: dict = {}
+            for name in METRICS:
+                mean, std = self._stat(lambda run, t=t, name=name: val_of(run)[t][name])
+                entry[name] = mean
+                if self.several:
+                    entry[f"{name}_std"] = std
+            entry["n_labeled"] = val_of(self.runs[0])[t]["n_labeled"]
+            out[t] = entry
+        return out
+
+    @property
+    def mtl(self) -> dict[str, dict]:
+        return self._side(lambda run: run.mtl.val)
+
+    @property
+    def stl(self) -> dict[str, dict]:
+        return self._side(lambda run: run.stl_val)
+
+    @property
+    def control(self) -> dict[str, dict] | None:
+        return self._side(lambda run: run.control.val) if self.runs[0].control else None
+
+    @property
+    def delta_m_pct(self) -> float | None:
+        return self._stat(lambda run: run.delta_m_pct)[0]
+
+    def _with_std(self, key: str, get: Callable[[CompareRun], float | None]) -> dict:
+        mean, std = self._stat(get)
+        return {key: mean, f"{key}_std": std} if self.several else {key: mean}
+
+    def to_json(self) -> dict:
+        out = {
+            "tasks": self.tasks,
+            "metric": METRIC,
+            "seeds": [run.seed for run in self.runs],
+            "mtl": self.mtl,
+            "stl": self.stl,
+            **self._with_std("delta_m_pct", lambda run: run.delta_m_pct),
+            "delta_pct": {t: self._stat(lambda run, t=t: run.delta_pct(t))[0] for t in self.tasks},
+            **self._with_std("mtl_seconds", lambda run: run.mtl.seconds),
+            **self._with_std("stl_seconds", lambda run: sum(r.seconds for r in run.stl.values())),
+            "mtl_params": self.runs[0].mtl.params,
+            "stl_params": sum(r.params for r in self.runs[0].stl.values()),
+            "mtl_checkpoint": self.runs[0].mtl.checkpoint,
+            "plots": self.plots,
+            "tracking": self.tracking,
+        }
+        if self.several:
+            out["delta_pct_std"] = {t: self._stat(lambda run, t=t: run.delta_pct(t))[1] for t in self.tasks}
+        if self.control is not None:
+            focus = {}
+            for side, get in (
+                ("mtl", lambda run: run.mtl.val),
+                ("stl", lambda run: run.stl_val),
+                ("control", lambda run: run.control.val),
+            ):
+                focus.update(self._with_std(side, lambda run, get=get: get(run)[self.focus][METRIC]))
+            out["control"] = {
+                "kind": "shuffle",
+                "focus": self.focus,
+                "val": self.control,
+                "focus_auroc": focus,
+                **self._with_std("seconds", lambda run: run.control.seconds),
+            }
+        return out
+
+    def _cell(self, get: Callable[[CompareRun], float | None], fmt: str = ".3f") -> str:
+        mean, std = self._stat(get)
+        return number(mean, fmt) + (f" ± {number(std, fmt.lstrip('+'))}" if self.several and std is not None else "")
+
+    def render(self) -> str:
+        head = ["task", "mtl auroc", "stl auroc", "Δ %"] + (["control auroc"] if self.control else [])
+        rows = []
+        for t in self.tasks:
+            row = [
+                t,
+                self._cell(lambda run, t=t: run.mtl.val[t][METRIC]),
+                self._cell(lambda run, t=t: run.stl_val[t][METRIC]),
+                self._cell(lambda run, t=t: run.delta_pct(t), "+.1f"),
+            ]
+            if self.control:
+                shown = self._cell(lambda run, t=t: run.control.val[t][METRIC])
+                row.append(shown + (" (focus)" if t == self.focus else " (shuffled)"))
+            rows.append(row)
+        lines = table(head, rows)
+        dm = self.delta_m_pct
+        verdict = "multi-task wins" if dm and dm > 0 else "single-task wins" if dm is not None else "no metric"
+        seeds = f" over {len(self.runs)} seeds (mean ± std)" if self.several else ""
+        lines.append(f"Δm {self._cell(lambda run: run.delta_m_pct, '+.1f')} % ({verdict}){seeds}")
+        first = self.runs[0]
+        stl_params = sum(r.params for r in first.stl.values())
+        stl_seconds = statistics.fmean(sum(r.seconds for r in run.stl.values()) for run in self.runs)
+        mtl_seconds = statistics.fmean(run.mtl.seconds for run in self.runs)
+        lines.append(
+            f"multi-task: 1 network, {first.mtl.params:,} parameters, {mtl_seconds:.0f} s; "
+            f"single-task: {len(first.stl)} networks, {stl_params:,} parameters, {stl_seconds:.0f} s"
+            + (" (per seed)" if self.several else "")
+        )
+        lines += [f"plot {p}" for p in self.plots]
+        return "\n".join(lines + tracking.result_line(self.tracking))
+
+    def write_plots(self, directory: str) -> list[str]:
+        """metrics.png (per-task AUROC, each side, seed means), curves.png (validation AUROC per epoch,
+        multi-task solid, single-task dashed, seed means) and task_weights.png (the multi-task run's
+        weights, seed means)."""
+        from mtl_ray import plots
+
+        sides = {"multi-task": self.mtl, "single-task": self.stl}
+        if self.control is not None:
+            sides["shuffle control"] = self.control
+        dm = self.delta_m_pct
+        bars = plots.bars(
+            os.path.join(directory, "metrics.png"),
+            self.tasks,
+            {label: [val[t][METRIC] for t in self.tasks] for label, val in sides.items()},
+            ylabel=f"validation {METRIC}",
+            ylim=(0.4, 1.0),
+            title=f"Δm = {dm:+.1f} %" if dm is not None else "Δm: no metric",
+        )
+
+        def mean_history(histories: list[list[dict]], value: Callable[[dict], float | None]) -> list[float | None]:
+            return [mean_std([value(h[k]) for h in histories])[0] for k in range(min(map(len, histories)))]
+
+        epochs = [h["epoch"] for h in self.runs[0].mtl.history]
+        lines = []
+        for i, t in enumerate(self.tasks):
+            for side, style in (("mtl", "-"), ("stl", "--")):
+                histories = [(run.mtl if side == "mtl" else run.stl[t]).history for run in self.runs]
+                y = mean_history(histories, lambda h, t=t: h["val"][t][METRIC])
+                lines.append(plots.Line(f"{t} ({side})", epochs[: len(y)], y, style, f"C{i % 10}"))
+        curves = plots.curves(
+            os.path.join(directory, "curves.png"), lines, xlabel="epoch", ylabel=f"validation {METRIC}"
+        )
+        mtl_histories = [run.mtl.history for run in self.runs]
+        weight_lines = [
+            plots.Line(t, epochs, mean_history(mtl_histories, lambda h, t=t: h["task_weights"][t]), marker="o")
+            for t in self.tasks
+        ]
+        weights = plots.curves(
+            os.path.join(directory, "task_weights.png"), weight_lines, xlabel="epoch", ylabel="task weight"
+        )
+        return [bars, curves, weights]
+
+
+def compare(
+    data: str,
+    *,
+    val: str | None = None,
+    config: TrainConfig | None = None,
+    control: str | None = None,
+    plots: str | None = None,
+    storage_path: str | None = None,
+    focus: str | None = None,
+    seeds: int = 1,
+    track: bool = False,
+) -> CompareResult:
+    """Train the multi-task model and one single-task network per task, `seeds` times; see the module
+    docstring. `track` logs the comparison as an MLflow run of its own (`tracking.log_result_run`)."""
+    cfg = config or TrainConfig()
+    if control not in (None, "shuffle"):
+        raise UserError(f"--control {control!r}: expected 'shuffle'")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected a positive integer")
+    report = validate(data)
+    report.raise_if_unusable()
+    tasks = list(report.fmt.tasks)
+    train_counts = report.labeled_in("train")
+    empty = [t for t, n in train_counts.items() if n == 0]
+    if empty:
+        raise UserError(
+            f"{data}: task {empty[0]!r} has no known label in the training rows; "
+            "a single-task network cannot be trained for it"
+        )
+    if focus is not None and focus not in tasks:
+        raise UserError(f"--focus {focus!r}: tasks are {', '.join(tasks)}")
+    focus = focus or min(train_counts, key=train_counts.get) if control else None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs = []
+    for k in range(seeds):
+        run_cfg = cfg.model_copy(update={"seed": cfg.seed + k})
+        single_cfg = run_cfg.model_copy(
+            update={"weighting": WeightingConfig(name="equal"), "epoch_rows": report.rows_in("train")}
+        )
+        prefix = f"compare-{stamp}-s{run_cfg.seed}"
+        common = dict(val=val, storage_path=storage_path)
+        of = f"seed {k + 1}/{seeds}: " if seeds > 1 else ""
+        progress.say(f"compare {of}multi-task: {', '.join(tasks)}")
+        mtl = fit(data, name=f"{prefix}-mtl", config=run_cfg, **common)
+        stl = {}
+        for i, t in enumerate(tasks, start=1):
+            progress.say(f"compare {of}single-task {i}/{len(tasks)}: {t}")
+            stl[t] = fit(data, name=f"{prefix}-stl-{t}", tasks=[t], labeled_only=True, config=single_cfg, **common)
+        shuffled = None
+        if control == "shuffle":
+            others = [t for t in tasks if t != focus]
+            progress.say(f"compare {of}shuffle control: {', '.join(others)} labels shuffled")
+            shuffled = fit(data, name=f"{prefix}-shuffle", shuffle_labels=others, config=run_cfg, **common)
+        runs.append(CompareRun(run_cfg.seed, mtl, stl, shuffled))
+    result = CompareResult(tasks=tasks, runs=runs, focus=focus)
+    if plots:
+        result.plots = result.write_plots(plots)
+    if track:
+        with tempfile.TemporaryDirectory() as d:
+            result.tracking = tracking.log_result_run(
+                "compare",
+                result.to_json(),
+                result.render(),
+                params={"data": data, "val": val, "seeds": seeds, "control": control, "focus": focus}
+                | cfg.model_dump(),
+                artifacts=result.plots or result.write_plots(d),
+            )
+    return result

@@ -1,0 +1,60 @@
+"""2. One Tune trial's driver, as in Ray's `train_tune_interop.py`: a plain function that builds and
+fits the `TorchTrainer` of `mtl_ray.training.worker.worker_loop` with the trial's config, its Train
+run named after the trial id so that a trial Tune restarts resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+from mtl_ray.cluster.resources import ResourcePlan
+from mtl_ray.cluster.runtime import configure_data, run_storage
+from mtl_ray.config import TrainConfig
+from mtl_ray.registry.sources import InitSource
+from mtl_ray.training.driver import build_trainer, init_settings
+from mtl_ray.training.inputs import Inputs
+
+DRIVER_CPUS = 0.01  # a trial's driver only waits on its TorchTrainer; Tune refuses zero resources
+
+
+def concurrent_trials(plan: ResourcePlan, cluster: dict[str, float]) -> int:
+    """Trials that fit side by side, each with its workers and its own CPU reserve for Ray Data."""
+    per_trial = DRIVER_CPUS + plan.workers * plan.cpus_per_worker + plan.data_cpus
+    fits = max(1, int(float(cluster.get("CPU", 0)) // per_trial))
+    if plan.use_gpu:
+        fits = min(fits, max(1, int(float(cluster.get("GPU", 0)) // plan.workers)))
+    return fits
+
+
+def train_driver(
+    config: dict,
+    *,
+    inputs: Inputs,
+    base: dict,
+    plan: ResourcePlan,
+    run_prefix: str,
+    storage_path: str | None,
+    sources: dict[str, InitSource],
+) -> None:
+    """One Tune trial: fit a TorchTrainer on `base` updated with this trial's `config`, starting from
+    the weights of its `init` (resolved once by the tune job, in `sources`)."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    configure_data()
+    cfg = TrainConfig(**{**base, **config})
+    source = sources.get(cfg.init) if cfg.init else None
+    if source is not None:
+        cfg = init_settings(cfg, source)
+    storage_dir, storage_fs, _ = run_storage(storage_path)
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = build_trainer(
+        inputs,
+        cfg,
+        plan,
+        name=f"{run_prefix}-{trial_id}",
+        storage_dir=storage_dir,
+        storage_fs=storage_fs,
+        callbacks=[TuneReportCallback()],
+        source=source,
+    )
+    trainer.fit()  # a Run: a user error in a worker fails this trial with its one line
+
+

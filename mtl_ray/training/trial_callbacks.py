@@ -1,0 +1,175 @@
+"""The Ray Tune callbacks of a tune job, on its driver: `TrialLogger` (one MLflow child run per
+trial) and `TrialProgress` (a trial's start, epochs and end as progress lines)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from mtl_ray import progress
+from mtl_ray.errors import describe, user_error_in
+from mtl_ray.registry import tracking
+from mtl_ray.result import number
+from mtl_ray.training.worker import STEP_KEY
+
+log = logging.getLogger(__name__)
+
+
+class TrialLogger(Callback):
+    """Ray Tune callback: one MLflow child run per trial under the tune job's parent run, with the
+    trial's parameters, the data it used (dataset inputs), its per-epoch metrics and, at its end,
+    their curves as PNGs.
+
+    A failure to log never stops tuning: it is counted in `failures` (reported by `mtl-ray tune`)
+    and the checkpoints stay on storage for `mtl-ray register --checkpoint`.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        parent_run_id: str,
+        max_epochs: int,
+        checkpoint_prefix: str = "",
+        profiles: dict[str, dict] | None = None,
+    ):
+        self.uri = uri
+        self.profiles = profiles or {}
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.max_epochs = max_epochs
+        self.checkpoint_prefix = checkpoint_prefix
+        self.run_ids: dict[str, str] = {}
+        self.epochs: dict[str, int] = {}
+        self.failures = 0
+        self.last_failure = ""
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def _safely(self, what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # tracking must not take the tune job down with it
+            self.failures += 1
+            self.last_failure = f"{what}: {describe(exc)}"
+            log.warning("mtl-ray: MLflow %s", self.last_failure)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._safely("start trial run", self._start, trial)
+
+    def _start(self, trial) -> None:
+        if trial.trial_id in self.run_ids:
+            return
+        client = self._client()
+        found = self.trial_runs(client, trial.trial_id)  # a resumed search continues the trial's run
+        if found:
+            self.run_ids.update(found)
+            return
+        run = client.create_run(
+            self.experiment,
+            run_name=trial.trial_id,
+            tags={tracking.PARENT_TAG: self.parent_run_id, tracking.TRIAL_TAG: trial.trial_id},
+        )
+        self.run_ids[trial.trial_id] = run.info.run_id
+        for key, value in tracking.flat_params(trial.config).items():
+            client.log_param(run.info.run_id, key, value)
+        if self.profiles:
+            tracking.log_datasets(client, run.info.run_id, self.profiles)
+
+    def trial_runs(self, client=None, trial_id: str | None = None) -> dict[str, str]:
+        """{trial id: run id} of the parent's child runs (of one trial when `trial_id` is given)."""
+        query = f"tags.`{tracking.PARENT_TAG}` = '{self.parent_run_id}'"
+        if trial_id:
+            query += f" and tags.`{tracking.TRIAL_TAG}` = '{trial_id}'"
+        runs = (client or self._client()).search_runs([self.experiment], filter_string=query, max_results=1000)
+        return {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in runs if tracking.TRIAL_TAG in r.data.tags}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._safely("log epoch", self._result, trial, result)
+
+    def _result(self, trial, result) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None or STEP_KEY in result:
+            return
+        from mlflow.entities import Metric
+
+        epoch = int(result.get("epoch", 0))
+        self.epochs[trial.trial_id] = epoch
+        now = int(time.time() * 1000)
+        client = self._client()
+        client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in tracking.epoch_metrics(result).items()])
+        if result.get("checkpoint_path"):
+            client.set_tag(run_id, tracking.CHECKPOINT_TAG, self.checkpoint_prefix + result["checkpoint_path"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._safely("end trial run", self._end, trial, "FINISHED")
+
+    def ontrial_error(self, iteration, trials, trial, **info) -> None:
+        self._safely("end trial run", self._end, trial, "FAILED")
+
+    def _end(self, trial, status: str) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        client = self._client()
+        epochs = self.epochs.get(trial.trial_id, 0)
+        client.set_tag(run_id, "mtl_ray.epochs", str(epochs))
+        if status == "FINISHED" and epochs < self.max_epochs:
+            client.set_tag(run_id, "mtl_ray.stopped_early", "true")
+        client.set_terminated(run_id, status)
+        tracking.log_curves(client, run_id)  # after the status, so a plotting failure cannot leave the run open
+
+
+class TrialProgress(Callback):
+    """Ray Tune callback: progress lines on the tune driver, a trial's start, each of its epochs, and
+    its end with the reason (finished, stopped early by the scheduler, failed)."""
+
+    def __init__(self, max_epochs: int, scheduler: str):
+        self.max_epochs = max_epochs
+        self.scheduler = scheduler
+        self.printers: dict[str, progress.EpochPrinter] = {}
+
+    def _printer(self, trial) -> progress.EpochPrinter:
+        if trial.trial_id not in self.printers:
+            self.printers[trial.trial_id] = progress.EpochPrinter(f"trial {trial.trial_id}", self.max_epochs)
+        return self.printers[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._printer(trial)
+        searched = ", ".join(f"{k}={short(v)}" for k, v in trial.config.items())
+        progress.say(f"trial {trial.trial_id} started: {searched}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if STEP_KEY not in result:
+            self._printer(trial)(result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        why = "finished" if epochs >= self.max_epochs else f"stopped early by {self.scheduler}"
+        progress.say(f"trial {trial.trial_id} {why} at epoch {epochs}/{self.max_epochs}")
+
+    def ontrial_error(self, iteration, trials, trial, **info) -> None:
+        error = trial.get_error()
+        progress.say(f"trial {trial.trial_id} failed: {trial_error(error) if error else 'see its error file'}")
+
+
+
+def short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in value.items())
+    return number(value) if isinstance(value, float) else str(value)
+
+
+
+def trial_error(error: BaseException) -> str:
+    """A failed trial's one line: the user's mistake it hit (a bad image, say), else the exception's."""
+    found = user_error_in(error)
+    return str(found) if found else describe(error)
+
+

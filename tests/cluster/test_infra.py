@@ -1,0 +1,90 @@
+"""Cluster manifests and job configs: checked against Ray's own cluster schema and structurally."""
+
+import os
+
+import pytest
+import ray
+import yaml
+from conftest import REPO
+
+from mtl_ray.config import TuneConfig, load, load_train
+from mtl_ray.model.checks import check_model_config
+from mtl_ray.model.weighting import get as get_weighting
+from mtl_ray.training.search import check_search
+
+ROOT = REPO
+
+
+def _yaml(path: str) -> dict:
+    with open(os.path.join(ROOT, path)) as f:
+        return yaml.safe_load(f)
+
+
+def test_aws_cluster_passes_rays_schema_and_has_the_node_types():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cluster = _yaml("infra/aws/cluster.yaml")
+    validate_config(prepare_config(cluster))  # what `ray up` does before it launches anything
+    assert cluster["docker"]["image"] == f"rayproject/ray:{ray.__version__}-gpu"
+    types = cluster["available_node_types"]
+    head = types[cluster["head_node_type"]]
+    assert "InstanceMarketOptions" not in head["node_config"], "the head must be on-demand"
+    gpu = types["gpu_worker"]
+    assert gpu["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert gpu["min_workers"] == 0 < gpu["max_workers"] <= cluster["max_workers"]
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))
+    assert types["cpu_worker"]["min_workers"] == 0
+    for node in types.values():
+        assert node["node_config"]["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] >= 100
+    assert any("mtl-ray" in c for c in cluster["setup_commands"])
+    assert all(
+        "RAY_AUTH_MODE=token" in c
+        for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+        if "ray start" in c
+    )
+
+
+def test_kuberay_rayjob_structure():
+    job = _yaml("infra/k8s/rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    script, flag, config = spec["entrypoint"].split()[1:4]
+    assert (
+        os.path.isfile(os.path.join(ROOT, script)) and flag == "--config" and os.path.isfile(os.path.join(ROOT, config))
+    )
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert "working_dir" in runtime_env and "env_vars" in runtime_env
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    groups = cluster["workerGroupSpecs"]
+    gpu_limits = [
+        c["resources"]["limits"].get("nvidia.com/gpu") for g in groups for c in g["template"]["spec"]["containers"]
+    ]
+    assert any(gpu_limits), "no worker group asks for a GPU"
+    for g in groups:
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    images = [c["image"] for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]]
+    images += [c["image"] for g in groups for c in g["template"]["spec"]["containers"]]
+    assert set(images) == {f"rayproject/ray:{ray.__version__}-gpu"}
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "jobs", "configs"))))
+def test_job_configs_load_and_their_training_settings_check(name):
+    path = os.path.join(ROOT, "jobs", "configs", name)
+    cfg = load(TuneConfig, path)
+    assert load_train(path) == cfg.train  # what `train`/`compare --config F` would use
+    if cfg.search:
+        forms = check_search(cfg, 4, name)
+        assert set(forms) == set(cfg.search) and all(values for _, values in forms.values())
+    else:  # a train or compare job: its one training config must fit the four driving tasks
+        check_model_config(cfg.train, 4)
+        weighting = get_weighting(cfg.train.weighting.name, 4, **cfg.train.weighting.params())
+        assert len(weighting.weights()) == 4
+
+
+def test_smoke_config_is_two_trials_of_one_epoch():
+    cfg = load(TuneConfig, os.path.join(ROOT, "jobs", "configs", "smoke.yaml"))
+    assert cfg.train.epochs == 1
+    assert [len(v) for v in cfg.search.values()] == [2]
+    assert cfg.num_samples == 1

@@ -1,0 +1,191 @@
+"""`mtl-ray compare`: Δm, the single-task baselines, the shuffle control and plots."""
+
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from mlflow import MlflowClient
+
+from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.studies.compare import CompareResult, CompareRun
+from mtl_ray.studies.stats import delta_m
+from mtl_ray.training.dataset import ShuffleLabels
+from mtl_ray.training.driver import TrainResult
+
+
+def test_delta_m_is_mean_relative_gain_in_percent():
+    mtl = {"a": {"auroc": 0.9}, "b": {"auroc": 0.6}}
+    stl = {"a": {"auroc": 0.8}, "b": {"auroc": 0.75}}
+    assert delta_m(mtl, stl) == pytest.approx(((0.9 - 0.8) / 0.8 * 100 + (0.6 - 0.75) / 0.75 * 100) / 2)
+
+
+def test_delta_m_skips_tasks_without_the_metric():
+    mtl = {"a": {"auroc": 0.9}, "b": {"auroc": None}}
+    stl = {"a": {"auroc": 0.9}, "b": {"auroc": 0.7}}
+    assert delta_m(mtl, stl) == 0.0
+    assert delta_m({"a": {"auroc": None}}, {"a": {"auroc": 0.5}}) is None
+
+
+def test_shuffle_control_permutes_labels_jointly_and_keeps_rates():
+    n = 200
+    rng = np.random.default_rng(0)
+    a = rng.random(n) < 0.3
+    table = pa.table({"image": pa.array(range(n)), "a": a, "b": ~a, "focus": a})
+    out = ShuffleLabels(("a", "b"), seed=1)(table)
+    assert out.column("image").to_pylist() == list(range(n))
+    assert out.column("focus").equals(table.column("focus"))
+    shuffled = np.asarray(out.column("a"))
+    assert shuffled.sum() == a.sum() and not np.array_equal(shuffled, a)
+    assert np.array_equal(np.asarray(out.column("b")), ~shuffled)
+
+
+@pytest.mark.slow
+def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
+    data = tmp_path / "scenes"
+    synthesize(str(data), 600, tasks=["car", "traffic_light"], label_rates={"traffic_light": 0.3}, seed=4)
+    plots = tmp_path / "plots"
+    job_config = (
+        tmp_path / "job.yaml"
+    )  # static weights: one per task for the multi-task model, none for single-task nets
+    job_config.write_text("train: {weighting: {name: static, weights: [1, 3]}}\n")
+    res = cli(
+        "compare",
+        "--data",
+        data,
+        "--config",
+        job_config,
+        "--epochs",
+        1,
+        "--control",
+        "shuffle",
+        "--plots",
+        plots,
+        "--storage",
+        tmp_path / "runs",
+        "--json",
+        "-",
+    )
+    assert res.code == 0, res.err
+    out = res.json()
+    for key in (
+        "tasks",
+        "mtl",
+        "stl",
+        "delta_m_pct",
+        "mtl_seconds",
+        "stl_seconds",
+        "mtl_params",
+        "stl_params",
+        "control",
+    ):
+        assert key in out
+    assert out["tasks"] == ["car", "traffic_light"]
+    assert set(out["mtl"]) == set(out["stl"]) == {"car", "traffic_light"}
+    assert out["stl_params"] > out["mtl_params"] > 0
+    assert out["mtl_seconds"] > 0 and out["stl_seconds"] > 0
+    assert out["control"]["focus"] == "traffic_light"
+    for side in ("mtl", "stl"):
+        for task, metrics in out[side].items():
+            assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0, (side, task, metrics)
+            assert 0.0 <= metrics["f1"] <= 1.0 and metrics["n_labeled"] > 0
+    for task in out["tasks"]:
+        assert out["delta_pct"][task] == pytest.approx(
+            (out["mtl"][task]["auroc"] - out["stl"][task]["auroc"]) / out["stl"][task]["auroc"] * 100
+        )
+    assert out["delta_m_pct"] == pytest.approx(sum(out["delta_pct"].values()) / 2)
+    assert 0.0 <= out["control"]["val"]["traffic_light"]["auroc"] <= 1.0
+    for name in ("metrics.png", "curves.png", "task_weights.png"):
+        path = plots / name
+        assert path.stat().st_size > 1000 and path.read_bytes().startswith(b"\x89PNG")
+    assert sorted(out["plots"]) == sorted(
+        os.path.join(str(plots), n) for n in ("metrics.png", "curves.png", "task_weights.png")
+    )
+    for line in ("compare multi-task: car, traffic_light", "compare single-task 2/2: traffic_light"):
+        assert line in res.err, res.err[-3000:]
+    assert "compare shuffle control: car labels shuffled" in res.err
+    assert len(re.findall(r"compare-\S+: epoch 1/1  loss ", res.err)) == 4  # mtl, 2 stl, control
+    assert " INFO " not in res.err
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(out["tracking"]["run_id"])
+    assert run.data.tags["mtl_ray.kind"] == "compare" and run.info.status == "FINISHED"
+    assert run.data.metrics["delta_m_pct"] == pytest.approx(out["delta_m_pct"])
+    assert run.data.metrics["stl.traffic_light.auroc"] == pytest.approx(out["stl"]["traffic_light"]["auroc"])
+    assert run.data.params["control"] == "shuffle" and run.data.params["weighting.name"] == "static"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"compare.json", "compare.txt", "plots"} <= artifacts
+    text = open(client.download_artifacts(run.info.run_id, "compare.txt", str(tmp_path))).read()
+    assert text.startswith("task") and "Δm" in text and "traffic_light" in text
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
+        f"plots/{n}" for n in ("metrics.png", "curves.png", "task_weights.png")
+    }
+
+
+def test_compare_refuses_a_task_without_known_labels(cli, tmp_path):
+    data = tmp_path / "scenes"
+    synthesize(str(data), 60, label_rates={"car": 0.0}, seed=5)
+    res = cli("compare", "--data", data)
+    assert res.code == 2
+    assert "task 'car' has no known label in the training rows" in res.err
+
+
+def test_compare_rejects_unknown_focus(cli, tmp_path):
+    data = tmp_path / "scenes"
+    synthesize(str(data), 60, seed=6)
+    res = cli("compare", "--data", data, "--control", "shuffle", "--focus", "bicycle")
+    assert res.code == 2 and "--focus 'bicycle'" in res.err
+
+
+def _result(name: str, aurocs: dict[str, float], seconds: float = 10.0) -> TrainResult:
+    val = {t: {"auroc": a, "accuracy": a, "f1": a, "n_labeled": 100} for t, a in aurocs.items()}
+    history = [{"epoch": 1, "val": val, "task_weights": {t: 1.0 for t in aurocs}}]
+    return TrainResult(
+        name=name,
+        tasks=list(aurocs),
+        params=1000,
+        epochs=1,
+        first_epoch=1,
+        val=val,
+        mean_auroc=None,
+        checkpoint=f"/ckpt/{name}",
+        train_images_per_s=1.0,
+        seconds=seconds,
+        history=history,
+    )
+
+
+def test_several_seeds_report_mean_and_std_of_each_number(tmp_path):
+    runs = []
+    for seed, (a_mtl, b_mtl, b_ctrl) in enumerate([(0.90, 0.80, 0.70), (0.80, 0.70, 0.64)]):
+        stl = {"a": _result("sa", {"a": 0.85}), "b": _result("sb", {"b": 0.60})}
+        runs.append(
+            CompareRun(seed, _result("m", {"a": a_mtl, "b": b_mtl}), stl, _result("c", {"a": 0.5, "b": b_ctrl}))
+        )
+    result = CompareResult(tasks=["a", "b"], runs=runs, focus="b")
+    out = result.to_json()
+    assert out["seeds"] == [0, 1]
+    assert out["mtl"]["a"]["auroc"] == pytest.approx(0.85) and out["mtl"]["a"]["auroc_std"] == pytest.approx(0.0707107)
+    assert out["stl"]["b"]["auroc"] == pytest.approx(0.60) and out["stl"]["b"]["auroc_std"] == pytest.approx(0.0)
+    per_seed = [
+        delta_m({"a": {"auroc": a}, "b": {"auroc": b}}, {"a": {"auroc": 0.85}, "b": {"auroc": 0.60}})
+        for a, b in [(0.90, 0.80), (0.80, 0.70)]
+    ]
+    assert out["delta_m_pct"] == pytest.approx(np.mean(per_seed))
+    assert out["delta_m_pct_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    focus = out["control"]["focus_auroc"]
+    assert focus["control"] == pytest.approx(0.67) and focus["control_std"] == pytest.approx(
+        np.std([0.70, 0.64], ddof=1)
+    )
+    assert focus["mtl"] == pytest.approx(0.75)
+    text = result.render()
+    assert "0.750 ± 0.071" in text and "over 2 seeds (mean ± std)" in text
+    assert len(result.write_plots(str(tmp_path))) == 3
+
+
+def test_one_seed_has_no_std_keys():
+    stl = {"a": _result("sa", {"a": 0.8}), "b": _result("sb", {"b": 0.7})}
+    out = CompareResult(tasks=["a", "b"], runs=[CompareRun(0, _result("m", {"a": 0.9, "b": 0.7}), stl)]).to_json()
+    assert "auroc_std" not in out["mtl"]["a"] and "delta_m_pct_std" not in out and "control" not in out
+    assert out["delta_m_pct"] == pytest.approx((0.1 / 0.8 * 100 + 0) / 2)

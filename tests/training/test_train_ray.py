@@ -1,0 +1,253 @@
+"""End-to-end training on a real local Ray: learning, resume, S3 storage, and bad input.
+
+These are the slow tests (one Ray instance for the session, tiny synthetic data).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.data.synth.parts import SEED_TASKS
+from mtl_ray.model import checkpoint
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenes") / "shards"
+    synthesize(str(out), 2000, seed=0)
+    return str(out)
+
+
+@pytest.mark.slow
+def test_two_workers_three_epochs_learn_the_seed_tasks(ray_session, cli, scenes, tmp_path):
+    res = cli(
+        "train",
+        "--data",
+        scenes,
+        "--epochs",
+        3,
+        "--backbone",
+        "s",
+        "--workers",
+        2,
+        "--storage",
+        tmp_path / "runs",
+        "--name",
+        "learn",
+        "--json",
+        "-",
+    )
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["tasks"] == list(SEED_TASKS)
+    assert out["epochs"] == 3 and out["first_epoch"] == 1
+    assert [h["epoch"] for h in out["history"]] == [1, 2, 3]
+    assert set(out["val"]) == set(SEED_TASKS)
+    for metrics in out["val"].values():
+        assert metrics["n_labeled"] > 300
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert out["mean_auroc"] >= 0.8, out["val"]
+    assert out["train_images_per_s"] > 0
+    state, meta = checkpoint.load(out["checkpoint"])
+    assert meta["tasks"] == list(SEED_TASKS) and meta["backbone"] == "s" and meta["epoch"] == 3
+    assert state["model"]["heads.weight"].shape[0] == len(SEED_TASKS)
+    assert "mean_auroc" in res.err  # the human summary goes to stderr with --json -
+    epochs = re.findall(
+        r"^learn: epoch (\d)/3  loss [\d.]+  val mean AUROC ([\d.]+)  [\d,]+ img/s  elapsed \S+  ETA \S+$",
+        res.err,
+        re.MULTILINE,
+    )
+    assert [int(k) for k, _ in epochs] == [1, 2, 3], res.err
+    assert float(epochs[-1][1]) == pytest.approx(out["mean_auroc"], abs=5e-4)
+    assert not re.search(r"\bINFO\b", res.err), res.err  # Ray's and Ray Data's own lines stay in the Ray logs
+
+
+@pytest.mark.slow
+def test_rerun_of_a_killed_driver_resumes_from_its_last_checkpoint(ray_session, cli, scenes, tmp_path):
+    """The driver (and the local Ray it started) killed by pid after its first checkpoint; the same
+    command again carries on from that checkpoint instead of starting over."""
+    runs = tmp_path / "runs"
+    command = ["train", "--data", scenes, "--epochs", 3, "--storage", runs, "--name", "killed"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # its own local Ray, not the session's
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "mtl_ray.cli", *map(str, command)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    snapshot = runs / "killed" / "checkpoint_manager_snapshot.json"  # written once a checkpoint is registered
+    deadline = time.monotonic() + 240
+    while not snapshot.exists():
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    driver.stderr.close()
+
+    again = cli(*command, "--json", "-")
+    assert again.code == 0, again.err
+    out = again.json()
+    assert out["first_epoch"] >= 2 and out["epochs"] == 3, out  # epoch 1 was not trained again
+    assert [h["epoch"] for h in out["history"]] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_train_worker_killed_mid_epoch_is_restarted_from_the_last_step_checkpoint(ray_session, cli, scenes, tmp_path):
+    """One Ray Train worker process killed by pid inside the first epoch, after its first step
+    checkpoint (`checkpoint_every_steps`): with the default `max_failures` the worker group restarts
+    from that checkpoint, inside the epoch, and the run ends with every epoch."""
+    from ray.util.state import list_actors
+
+    runs = tmp_path / "runs"
+    snapshot = runs / "worker" / "checkpoint_manager_snapshot.json"
+    killed: dict = {}
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 240
+        while not snapshot.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        if snapshot.exists() and workers:
+            killed["pid"] = workers[0]["pid"]
+            killed["at"] = time.monotonic()
+            os.kill(killed["pid"], signal.SIGKILL)
+
+    config = tmp_path / "steps.yaml"
+    config.write_text("epochs: 2\nepoch_rows: 4000\ncheckpoint_every_steps: 20\nbackbone: xs\n")
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    res = cli("train", "--data", scenes, "--config", config, "--storage", runs, "--name", "worker", "--json", "-")
+    killer.join()
+    assert "pid" in killed, "no worker was killed"
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["epochs"] == 2 and [h["epoch"] for h in out["history"]] == [1, 2]
+    resumes = checkpoint.load_meta(out["checkpoint"])["resumes"]
+    assert len(resumes) == 1 and resumes[0]["epoch"] == 1 and resumes[0]["step"] % 20 == 0 < resumes[0]["step"], resumes
+    later = time.monotonic() - killed["at"]
+    print(f"worker {killed['pid']} killed; resumed at {resumes[0]}; the run finished {later:.0f} s later")
+
+
+@pytest.mark.slow
+def test_reads_shards_from_and_checkpoints_to_s3(ray_session, cli, s3, tmp_path):
+    bucket = s3.bucket()
+    synthesize(f"s3://{bucket}/scenes", 600, seed=3)
+    res = cli(
+        "train",
+        "--data",
+        f"s3://{bucket}/scenes",
+        "--epochs",
+        1,
+        "--storage",
+        f"s3://{bucket}/runs",
+        "--name",
+        "on-s3",
+        "--json",
+        "-",
+    )
+    assert res.code == 0, res.err
+    checkpoint = res.json()["checkpoint"]
+    assert checkpoint.startswith(f"s3://{bucket}/runs/on-s3/")
+    from mtl_ray.data.storage import s3_filesystem
+
+    files = s3_filesystem().get_file_info(pafs.FileSelector(checkpoint[len("s3://") :]))
+    assert {os.path.basename(f.path) for f in files} >= {"model.pt", "meta.json"}
+
+
+@pytest.mark.slow
+def test_validation_tasks_must_match_training_tasks(ray_session, cli, scenes, tmp_path):
+    other = tmp_path / "other"
+    synthesize(str(other), 50, tasks=["car", "pedestrian"], seed=1)
+    res = cli("train", "--data", scenes, "--val", other)
+    assert res.code == 2
+    assert "validation tasks ['car', 'pedestrian'] differ from training tasks" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_one_line_naming_epoch_step_and_lr(ray_session, cli, scenes, tmp_path):
+    (tmp_path / "hot.yaml").write_text("lr: 1.0e+8\nbackbone: xs\nepochs: 2\n")
+    res = cli("train", "--data", scenes, "--config", tmp_path / "hot.yaml", "--storage", tmp_path / "runs")
+    assert res.code == 2, res.err
+    assert len(res.err.strip().splitlines()) == 1, res.err
+    assert re.search(r"epoch 1, step \d+: the loss or its gradients were NaN or inf for 10 steps in a row", res.err)
+    assert "lr 1e+08" in res.err
+
+
+@pytest.mark.slow
+def test_empty_validation_split_is_an_error(ray_session, cli, tmp_path):
+    data = tmp_path / "noval"
+    synthesize(str(data), 40, val_fraction=0.0, seed=2)
+    res = cli("train", "--data", data)
+    assert res.code == 2
+    assert "empty validation split" in res.err and str(data) in res.err
+
+
+def test_invalid_shards_fail_before_ray_starts(cli, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "part-0.parquet").write_bytes(b"not parquet at all")
+    res = cli("train", "--data", bad)
+    assert res.code == 2
+    assert "part-0.parquet" in res.err and "not a readable Parquet file" in res.err
+
+
+@pytest.mark.slow
+def test_unplaceable_requests_fail_fast(ray_session, cli, scenes):
+    res = cli("train", "--data", scenes, "--workers", 64)
+    assert res.code == 2 and "--workers 64: the Ray cluster has" in res.err
+    res = cli("train", "--data", scenes, "--gpu")
+    assert res.code == 2 and "--gpu:" in res.err and "GPU(s)" in res.err
+
+
+@pytest.mark.slow
+def test_gradient_editing_weighting_trains_under_ddp(ray_session, cli, scenes, tmp_path):
+    config = tmp_path / "gradnorm.yaml"
+    config.write_text("weighting: {name: gradnorm, alpha: 1.0}\n")
+    res = cli(
+        "train",
+        "--data",
+        scenes,
+        "--epochs",
+        1,
+        "--workers",
+        2,
+        "--config",
+        config,
+        "--storage",
+        tmp_path / "runs",
+        "--json",
+        "-",
+    )
+    assert res.code == 0, res.err
+    weights = res.json()["history"][0]["task_weights"]
+    assert list(weights) == list(SEED_TASKS)
+    assert all(w > 0 for w in weights.values())
+    assert sum(weights.values()) == pytest.approx(len(SEED_TASKS), rel=1e-3)
+    assert res.json()["mean_auroc"] is not None
+
+
+def test_bad_weighting_is_named_before_training(cli, scenes, tmp_path):
+    res = cli("train", "--data", scenes, "--weighting", "nope")
+    assert res.code == 2 and "unknown weighting 'nope': available are equal, static" in res.err
+    config = tmp_path / "dwa.yaml"
+    config.write_text("weighting: {name: dwa, alpha: 1}\n")
+    res = cli("train", "--data", scenes, "--config", config)
+    assert res.code == 2 and "weighting 'dwa': unknown parameter 'alpha'; valid: temperature" in res.err
+    res = cli("train", "--data", scenes, "--backbone", "huge")
+    assert res.code == 2 and "unknown backbone 'huge'" in res.err
+
+
+def test_missing_storage_bucket_is_named(cli, s3, scenes):
+    res = cli("train", "--data", scenes, "--storage", "s3://no-such-bucket-here/runs")
+    assert res.code == 2 and "S3 bucket 'no-such-bucket-here' does not exist" in res.err

@@ -1,0 +1,183 @@
+"""The tune search space, trial sizing and tracking helpers, checked without Ray running."""
+
+import pytest
+from ray import tune as ray_tune
+
+from mtl_ray.cluster.resources import ResourcePlan
+from mtl_ray.config import TuneConfig, load
+from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.errors import UserError
+from mtl_ray.registry.register import check_name
+from mtl_ray.registry.tracking import epoch_metrics, flat_params, tracking_uri
+from mtl_ray.training.search import check_search, param_space
+from mtl_ray.training.tune import concurrent_trials
+
+
+def _config(**kw) -> TuneConfig:
+    return TuneConfig(**kw)
+
+
+def test_search_space_lists_are_grid_axes_and_distributions_are_sampled():
+    cfg = _config(
+        search={
+            "backbone": ["xs", "s"],
+            "weighting": ["equal", {"name": "gradnorm", "alpha": 1.5}],
+            "lr": {"loguniform": [1e-4, 1e-2]},
+        }
+    )
+    space = param_space(check_search(cfg, 4, "t.yaml"))
+    assert space["backbone"] == {"grid_search": ["xs", "s"]}
+    assert space["weighting"] == {"grid_search": [{"name": "equal"}, {"name": "gradnorm", "alpha": 1.5}]}
+    assert isinstance(space["lr"], ray_tune.search.sample.Float)
+    assert space["lr"].lower == 1e-4 and space["lr"].upper == 1e-2
+
+
+def test_optuna_turns_grid_axes_into_choices():
+    cfg = _config(search={"backbone": ["xs", "s"]}, search_alg="optuna")
+    space = param_space(check_search(cfg, 4, "t.yaml"))
+    assert isinstance(space["backbone"], ray_tune.search.sample.Categorical)
+    assert space["backbone"].categories == ["xs", "s"]
+
+
+def test_static_weight_vectors_are_searchable_and_checked_against_the_task_count():
+    ok = _config(search={"weighting": [{"name": "static", "weights": [1, 1, 1, 4]}]})
+    check_search(ok, 4, "t.yaml")
+    bad = _config(search={"weighting": [{"name": "static", "weights": [1, 2]}]})
+    with pytest.raises(UserError, match="t.yaml: search.weighting: weighting .static.: expected 4 weights"):
+        check_search(bad, 4, "t.yaml")
+
+
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        ({}, "t.yaml: search: empty search space"),
+        ({"dropout": [0.1]}, "unknown key 'dropout'; searchable keys are backbone"),
+        ({"epochs": [1, 2]}, "search.epochs: not searchable"),
+        ({"backbone": ["xs", "huge"]}, "unknown backbone 'huge'"),
+        ({"weighting": ["equal", "magic"]}, "search.weighting: unknown weighting 'magic': available are equal"),
+        ({"weighting": [{"name": "dwa", "alpha": 2}]}, "search.weighting"),
+        ({"lr": []}, "search.lr: empty list"),
+        ({"lr": 0.01}, "search.lr: expected a list of values"),
+        ({"lr": {"loguniform": [0, 1]}}, "loguniform: low must be positive"),
+        ({"lr": {"uniform": [1, 0.1]}}, "uniform: expected \\[low, high\\]"),
+        ({"lr": [-1.0]}, "search.lr: key 'lr'"),
+    ],
+)
+def test_bad_search_space_names_the_key(search, message):
+    with pytest.raises(UserError, match=message):
+        check_search(_config(search=search), 4, "t.yaml")
+
+
+def test_metric_no_trial_reports_is_refused():
+    with pytest.raises(UserError, match="metric 'accuracy': no trial reports it; trials report mean_auroc, train_loss"):
+        check_search(_config(search={"backbone": ["xs"]}, metric="accuracy"), 4, "t.yaml")
+
+
+def test_unknown_tune_config_key_names_it(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("search: {backbone: [xs]}\nscheduler: {name: asha, grace: 2}\n")
+    with pytest.raises(UserError, match="unknown key 'scheduler.grace'"):
+        load(TuneConfig, str(f))
+
+
+def test_concurrent_trials_leave_each_trial_its_data_cpus():
+    two_cores = ResourcePlan(workers=2, cpus_per_worker=0.495, use_gpu=False, torch_threads=1, data_cpus=1.0)
+    assert concurrent_trials(two_cores, {"CPU": 2.0}) == 1
+    big = ResourcePlan(workers=2, cpus_per_worker=2.0, use_gpu=False, torch_threads=2, data_cpus=2.0)
+    assert concurrent_trials(big, {"CPU": 32.0}) == 5
+    gpu = ResourcePlan(workers=1, cpus_per_worker=4.0, use_gpu=True, torch_threads=4, data_cpus=4.0)
+    assert concurrent_trials(gpu, {"CPU": 64.0, "GPU": 2.0}) == 2
+
+
+def test_tracking_uri_precedence_and_absolute_sqlite(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking_uri() == "http://127.0.0.1:5999"
+    assert tracking_uri("sqlite:///x/y.db") == f"sqlite:///{tmp_path}/x/y.db"
+    assert tracking_uri("sqlite:////abs/y.db") == "sqlite:////abs/y.db"
+
+
+def test_params_and_epoch_metrics_are_flat():
+    assert flat_params({"backbone": "s", "weighting": {"name": "gradnorm", "alpha": 1.5}, "workers": None}) == {
+        "backbone": "s",
+        "weighting.name": "gradnorm",
+        "weighting.alpha": "1.5",
+    }
+    report = {
+        "epoch": 2,
+        "train_loss": 0.5,
+        "mean_auroc": 0.8,
+        "train_images_per_s": 100.0,
+        "val": {"car": {"auroc": 0.9, "accuracy": 0.8, "f1": None, "n_labeled": 10}},
+        "task_weights": {"car": 1.0},
+    }
+    assert epoch_metrics(report) == {
+        "train_loss": 0.5,
+        "mean_auroc": 0.8,
+        "train_images_per_s": 100.0,
+        "val.car.auroc": 0.9,
+        "val.car.accuracy": 0.8,
+        "val.car.n_labeled": 10.0,
+        "weight.car": 1.0,
+    }
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "team:model", "mtl@champion"])
+def test_registry_names_mlflow_refuses_are_user_errors(name):
+    with pytest.raises(UserError, match="registry name"):
+        check_name(name)
+
+
+def test_train_config_in_tune_config_is_checked(tmp_path):
+    path = tmp_path / "tune.yaml"
+    path.write_text("train: {batch_size: 0}\nsearch: {backbone: [xs]}\n")
+    with pytest.raises(UserError) as caught:
+        load(TuneConfig, str(path))
+    assert str(caught.value) == f"{path}: key 'train.batch_size': Input should be greater than or equal to 1 (got 0)"
+
+
+def test_optuna_search_alg_is_built_when_asked():
+    from ray.tune.search.optuna import OptunaSearch
+
+    from mtl_ray.training.search import search_algorithm
+
+    assert isinstance(search_algorithm("optuna"), OptunaSearch)
+    assert search_algorithm("grid") is None
+
+
+def test_training_data_comes_from_the_flag_else_the_config():
+    assert TuneConfig(data="s3://b/shards").data_path(None, "job.yaml") == "s3://b/shards"
+    assert TuneConfig(data="s3://b/shards").data_path("local/", "job.yaml") == "local/"
+    with pytest.raises(UserError, match=r"job.yaml: no training data: pass --data PATH"):
+        TuneConfig().data_path(None, "job.yaml")
+
+
+def test_tune_and_quickstart_bad_input_through_the_cli_is_one_line(cli, tmp_path):
+    """Each stops before Ray starts, with exit 2 and one line naming the file, key or path."""
+    synthesize(str(tmp_path / "data"), 40, seed=1)
+    files = {
+        "unknown.yaml": "bogus: 1\n",
+        "backbone.yaml": "search:\n  backbone: [s, q]\n",
+        "samples.yaml": "num_samples: 0\n",
+        "nodata.yaml": "num_samples: 1\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "a-file").write_text("")
+    data = ["--data", tmp_path / "data"]
+    cases = {
+        ("tune", "--config", tmp_path / "missing.yaml", *data): "missing.yaml: cannot read",
+        ("tune", "--config", tmp_path / "unknown.yaml", *data): "unknown.yaml: unknown key 'bogus'",
+        ("tune", "--config", tmp_path / "backbone.yaml", *data): "search.backbone: unknown backbone 'q'",
+        ("tune", "--config", tmp_path / "samples.yaml", *data): "key 'num_samples'",
+        ("tune", "--config", tmp_path / "nodata.yaml"): "no training data",
+        ("tune", "--config", tmp_path / "nodata.yaml", "--data", tmp_path / "nowhere"): "nowhere: no such file",
+        ("quickstart", "--out", tmp_path / "a-file"): "a-file/data: cannot create the directory",
+    }
+    for args, expected in cases.items():
+        res = cli(*args)
+        assert res.code == 2, (args, res.err)
+        assert expected in res.err, (args, res.err)
+        assert len(res.err.strip().splitlines()) == 1, res.err
