@@ -3,7 +3,7 @@
 The ceiling is plain torch on GPU-resident tensors (no input pipeline at all); the plain loop
 reads the same shards with pyarrow in one process (decoding JPEG there with Pillow) and copies
 uint8 batches to the GPU; the DataLoader reads the same row groups in CPUs − 1 worker processes
-with pinned memory; the mtl-ray side is `mtl_ray.train.fit(gpu=True)` with one worker, decoding
+with pinned memory; the mtl-ray side is `mtl_ray.training.driver.fit(gpu=True)` with one worker, decoding
 JPEG shards on the GPU (nvJPEG) by default. Same model, batch size, bf16 autocast and
 channels_last everywhere. For JPEG shards it first checks nvJPEG's pixels against the CPU path's
 on one batch (`nvjpeg_mean_abs_diff`, `nvjpeg_max_abs_diff`; exit 1 beyond `DECODE_TOLERANCE`).

@@ -1,7 +1,7 @@
 """Training throughput of the mtl-ray path against a hand-written pyarrow → torch loop.
 
 Three sides train the same model with the same batch size and torch thread count on the same
-shards, one after the other in this process. The mtl-ray side is `mtl_ray.train.fit` with one Ray
+shards, one after the other in this process. The mtl-ray side is `mtl_ray.training.driver.fit` with one Ray
 Train worker (Ray Data read → split filter → streaming split → Arrow collate); the plain side reads
 the same Parquet files with pyarrow in one process; the third is a torch `DataLoader` over the same
 row groups (CPUs − 1 worker processes), reported as `ratio_to_dataloader`. Each side runs `--epochs` epochs and the

@@ -3,7 +3,7 @@
 Three sides read the training rows of the same shards into uint8 image and float32 label tensors,
 batch by batch, one after the other in this process:
 
-- **mtl-ray**: `mtl_ray.dataset.read` (Ray Data `read_parquet` → row selection → decode when
+- **mtl-ray**: `mtl_ray.training.dataset.read` (Ray Data `read_parquet` → row selection → decode when
   needed; read once and kept in the object store when it is small, as training decides with
   `dataset.cached`) → `iter_torch_batches(collate_fn=ShardCollate)`, as a Ray Train worker
   consumes it;

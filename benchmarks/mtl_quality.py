@@ -1,6 +1,6 @@
 """Does multi-task learning pay off with the defaults? The label-starved task in two worlds, over seeds.
 
-For each world and seed, fresh data (data seed = seed) and `mtl_ray.compare.compare` with the default
+For each world and seed, fresh data (data seed = seed) and `mtl_ray.studies.compare.compare` with the default
 `TrainConfig` (training seed = seed) and Caruana's shuffle control. Printed: the starved task's
 validation AUROC multi-task, single-task and under the control, and Δm over all tasks, per seed and
 as mean ± std.

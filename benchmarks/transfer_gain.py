@@ -3,7 +3,7 @@
 A source model trained with the default `TrainConfig` (but `--source-epochs`) on 12,000 synthetic
 scenes labeled for pedestrian, car and stop_sign — far more data than the new task has — is
 registered in a local MLflow registry (sqlite, in a temporary directory). A new data set of other
-scenes (another data seed) is labeled for traffic_light only. `mtl_ray.transfer` then trains
+scenes (another data seed) is labeled for traffic_light only. `mtl_ray.studies.transfer` then trains
 traffic_light at each label budget from scratch and from `models:/mtl-ray@champion`, and once more
 at one budget from the checkpoint directory, so both kinds of source are measured.
 

@@ -1,3 +1,3 @@
 """mtl-ray: one shared network, many binary tasks, trained from Parquet image shards on Ray."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
