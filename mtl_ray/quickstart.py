@@ -84,7 +84,7 @@ class QuickstartResult(Result):
 def quickstart(out: str = DEFAULT_OUT, *, scenes: int = SCENES, epochs: int = EPOCHS) -> QuickstartResult:
     """Run the pipeline into `out` (shards in out/data, checkpoints in out/runs)."""
     from mtl_ray.data.synth.dataset import synthesize
-    from mtl_ray.registry import predict
+    from mtl_ray.registry.predict import predict
     from mtl_ray.training.tune import tune
 
     started = time.perf_counter()

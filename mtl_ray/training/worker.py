@@ -208,7 +208,8 @@ class WorkerLoop:
             **shuffle,
         )
         if encoded:
-            stream = device_decode.DecodeOnDevice(stream, tuple(encoded.shape[:2]), cfg.resize, self.device)
+            size = tuple(self.spec.batch_format.shape[:2])
+            stream = device_decode.DecodeOnDevice(stream, size, cfg.resize, self.device)
         return whole_batches(stream)
 
     def train_epoch(self, epoch: int) -> tuple[dict, int]:

@@ -181,7 +181,7 @@ def test_a_tracking_server_down_at_registration_keeps_the_best_checkpoint_for_a_
     from ray.tune import Callback
 
     from mtl_ray.config import TuneConfig
-    from mtl_ray.registry import register
+    from mtl_ray.registry.register import register
     from mtl_ray.training.tune import tune
 
     (tmp_path / "artifacts").mkdir()
