@@ -250,6 +250,29 @@ class TuneConfig(Strict):
         return data or self.data
 
 
+class ServeConfig(Strict):
+    """What `mtl-ray serve` and a Serve config file's `args` set (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    model: str = Field(
+        description="models:/NAME@ALIAS (its moves are followed), models:/NAME/VERSION, runs:/ID/model, or a checkpoint"
+    )
+    tracking_uri: str | None = Field(None, description="default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db")
+    min_replicas: int = Field(1, ge=0, description="replicas kept running")
+    max_replicas: int = Field(1, ge=1, description="replicas the autoscaler may add under load")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="requests per replica the autoscaler aims at")
+    max_batch_size: int = Field(16, ge=1, description="requests answered by one forward pass, at most")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="requests a replica takes at once (the rest wait at the proxy): a few batches' worth"
+    )
+    watch_s: float = Field(10.0, ge=0, description="seconds between alias checks (0: never); only for @ALIAS")
+    max_body_mb: float = Field(32.0, gt=0, description="the largest request body accepted")
+    gpu: bool = Field(False, description="one GPU per replica")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs each replica holds")
+
+
 def load_train(path: str | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """TrainConfig for `train`/`compare --config F`: F holds TrainConfig keys, or is a job config
     (jobs/configs, TuneConfig keys) whose `train:` section is used after the whole file is checked."""

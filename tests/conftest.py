@@ -128,6 +128,15 @@ def _own_tracking_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
 
 
+@pytest.fixture
+def local_mlflow(tmp_path, monkeypatch):
+    """A sqlite tracking store and its artifacts in this test's directory, which becomes the working directory."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
 @pytest.fixture(scope="session")
 def ray_session(_moto_server):
     """One local Ray instance for the whole test session (start-up costs ~10 s).

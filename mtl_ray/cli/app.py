@@ -16,11 +16,11 @@ import sys
 from collections.abc import Callable
 
 from mtl_ray import __version__, progress
-from mtl_ray.cli import cluster, data, quickstart, registry, studies, train, tune
+from mtl_ray.cli import cluster, data, quickstart, registry, serving, studies, train, tune
 from mtl_ray.errors import UserError
 from mtl_ray.result import Result
 
-GROUPS = (data, train, studies, tune, registry, quickstart, cluster)
+GROUPS = (data, train, studies, tune, registry, serving, quickstart, cluster)
 """Command modules, each adding its parsers (`add`), in the order `mtl-ray --help` lists them."""
 
 

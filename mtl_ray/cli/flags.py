@@ -106,7 +106,7 @@ def field_help(model: type[BaseModel], key: str, extra: str = "") -> str:
     text = info.description or ""
     if extra:
         text = f"{text}; {extra}" if text else extra
-    default = info.get_default(call_default_factory=False)
+    default = None if info.is_required() else info.get_default(call_default_factory=False)
     if default is not None and not isinstance(default, (dict, list, BaseModel)) and default is not False:
         shown = default if isinstance(default, str) else repr(default)
         text = f"{text} (default {shown})" if text else f"default {shown}"
@@ -133,7 +133,7 @@ def _arguments(info: FieldInfo) -> dict[str, Any]:
         what = "a positive integer" if least == 1 else f"an integer ≥ {least}"
         return {"type": lambda text: positive_int(text, least, what), "metavar": "N"}
     if inner == [float]:
-        return {"type": positive_float if low is not None else float}
+        return {"type": positive_float if isinstance(low, Gt) else float, "metavar": "X"}
     return {}
 
 

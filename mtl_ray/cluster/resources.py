@@ -28,43 +28,53 @@ class ResourcePlan:
 
 
 def plan_resources(cfg: TrainConfig, cluster: dict[str, float]) -> ResourcePlan:
-    """Size workers so the request fits the cluster and at least one CPU stays free for Ray Data.
+    """The Ray Train workers of a training run (`plan_workers` with the config's request)."""
+    return plan_workers(cluster, gpu=cfg.gpu, workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker)
+
+
+def plan_workers(
+    cluster: dict[str, float],
+    *,
+    gpu: bool,
+    workers: int | None,
+    cpus_per_worker: float | None = None,
+    flag: str = "--workers",
+    noun: str = "training worker",
+    default_cpu_workers: int = 2,
+) -> ResourcePlan:
+    """Size workers (training workers, or scoring actors) so the request fits the cluster and at least
+    one CPU stays free for Ray Data.
 
     On a 2-CPU machine two CPU workers get 0.5 CPU each: whole-CPU workers would take every CPU and
     Ray Data's read/decode tasks would never be scheduled (the run hangs; Ray issue 29662). A GPU
     worker holds `GPU_WORKER_CPUS`; its share of the other CPUs (the cluster's CPUs per GPU, less
-    its own) is counted for Ray Data, where reading and CPU decoding run.
+    its own) is counted for Ray Data, where reading and CPU decoding run. `flag` and `noun` name the
+    request in errors.
     """
     cpus = float(cluster.get("CPU", 0))
     gpus = float(cluster.get("GPU", 0))
-    if cfg.gpu:
-        workers = cfg.workers or max(1, int(gpus))
+    if gpu:
+        workers = workers or max(1, int(gpus))
         if gpus < workers:
-            raise UserError(
-                f"--gpu: {workers} training worker(s) need {workers} GPU(s) but the Ray cluster has {gpus:g}"
-            )
-    else:
-        workers = cfg.workers or 2
-    if cfg.gpu:
+            raise UserError(f"--gpu: {workers} {noun}(s) need {workers} GPU(s) but the Ray cluster has {gpus:g}")
         per_gpu = cpus / max(gpus, 1.0)
-        per_worker = cfg.cpus_per_worker or min(GPU_WORKER_CPUS, max(MIN_CPUS_PER_WORKER, per_gpu - 1.0))
+        per_worker = cpus_per_worker or min(GPU_WORKER_CPUS, max(MIN_CPUS_PER_WORKER, per_gpu - 1.0))
         data_cpus = max(1.0, workers * (per_gpu - per_worker))
     else:
+        workers = workers or default_cpu_workers
         data_cpus = 1.0 if cpus < 8 else max(1.0, cpus * 0.25)
-        per_worker = cfg.cpus_per_worker or min(1.0, (cpus - data_cpus) / workers)
+        per_worker = cpus_per_worker or min(1.0, (cpus - data_cpus) / workers)
     need = workers * max(per_worker, MIN_CPUS_PER_WORKER) + data_cpus
     if per_worker < MIN_CPUS_PER_WORKER or need > cpus + 1e-9:
         raise UserError(
-            f"--workers {workers}: the Ray cluster has {cpus:g} CPUs; {workers} workers need at least "
+            f"{flag} {workers}: the Ray cluster has {cpus:g} CPUs; {workers} workers need at least "
             f"{workers * MIN_CPUS_PER_WORKER:g} ({MIN_CPUS_PER_WORKER:g} each) plus {data_cpus:g} for Ray Data"
         )
     return ResourcePlan(
         workers,
         round(per_worker, 3),
-        cfg.gpu,
+        gpu,
         max(1, int(per_worker)),
         data_cpus,
         float(cluster.get("object_store_memory", 0.0)),
     )
-
-

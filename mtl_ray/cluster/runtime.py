@@ -12,6 +12,12 @@ from mtl_ray.config import DEFAULT_STORAGE
 from mtl_ray.data import storage
 from mtl_ray.errors import UserError
 
+SERVE_FAST_PATH = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
+
 
 def ensure_ray() -> None:
     """Join the Ray cluster this process belongs to (`RAY_ADDRESS`, as in a Ray job), or start a
@@ -23,6 +29,11 @@ def ensure_ray() -> None:
     that ASHA stops kills its controller before it releases its workers' CPUs; if the cleaner
     cannot find the API (no dashboard, or a second Ray instance on the machine makes the address
     ambiguous) those CPUs stay reserved and the next trial waits forever.
+
+    Its processes also inherit `SERVE_FAST_PATH`, Ray Serve's HAProxy ingress and direct data plane:
+    `mtl-ray serve` on 2 cores answered 3.2x the requests/s with it (benchmarks/serve.py). A cluster
+    sets them on its nodes (infra/). On one machine a removed replica drains for 2 s, not 30: no
+    load balancer elsewhere still routes to it.
     """
     import ray
 
@@ -41,6 +52,8 @@ def ensure_ray() -> None:
     else:
         port = free_port()
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        for key, value in SERVE_FAST_PATH.items():
+            os.environ.setdefault(key, value)
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **quiet)
     configure_data()
 
@@ -66,9 +79,11 @@ def configure_data() -> None:
     # 40,000 images/s with them and 51,000-57,000 without (docs/benchmarks.md). Ray 2.60 calls this
     # switch historical and due for removal: remeasure `benchmarks/input.py --stream` on upgrades.
     ctx.op_resource_reservation_enabled = False
-    for handler in logging.getLogger("ray.data").handlers:  # its own lines go to ray-data.log, not the terminal
+    # Its own lines go to ray-data.log, not the terminal: its errors reach the driver as exceptions
+    # anyway (a user's as one line), where its console would add the operators' stats to each one.
+    for handler in logging.getLogger("ray.data").handlers:
         if type(handler).__name__ == "PlainRayHandler":  # the console; its file handler keeps every line
-            handler.setLevel(logging.ERROR)
+            handler.setLevel(logging.CRITICAL)
 
 
 def run_storage(path: str | None) -> tuple[str, object | None, str]:

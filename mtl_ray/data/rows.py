@@ -46,7 +46,7 @@ def shard_rows(
     """Ids, encoded image bytes (PNG for raw shards) and labels [N, len(tasks)] (NaN = unknown) of
     the first `limit` rows of the shards at `path`, only rows of `split` when given."""
     report = validate(path)
-    report.raise_if_unusable()
+    report.raise_if_unusable(need_tasks=False)
     fmt = report.fmt
     ids: list[str] = []
     images: list[bytes] = []

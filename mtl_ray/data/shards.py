@@ -55,7 +55,7 @@ class ShardFormat:
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
             raise UserError(f"image encoding {self.encoding!r}: expected one of {', '.join(ENCODINGS)}")
-        check_task_names(self.tasks)
+        check_task_names(self.tasks, allow_none=True)
         if self.encoding == "raw" and self.shape is None:
             raise UserError("raw image encoding needs a shape [H, W, C]")
 
@@ -88,9 +88,10 @@ class ShardFormat:
         return pa.schema(fields, metadata=self.metadata())
 
 
-def check_task_names(tasks: tuple[str, ...] | list[str]) -> None:
-    """Task names must be non-empty, unique and not collide with the reserved columns."""
-    if not tasks:
+def check_task_names(tasks: tuple[str, ...] | list[str], allow_none: bool = False) -> None:
+    """Task names must be non-empty, unique and not collide with the reserved columns; a shard may
+    have no task at all (`allow_none`: images to score), a dataset being made may not."""
+    if not tasks and not allow_none:
         raise UserError("no tasks: expected at least one label column")
     seen: set[str] = set()
     for t in tasks:
@@ -190,7 +191,7 @@ def read_format(
                 f"{where}: metadata says raw pixels but column {column!r} has type {schema.field(column).type}"
             )
         encoding = sniff_encoding(sample) if sample else "png"
-    check_task_names_in(where, tasks)
+    check_task_names_in(where, tasks, allow_none=True)
     for t in tasks:
         if names.count(t) > 1:
             raise UserError(f"{where}: duplicate task column {t!r}")
@@ -202,9 +203,9 @@ def read_format(
     return ShardFormat(tasks=tasks, encoding=encoding, shape=shape, image_column=column)
 
 
-def check_task_names_in(where: str, tasks: tuple[str, ...]) -> None:
+def check_task_names_in(where: str, tasks: tuple[str, ...], allow_none: bool = False) -> None:
     try:
-        check_task_names(tasks)
+        check_task_names(tasks, allow_none)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
 
@@ -264,11 +265,16 @@ def image_bytes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 @dataclass(frozen=True)
 class Decoded:
     """An image column decoded: pixels [N, H, W, 3] (zeros where `bad`), which rows were unreadable,
-    and the first of them as (index in the column, reason)."""
+    and why, by index in the column."""
 
     images: np.ndarray
     bad: np.ndarray
-    first: tuple[int, str] | None
+    reasons: dict[int, str]
+
+    @property
+    def first(self) -> tuple[int, str] | None:
+        """(index, reason) of the first unreadable row, or None."""
+        return (min(self.reasons), self.reasons[min(self.reasons)]) if self.reasons else None
 
 
 def decode_images(
@@ -300,7 +306,7 @@ def decode_column(
     """
     arr = image_bytes(column)
     bad = np.array(arr.is_null(), dtype=bool) if arr.null_count else np.zeros(len(arr), dtype=bool)
-    reasons = {i: "image is null" for i in np.flatnonzero(bad)[:1].tolist()}
+    reasons = {i: "image is null" for i in np.flatnonzero(bad).tolist()}
     if fmt.encoding == "raw":
         images = _raw_view(arr, fmt.shape)
         if size is not None and images.shape[1:3] != tuple(size):
@@ -308,7 +314,7 @@ def decode_column(
         if bad.any():
             images = images.copy()
             images[bad] = 0
-        return Decoded(images, bad, next(iter(reasons.items()), None))
+        return Decoded(images, bad, reasons)
     out = None
     for i, value in enumerate(arr):
         if bad[i]:
@@ -329,8 +335,7 @@ def decode_column(
         out[i] = rgb
     if out is None:
         out = _empty(size or (fmt.shape[:2] if fmt.shape else (0, 0)), len(arr))
-    first = min(reasons) if reasons else None
-    return Decoded(out, bad, (first, reasons[first]) if reasons else None)
+    return Decoded(out, bad, reasons)
 
 
 def _empty(size: Size, rows: int = 0) -> np.ndarray:

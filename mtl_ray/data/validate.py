@@ -137,8 +137,14 @@ class ValidationReport(Result):
     def exit_code(self) -> int:
         return 0 if self.usable else 2
 
-    def raise_if_unusable(self) -> None:
-        """Raise a UserError with the first problem (and how many more there are)."""
+    def raise_if_unusable(self, need_tasks: bool = True) -> None:
+        """Raise a UserError with the first problem (and how many more there are); with `need_tasks`
+        (training), shards without a task column are one too. Images to score or predict need none."""
+        if self.usable and need_tasks and not self.fmt.tasks:
+            raise UserError(
+                f"{self.path}: no task columns: training needs at least one bool or int8 label column "
+                "(null = unknown); `mtl-ray data convert` writes them"
+            )
         if self.usable:
             return
         first = self.problems[0] if self.problems else f"{self.path}: no readable shard"
@@ -379,6 +385,8 @@ def _ordered_splits(split_counts: dict[str, dict]) -> dict[str, dict]:
 
 def _check_tasks(report: ValidationReport) -> None:
     """Dataset-level problems (a task with no label at all) and warnings about label balance."""
+    if report.fmt is not None and not report.fmt.tasks:
+        report.warnings.append("no task columns: images to score or predict, not to train on")
     for task, c in report.tasks.items():
         if not c["rows"]:
             continue

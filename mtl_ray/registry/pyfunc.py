@@ -33,15 +33,17 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
         state, meta = checkpoint.load(context.artifacts[CHECKPOINT_ARTIFACT])
         self.load(state, meta)
 
-    def load(self, state: dict, meta: dict) -> None:
+    def load(self, state: dict, meta: dict, device: str = "cpu") -> None:
+        """The network of a checkpoint's `state` and `meta`, on `device` (score and serve put it on a GPU)."""
         from mtl_ray.model import checkpoint
         from mtl_ray.model.backbones import build
 
         self.tasks = list(meta["tasks"])
         self.size, self.resize = checkpoint.input_spec(meta)
+        self.device = torch.device(device)
         self.model = build(meta["backbone"], len(self.tasks))
         self.model.load_state_dict(state["model"])
-        self.model.eval()
+        self.model.to(self.device).eval()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """One probability column per task; a row whose image cannot be read gets NaN probabilities, and
@@ -75,8 +77,9 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
         out = np.empty((len(images), len(self.tasks)), dtype=np.float64)
         with torch.no_grad():
             for start in range(0, len(images), PREDICT_BATCH):
-                x = to_input(torch.from_numpy(np.ascontiguousarray(images[start : start + PREDICT_BATCH])))
-                out[start : start + len(x)] = torch.sigmoid(self.model(x)).double().numpy()
+                batch = torch.from_numpy(np.ascontiguousarray(images[start : start + PREDICT_BATCH]))
+                x = to_input(batch.to(self.device, non_blocking=True))
+                out[start : start + len(x)] = torch.sigmoid(self.model(x)).double().cpu().numpy()
         return out
 
 

@@ -46,7 +46,8 @@ PATH_COLUMN = "path"
 SKIP_COLUMN = "__mtl_ray_skip"
 """True for rows whose image cannot be read: dropped and counted by `ShardCollate`."""
 PROBLEM_COLUMN = "__mtl_ray_problem"
-"""With `strict`: "SHARD: row N: why" for the first unreadable row of a batch, for `ShardCollate` to raise."""
+"""With `strict`: "SHARD: row N: why" for the first unreadable row of a batch, for `ShardCollate` to raise;
+with `explain`: "SHARD: why" for every unreadable row, for the scorer to list."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class Source:
     """An unreadable image is an error naming its shard and row, not a skipped and counted row."""
     ids: frozenset[str] | None = None
     """Keep only the rows with these ids (a label budget of `mtl-ray transfer`)."""
+    keep_ids: bool = False
+    """Keep the `id` column in the rows (scores are written by row id)."""
+    explain: bool = False
+    """Say for every unreadable row which shard it is in and why (PROBLEM_COLUMN), to be listed."""
 
 
 def decoded_format(fmt: ShardFormat, size: Size) -> ShardFormat:
@@ -78,6 +83,11 @@ def needs_decode(fmt: ShardFormat, size: Size) -> bool:
     return fmt.encoding != "raw" or tuple(fmt.shape) != (*size, 3)
 
 
+def shown(fs: pafs.FileSystem, path: str) -> str:
+    """A path inside `fs` as the user wrote it (s3://bucket/key for S3)."""
+    return f"s3://{path}" if fs.type_name == "s3" else path
+
+
 def locate(fs: pafs.FileSystem, path: str, column: str, value: bytes | None) -> str:
     """'SHARD: row N' for the first row of shard `path` whose image is `value` (None: a null image).
 
@@ -86,14 +96,13 @@ def locate(fs: pafs.FileSystem, path: str, column: str, value: bytes | None) -> 
     """
     import pyarrow.parquet as pq
 
-    shown = f"s3://{path}" if fs.type_name == "s3" else path
     images = image_bytes(pq.read_table(fs.open_input_file(path), columns=[column]).column(column))
     if value is None:
         found = pc.is_null(images)
     else:
         found = pc.fill_null(pc.equal(images, pa.scalar(value, images.type)), False)
     rows = np.flatnonzero(np.asarray(found))
-    return f"{shown}: row {int(rows[0])}" if len(rows) else shown
+    return f"{shown(fs, path)}: row {int(rows[0])}" if len(rows) else shown(fs, path)
 
 
 class SelectRows:
@@ -103,7 +112,9 @@ class SelectRows:
     def __init__(self, source: Source):
         self.source = source
         self.split = source.split if source.has_split_column else None
-        self.columns = [source.fmt.image_column, *source.fmt.tasks, PATH_COLUMN]
+        self.columns = [source.fmt.image_column, *source.fmt.tasks, PATH_COLUMN] + (
+            [ID_COLUMN] if source.keep_ids else []
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         keep = []
@@ -117,31 +128,39 @@ class SelectRows:
             batch = batch.filter(functools.reduce(pc.and_, keep))
         batch = batch.select(self.columns)
         batch = batch.append_column(SKIP_COLUMN, pa.array(np.zeros(batch.num_rows, dtype=bool)))
-        if self.source.strict:
+        if self.source.strict or self.source.explain:
             batch = batch.append_column(PROBLEM_COLUMN, pa.nulls(batch.num_rows, pa.string()))
         nulls = np.array(pc.is_null(batch.column(self.source.fmt.image_column)), dtype=bool)
-        first = (int(np.flatnonzero(nulls)[0]), "image is null") if nulls.any() else None
-        return mark_unreadable(batch, self.source, nulls, first)
+        return mark_unreadable(
+            batch, self.source, nulls, dict.fromkeys(np.flatnonzero(nulls).tolist(), "image is null")
+        )
 
 
-def mark_unreadable(batch: pa.Table, source: Source, bad: np.ndarray, first: tuple[int, str] | None) -> pa.Table:
+def mark_unreadable(batch: pa.Table, source: Source, bad: np.ndarray, reasons: dict[int, str]) -> pa.Table:
     """`batch` with rows `bad` marked in SKIP_COLUMN; when strict, the first one's shard, row and reason
-    (`first`: index in the batch, reason) written into PROBLEM_COLUMN."""
+    written into PROBLEM_COLUMN, and when explaining, every one's shard and reason (`reasons`: by index
+    in the batch)."""
     if not bad.any():
         return batch
     skip = np.asarray(batch.column(SKIP_COLUMN)) | bad
     batch = batch.set_column(batch.schema.get_field_index(SKIP_COLUMN), SKIP_COLUMN, pa.array(skip))
-    if source.strict and first is not None:
-        row, reason = first
+    reasons = {row: reason for row, reason in reasons.items() if bad[row]}
+    if not (source.strict or source.explain) or not reasons:
+        return batch
+    problems = batch.column(PROBLEM_COLUMN).to_pylist()
+    paths = batch.column(PATH_COLUMN)
+    if source.strict:
+        row = min(reasons)
         column = source.fmt.image_column
         value = image_bytes(batch.column(column))[row].as_py()
-        where = locate(source.fs, batch.column(PATH_COLUMN)[row].as_py(), column, value)
-        problems = batch.column(PROBLEM_COLUMN).to_pylist()
-        problems[row] = problems[row] or f"{where}: {reason} (--strict)"
-        batch = batch.set_column(
-            batch.schema.get_field_index(PROBLEM_COLUMN), PROBLEM_COLUMN, pa.array(problems, pa.string())
-        )
-    return batch
+        where = locate(source.fs, paths[row].as_py(), column, value)
+        problems[row] = problems[row] or f"{where}: {reasons[row]} (--strict)"
+    else:
+        for row, reason in reasons.items():
+            problems[row] = problems[row] or f"{shown(source.fs, paths[row].as_py())}: {reason}"
+    return batch.set_column(
+        batch.schema.get_field_index(PROBLEM_COLUMN), PROBLEM_COLUMN, pa.array(problems, pa.string())
+    )
 
 
 class ShuffleLabels:
@@ -173,7 +192,7 @@ class DecodeToRaw:
         column = self.fmt.image_column
         decoded = decode_column(batch.column(column), self.fmt, self.size, resize=self.resize)
         already = np.asarray(batch.column(SKIP_COLUMN))
-        batch = mark_unreadable(batch, self.source, decoded.bad & ~already, decoded.first)
+        batch = mark_unreadable(batch, self.source, decoded.bad & ~already, decoded.reasons)
         return batch.set_column(batch.schema.get_field_index(column), column, encode_images(decoded.images, self.out))
 
 
@@ -208,7 +227,7 @@ def read(
     import ray.data
 
     columns = [source.fmt.image_column, *source.fmt.tasks] + ([SPLIT_COLUMN] if source.has_split_column else [])
-    columns += [ID_COLUMN] if source.ids is not None else []
+    columns += [ID_COLUMN] if source.ids is not None or source.keep_ids else []
     ds = ray.data.read_parquet(
         list(source.paths),
         filesystem=source.fs,

@@ -10,7 +10,6 @@ Rerunning `fit` with the same `name` and `storage` resumes from the last checkpo
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import ray
 
 from mtl_ray import progress
+from mtl_ray.cluster.inbox import Inbox, relayed
 from mtl_ray.cluster.resources import ResourcePlan, plan_resources
 from mtl_ray.cluster.runtime import ensure_ray, run_storage
 from mtl_ray.config import TrainConfig
@@ -29,13 +29,10 @@ from mtl_ray.model.backbones import build
 from mtl_ray.result import Result, number, table
 from mtl_ray.training import dataset, device_decode
 from mtl_ray.training.inputs import Inputs, prepare
-from mtl_ray.training.worker import Inbox, InitWeights, WorkerSpec, worker_loop
+from mtl_ray.training.worker import InitWeights, WorkerSpec, worker_loop
 
 if TYPE_CHECKING:
     from mtl_ray.registry.sources import InitSource
-
-PROGRESS_POLL_S = 1.0
-
 
 @dataclass
 class Run:
@@ -47,28 +44,12 @@ class Run:
     def fit(self, on_epoch: Callable[[dict], None] | None = None):
         """`trainer.fit()`, with a worker's user error raised here as one `UserError`; `on_epoch` is
         called on this process with each epoch's report while the run goes on."""
-        stop = threading.Event()
-
-        def relay() -> None:  # until the run ends, then once more for its last reports
-            while True:
-                ended = stop.wait(PROGRESS_POLL_S)
-                for metrics in ray.get(self.inbox.take.remote()):
-                    on_epoch(metrics)
-                if ended:
-                    return
-
-        watcher = threading.Thread(target=relay, daemon=True) if on_epoch else None
-        if watcher:
-            watcher.start()
-        try:
-            result = self.trainer.fit()
-            failure = result.error
-        except Exception as exc:  # a UserError raised in a Ray Data task arrives wrapped
-            result, failure = None, exc
-        finally:
-            stop.set()
-        if watcher:
-            watcher.join()
+        with relayed(self.inbox, on_epoch):
+            try:
+                result = self.trainer.fit()
+                failure = result.error
+            except Exception as exc:  # a UserError raised in a Ray Data task arrives wrapped
+                result, failure = None, exc
         message = ray.get(self.inbox.first.remote())
         ray.kill(self.inbox)
         if message:

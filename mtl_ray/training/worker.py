@@ -6,7 +6,7 @@ benchmark `TrainLoopRunner`: `restore` (the last checkpoint of a resumed run), `
 worker's stream of the `train` dataset through `mtl_ray.model.step.train_step`), `validate` (rank 0
 only) and `save` (a checkpoint from rank 0 and one `ray.train.report` from every rank, as Ray Train
 requires of all workers). What the workers tell the driver while it waits (each epoch's numbers, the
-first user error) goes to the run's `Inbox` actor.
+first user error) goes to the run's `mtl_ray.cluster.inbox.Inbox` actor.
 """
 
 from __future__ import annotations
@@ -40,33 +40,6 @@ from mtl_ray.training import dataset, device_decode
 STEP_KEY = "step_in_epoch"
 """Marks a report made inside an epoch (a step checkpoint): it has no epoch metrics, and Tune's
 scheduler and the progress and MLflow callbacks pass it by."""
-
-
-@ray.remote(num_cpus=0)
-class Inbox:
-    """What a run's workers tell its driver: each epoch's report (for the progress lines) and the
-    first user error (bad input, a diverging run).
-
-    Ray Train restarts the worker group after any worker error (`max_failures`); the restarted
-    workers find the error here and stop at once instead of failing the same way again.
-    """
-
-    def __init__(self) -> None:
-        self.message: str | None = None
-        self.reports: list[dict] = []
-
-    def put(self, message: str) -> None:
-        self.message = self.message or message
-
-    def first(self) -> str | None:
-        return self.message
-
-    def report(self, metrics: dict) -> None:
-        self.reports.append(metrics)
-
-    def take(self) -> list[dict]:
-        taken, self.reports = self.reports, []
-        return taken
 
 
 @dataclass(frozen=True)

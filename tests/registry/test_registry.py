@@ -23,15 +23,6 @@ from mtl_ray.model.backbones import to_input
 
 
 @pytest.fixture
-def local_mlflow(tmp_path, monkeypatch):
-    """A sqlite tracking store and its artifacts in this test's directory."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlruns.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
-@pytest.fixture
 def images(tmp_path):
     rng = np.random.default_rng(1)
     encoded = [encode_image(rng.integers(0, 256, (SIZE + 8, SIZE + 8, 3), dtype=np.uint8), "png") for _ in range(6)]
