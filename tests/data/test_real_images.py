@@ -1,8 +1,12 @@
 """Training on data shaped like users' data, on a real local Ray: small non-square grayscale PNGs from
-a Hugging Face-style export (with a corrupt row deep inside), a folder of camera-like photos of mixed
-orientation and bit depth, and synthetic scenes at an odd size."""
+a Hugging Face export (with a corrupt row deep inside), a hub export in the conventions `convert`
+reads (ClassLabel, a label list, path-only images, split files), a folder of camera-like photos of
+mixed orientation and bit depth, and synthetic scenes at an odd size."""
 
 import pytest
+from datasets import ClassLabel, Image, Sequence, Value
+from hf_exports import dataset, scenes, write_hub
+from PIL import Image as PILImage
 from realdata import camera_folder, hf_gray_export
 
 from mtl_ray.data.synth.dataset import synthesize
@@ -72,6 +76,58 @@ def test_strict_stops_at_the_corrupt_row_with_one_line(ray_session, cli, hf, tmp
         and "train-00000-of-00001.parquet: row 500: cannot decode image" in lines[0]
     )
     assert lines[0].endswith("(--strict)")
+
+
+def test_a_hub_export_in_datasets_conventions_converts_and_trains_skipping_nothing(
+    ray_session, cli, tmp_path, monkeypatch
+):
+    """ClassLabel `busy` (-1 = unknown on two rows in three), label list `colours`, train images as
+    paths beside the Parquet files, validation and test with bytes: only --absent is needed."""
+    images, present = scenes(420, size=32, seed=4)
+    busy = [int(len(p) > 1) if i % 3 == 0 else -1 for i, p in enumerate(present)]
+    features = {
+        "image": Image(),
+        "busy": ClassLabel(names=["no", "yes"]),
+        "colours": Sequence(ClassLabel(names=["red", "green", "blue"])),
+    }
+    data = tmp_path / "hub" / "data"
+    names = [f"images/{i:03d}.png" for i in range(300)]
+    for name, pixels in zip(names, images[:300], strict=True):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(pixels).save(data / name)
+    train = dataset(
+        {"image": names, "busy": busy[:300], "colours": present[:300]}, features | {"image": Value("string")}
+    )
+    monkeypatch.chdir(data)  # to_parquet looks at the files the paths name
+    splits = {"train": train.cast_column("image", Image())}
+    for split, part in (("validation", slice(300, 360)), ("test", slice(360, 420))):
+        splits[split] = dataset({"image": images[part], "busy": busy[part], "colours": present[part]}, features)
+    root = write_hub(tmp_path / "hub", splits)
+    monkeypatch.chdir(tmp_path)
+
+    converted = cli("data", "convert", root, tmp_path / "shards", "--absent", "negative", "--json", "-")
+    assert converted.code == 0, converted.err
+    summary = converted.json()
+    assert summary["tasks"] == ["busy", "red", "green", "blue"] and summary["skipped"] == 0
+    assert summary["splits"] == {"train": 300, "val": 60, "test": 60}
+    res = cli(
+        "train",
+        "--data",
+        tmp_path / "shards",
+        "--backbone",
+        "xs",
+        "--epochs",
+        2,
+        "--storage",
+        tmp_path / "runs",
+        "--json",
+        "-",
+    )
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["skipped_images"] == 0
+    assert out["val"]["busy"]["n_labeled"] == sum(b != -1 for b in busy[300:360]) == 20
+    assert out["val"]["red"]["n_labeled"] == 60 and out["val"]["red"]["auroc"] > 0.6, out["val"]
 
 
 def test_camera_folder_converts_with_a_val_split_and_trains_decoding_in_the_worker(ray_session, cli, tmp_path):
