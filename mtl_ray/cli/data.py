@@ -131,6 +131,45 @@ def _add_convert(data: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out", metavar="OUT", help="output directory or s3://bucket/prefix")
     p.add_argument("--image-column", help="image column of a Parquet source (default: image)")
+    _add_label_flags(p)
+    p.add_argument(
+        "--image-root",
+        metavar="DIR",
+        help="folder (or s3://prefix) that relative image paths are under, for images stored as a path without "
+        "bytes (default: the working directory, then the Parquet file's folder)",
+    )
+    p.add_argument("--labels-csv", metavar="F", help="CSV or JSONL label file for an image folder (one row per image)")
+    p.add_argument(
+        "--file-column",
+        help="column of the label file naming the image file (default: first of file, filename, image, path)",
+    )
+    p.add_argument("--image-size", type=image_size, metavar="S|H,W", help="resize every image to S×S or H×W")
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="letterbox",
+        help="how --image-size is reached: letterbox (whole frame, padded; default), squash, center_crop",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="put this fraction of the rows without a split into 'val', by a hash of the row id (a row with a split, "
+        "from a split column or its file's name, never moves)",
+    )
+    p.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        help="output encoding (default: jpeg, the source's bytes kept, when every image is JPEG, else png; raw needs "
+        "one image size)",
+    )
+    p.add_argument("--shards", type=positive_int, help="number of output Parquet files")
+    p.add_argument("--strict", action="store_true", help="fail on the first unreadable row instead of skipping it")
+    p.add_argument("--report", metavar="F", help="where to list skipped rows (default: OUT/_skipped.jsonl when any)")
+
+
+def _add_label_flags(p: argparse.ArgumentParser) -> None:
+    """Which columns are tasks, and what their values mean."""
     p.add_argument(
         "--tasks",
         type=task_list,
@@ -155,17 +194,6 @@ def _add_convert(data: argparse._SubParsersAction) -> None:
         metavar="C",
         help="with --absent unknown: list column naming each row's classes verified absent (negative)",
     )
-    p.add_argument(
-        "--image-root",
-        metavar="DIR",
-        help="folder (or s3://prefix) that relative image paths are under, for images stored as a path without "
-        "bytes (default: the working directory, then the Parquet file's folder)",
-    )
-    p.add_argument("--labels-csv", metavar="F", help="CSV or JSONL label file for an image folder (one row per image)")
-    p.add_argument(
-        "--file-column",
-        help="column of the label file naming the image file (default: first of file, filename, image, path)",
-    )
     for kind, meaning in (("positive", "positive"), ("negative", "negative"), ("missing", "unknown")):
         p.add_argument(
             f"--{kind}",
@@ -174,26 +202,3 @@ def _add_convert(data: argparse._SubParsersAction) -> None:
             metavar="V",
             help=f"extra label value meaning {meaning} (repeatable; a ClassLabel's class name or id too)",
         )
-    p.add_argument("--image-size", type=image_size, metavar="S|H,W", help="resize every image to S×S or H×W")
-    p.add_argument(
-        "--resize",
-        choices=RESIZE_MODES,
-        default="letterbox",
-        help="how --image-size is reached: letterbox (whole frame, padded; default), squash, center_crop",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        metavar="F",
-        help="put this fraction of the rows without a split into 'val', by a hash of the row id (a row with a split, "
-        "from a split column or its file's name, never moves)",
-    )
-    p.add_argument(
-        "--encoding",
-        choices=ENCODINGS,
-        help="output encoding (default: jpeg, the source's bytes kept, when every image is JPEG, else png; raw needs "
-        "one image size)",
-    )
-    p.add_argument("--shards", type=positive_int, help="number of output Parquet files")
-    p.add_argument("--strict", action="store_true", help="fail on the first unreadable row instead of skipping it")
-    p.add_argument("--report", metavar="F", help="where to list skipped rows (default: OUT/_skipped.jsonl when any)")

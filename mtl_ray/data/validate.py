@@ -6,11 +6,9 @@ is counted from the label columns alone. Problems make the dataset unusable (exi
 collected so one run lists everything to fix; warnings flag data that trains but makes multi-task
 learning shaky. Training calls `validate` before starting Ray and streams `report.paths`.
 
-Parquet from elsewhere (no `mtl_ray` metadata) is read as `convert` would plan it (`columns`): bool
-and int8 0/1 columns are tasks as they are; a column of other integers is left out with a warning;
-and where convert understands a convention the shard readers do not (ClassLabel, 1/−1, float
-labels, label lists, path-only images) the one problem says which `mtl-ray data convert` to run,
-instead of a row-by-row list of what convert would fix.
+Parquet from elsewhere (no `mtl_ray` metadata) is read as `convert` would plan it (`advice`): bool
+and int8 0/1 columns are tasks as they are, other integers are left out with a warning, and a file
+in a convention only convert reads gets one problem saying which convert to run.
 """
 
 from __future__ import annotations
@@ -26,11 +24,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mtl_ray import progress
-from mtl_ray.data.convert.columns import LabelList, plan_columns
-from mtl_ray.data.convert.labels import Place
+from mtl_ray.data.convert.advice import Export, plan_export
 from mtl_ray.data.images import show_size
 from mtl_ray.data.shards import (
-    DEFAULT_IMAGE_COLUMN,
     METADATA_KEY,
     SPLIT_COLUMN,
     SPLITS,
@@ -223,7 +219,7 @@ def validate(path: str, *, full: bool = False, image_column: str | None = None) 
     report = ValidationReport(path=path, fs=fs, full=full, ignored_files=[display(f, root, base) for f in ignored])
     split_counts: dict[str, dict] = {}
     reference: _Reference | None = None
-    export: _Export | None = None
+    export: Export | None = None
     for file in progress.Counter("validate --full: shards", len(files)).each(files) if full else files:
         name = display(file, root, base)
         try:
@@ -237,7 +233,7 @@ def validate(path: str, *, full: bool = False, image_column: str | None = None) 
         report.rows += rows
         raw = METADATA_KEY not in (pf.schema_arrow.metadata or {})
         if raw and export is None:
-            export = _plan_export(path, fs, files, pf, name, image_column)
+            export = plan_export(path, fs, files, pf, name, image_column)
             report.warnings += export.warnings
             if export.problem:
                 report.problems.append(export.problem)
@@ -262,67 +258,6 @@ def validate(path: str, *, full: bool = False, image_column: str | None = None) 
     report.splits = _ordered_splits(split_counts)
     _check_tasks(report)
     return report
-
-
-@dataclass(frozen=True)
-class _Export:
-    """How `convert` would read a Parquet source without mtl_ray metadata: the tasks shard readers
-    can take as they are, warnings for the columns left out, or the one problem saying to convert."""
-
-    tasks: tuple[str, ...]
-    warnings: list[str]
-    problem: str | None
-
-
-def _plan_export(
-    path: str, fs: pafs.FileSystem, files: list[str], pf: pq.ParquetFile, name: str, image_column: str | None
-) -> _Export:
-    column = image_column or DEFAULT_IMAGE_COLUMN
-
-    def tables(columns: list[str]):
-        for file in files:
-            try:
-                other = open_shard(fs, file, file)
-            except UserError:
-                continue  # reported on its own
-            yield other.read(columns=[c for c in columns if c in other.schema_arrow.names])
-
-    try:
-        plan = plan_columns(pf.schema_arrow, tables, place=Place(name, "row"), image_column=column)
-    except UserError as exc:
-        return _Export((), [], str(exc))
-    warnings = [f"column {c!r} is no task: {why}" for c, why in plan.ignored.items()]
-    conventions: dict[str, list[str]] = {}
-    for entry in plan.entries:
-        if not entry.direct:
-            conventions.setdefault(entry.convention(), []).append(entry.column)
-    if _path_only_images(pf, column):
-        conventions["images stored as file paths (bytes null)"] = [column]
-    if not conventions:
-        return _Export(plan.tasks, warnings, None)
-    found = "; ".join(f"{what}: {', '.join(columns)}" for what, columns in conventions.items())
-    flags = [f"--image-column {image_column}"] if image_column else []
-    flags.append("--tasks " + ",".join(entry.column for entry in plan.entries))
-    if any(isinstance(entry, LabelList) for entry in plan.entries):
-        flags.append("--absent negative|unknown")
-    return _Export(
-        (),
-        warnings,
-        f"{path}: Parquet without mtl_ray metadata, in conventions convert reads ({found}); convert it first: "
-        f"mtl-ray data convert {path} OUT {' '.join(flags)}",
-    )
-
-
-def _path_only_images(pf: pq.ParquetFile, column: str) -> bool:
-    """Whether the first row group holds images as a path without bytes (`datasets`' unembedded files)."""
-    if column not in pf.schema_arrow.names or not pf.num_row_groups:
-        return False
-    kind = pf.schema_arrow.field(column).type
-    if not (pa.types.is_struct(kind) and kind.get_field_index("path") >= 0 and kind.get_field_index("bytes") >= 0):
-        return False
-    images = pf.read_row_group(0, columns=[column]).column(column).combine_chunks()
-    no_bytes = pc.is_null(pc.struct_field(images, "bytes"))
-    return bool(pc.any(pc.and_(no_bytes, pc.is_valid(pc.struct_field(images, "path")))).as_py())
 
 
 def _named(name: str, exc: UserError) -> str:

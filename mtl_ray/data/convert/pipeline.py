@@ -26,99 +26,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from mtl_ray import progress
 from mtl_ray.data import storage
-from mtl_ray.data.convert.columns import SHOWN
+from mtl_ray.data.convert.entries import SHOWN
 from mtl_ray.data.convert.labels import LabelMap
+from mtl_ray.data.convert.sink import ShardSink
 from mtl_ray.data.convert.sources import Batch, FolderSource, ParquetSource
 from mtl_ray.data.images import Size, UnreadableImage, as_size, encode_image, show_size, unreadable
 from mtl_ray.data.rows import hashed_split
 from mtl_ray.data.shards import (
     ENCODINGS,
-    ROW_GROUP_ROWS,
     SPLITS,
     UNASSIGNED,
     ShardFormat,
-    ShardWriter,
     default_shard_count,
     encode_images,
     make_table,
-    shard_name,
     sniff_encoding,
 )
 from mtl_ray.errors import UserError
 from mtl_ray.result import Result, plural
 
 REPORT_NAME = "_skipped.jsonl"
-
-
-class ShardSink:
-    """Deals rows, in order, into `count` shards of near-equal size, one ROW_GROUP_ROWS row group at a time.
-
-    Sizes are planned from the rows the first pass found readable; if the second pass skips more,
-    the last shards come out smaller or not at all, and the written ones are renamed to match.
-    """
-
-    def __init__(self, fs: pafs.FileSystem, root: str, fmt: ShardFormat, count: int, planned: int):
-        self.fs, self.root, self.fmt, self.count = fs, root, fmt, count
-        self._ends = [planned * (j + 1) // count for j in range(count)]
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._written = 0
-        self._paths: list[str] = []
-        self._writer: ShardWriter | None = None
-        self._progress = progress.Counter("convert: rows written", planned)
-
-    def add(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self._drain(final=False)
-
-    def discard(self) -> None:
-        """Remove every shard written so far (a failed convert leaves none behind)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        for path in self._paths:
-            self.fs.delete_file(path)
-        self._paths = []
-
-    def close(self) -> int:
-        """Flush what is left; returns the number of shards written."""
-        self._drain(final=True)
-        if self._writer is not None:
-            self._writer.close()
-        if len(self._paths) < self.count:
-            for j, path in enumerate(self._paths):
-                self.fs.move(path, posixpath.join(self.root, shard_name(j, len(self._paths))))
-        return len(self._paths)
-
-    def _drain(self, final: bool) -> None:
-        while self._pending_rows:
-            shard = len(self._paths) - (self._writer is not None)
-            chunk = min(self._ends[shard] - self._written, ROW_GROUP_ROWS)
-            if self._pending_rows < chunk and not final:
-                return
-            self._write(self._take(min(chunk, self._pending_rows)))
-            if self._written == self._ends[shard]:
-                self._writer.close()
-                self._writer = None
-
-    def _take(self, n: int) -> pa.Table:
-        table = pa.concat_tables(self._pending)
-        rest = table.slice(n)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
-        return table.slice(0, n)
-
-    def _write(self, table: pa.Table) -> None:
-        if self._writer is None:
-            path = posixpath.join(self.root, shard_name(len(self._paths), self.count))
-            self._writer = ShardWriter(self.fs, path, self.fmt)
-            self._paths.append(path)
-        self._writer.write(table)
-        self._written += table.num_rows
-        self._progress.advance(table.num_rows)
 
 
 def _check_no_shards(fs: pafs.FileSystem, root: str, out: str) -> None:
@@ -267,8 +195,7 @@ def convert(
                 "--image-column is for a Parquet source; an image folder's label file names its files (--file-column)"
             )
         parquet_only = {"--classes": classes, "--absent": absent, "--negative-list": negative_list}
-        parquet_only["--image-root"] = image_root
-        for flag, value in parquet_only.items():
+        for flag, value in (parquet_only | {"--image-root": image_root}).items():
             if value:
                 raise UserError(f"{flag} is for a Parquet source; an image folder's label file has one column per task")
         source: FolderSource | ParquetSource = FolderSource(
@@ -287,21 +214,36 @@ def convert(
             negative_list=negative_list,
             image_root=image_root,
         )
+    output = _Output(image_size, resize, strict, val_fraction)
+    return _convert(source, src, out, output, encoding=encoding, report=report, shards=shards)
+
+
+def _convert(
+    source: FolderSource | ParquetSource,
+    src: str,
+    out: str,
+    output: _Output,
+    *,
+    encoding: str | None,
+    report: str | None,
+    shards: int | None,
+) -> ConvertResult:
+    """Both passes over `source` into OUT; on failure, remove the shards written and the OUT folder made."""
     made = _made_here(out)
     out_fs, out_root = storage.prepare_output(out)
     sink: ShardSink | None = None
     try:
         _check_no_shards(out_fs, out_root, out)
-        scan = _scan(source, strict)
+        scan = _scan(source, output.strict)
         report_path = report or out.rstrip("/") + "/" + REPORT_NAME
         if not scan.kept:
             _write_report(report_path, scan.skips)
             raise UserError(f"{src}: no readable images ({len(scan.skips)} rows skipped, listed in {report_path})")
         encoding = encoding or ("jpeg" if scan.encodings == {"jpeg"} else "png")
-        fmt = ShardFormat(tasks=source.tasks, encoding=encoding, shape=_shape(scan.sizes, image_size, encoding, src))
+        fmt = ShardFormat(tasks=source.tasks, encoding=encoding, shape=_shape(scan.sizes, output.size, encoding, src))
         count = min(shards or default_shard_count(scan.kept), scan.kept)
         sink = ShardSink(out_fs, out_root, fmt, count, scan.kept)
-        written_splits = _write(source, scan, sink, fmt, _Output(image_size, resize, strict, val_fraction))
+        written_splits = _write(source, scan, sink, fmt, output)
         written = sink.close()
     except BaseException:
         if sink is not None:
