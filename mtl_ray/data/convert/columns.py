@@ -28,6 +28,8 @@ from mtl_ray.errors import UserError
 
 ABSENT = ("negative", "unknown")
 """What a class left out of a row's label list means (`--absent`)."""
+
+
 def check_tasks(tasks: Sequence[str], columns: Sequence[str], place: Place) -> tuple[str, ...]:
     """Task columns named by the user: valid names, present in the source, not the image column."""
     check_task_names_in(place.file, tuple(tasks))
@@ -40,6 +42,7 @@ def check_tasks(tasks: Sequence[str], columns: Sequence[str], place: Place) -> t
         if task not in columns:
             raise UserError(f"{place.file}: task column {task!r} not found (columns: {', '.join(columns)})")
     return tuple(tasks)
+
 
 # ---- the plan ---------------------------------------------------------------------------------
 
@@ -60,10 +63,6 @@ class Plan:
     def columns(self) -> list[str]:
         """The source columns the labels are read from."""
         return list(dict.fromkeys(c for entry in self.entries for c in entry.columns))
-
-    @property
-    def direct(self) -> bool:
-        return all(entry.direct for entry in self.entries)
 
     def labels(self, record: pa.RecordBatch, place: Place, numbers: Sequence[int]) -> np.ndarray:
         """Labels [N, T] of one record batch (1.0, 0.0, NaN = unknown); a bad value is a UserError naming its row."""
@@ -156,6 +155,13 @@ def plan_columns(
             raise UserError(f"{place.file}: column {name!r}: {why}")
         elif why:
             ignored[name] = why
+    if not entries:
+        left_out = "; ".join(f"{name}: {why}" for name, why in ignored.items())
+        raise UserError(
+            f"{place.file}: no label columns (bool, numbers 0/1 or 1/-1, a two-class ClassLabel, a label list)"
+            + (f"; left out {left_out}" if left_out else "")
+            + "; name them with --tasks"
+        )
     if classes:
         entries = _pick_classes(entries, classes, place)
     lists_found = [k for k, e in enumerate(entries) if isinstance(e, LabelList)]
@@ -271,21 +277,20 @@ def _pick_classes(entries: list[Binary | LabelList], classes: Sequence[str], pla
 
 def _check_names(plan: Plan, place: Place) -> None:
     """Task names from class names must not collide with each other, other tasks or reserved columns."""
-    owner: dict[str, str] = {}
+    owner: dict[str, Binary | LabelList] = {}
     for entry in plan.entries:
         for task in entry.tasks:
             if task in owner and isinstance(entry, LabelList):
+                other = owner[task]
+                hint = ""
+                if isinstance(other, LabelList):
+                    hint = f" (or, if {entry.column!r} lists verified negatives: --absent unknown --negative-list "
+                    hint += f"{entry.column})"
                 raise UserError(
                     f"{place.file}: class {task!r} of label list {entry.column!r} is also a task of column "
-                    f"{owner[task]!r}; pick tasks with --tasks and --classes"
-                    + (
-                        f" (or, if {entry.column!r} lists verified negatives, --absent unknown --negative-list "
-                        f"{entry.column})"
-                        if owner[task] != task
-                        else ""
-                    )
+                    f"{other.column!r}; pick tasks with --tasks and --classes{hint}"
                 )
-            owner[task] = entry.column
+            owner[task] = entry
     if DEFAULT_IMAGE_COLUMN in plan.tasks:
         raise UserError(
             f"{place.file}: a label list has a class named {DEFAULT_IMAGE_COLUMN!r}, the image column's name; pick "

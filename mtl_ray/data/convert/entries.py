@@ -99,8 +99,7 @@ class ClassLabelValues:
 
     def __init__(self, column: str, names: tuple[str, ...], mapping: LabelMap, where: str):
         self.names = names
-        shown = f"ClassLabel[{', '.join(names)}]"
-        contradicts = f"{where}: column {column!r} is {shown} in the file's huggingface metadata"
+        contradicts = f"{where}: column {column!r} is ClassLabel[{', '.join(names)}] in the file's huggingface metadata"
         flag = mapping.flag(hub.MISSING_CLASS)
         if flag and not math.isnan(mapping.parse(hub.MISSING_CLASS)):
             raise UserError(
@@ -238,7 +237,7 @@ class LabelList:
                     if value not in self.universe:
                         raise UserError(
                             f"{place.at(numbers[i])}: column {column!r}: {value!r} is not one of the "
-                            f"{len(self.universe)} classes of {self.kindshown()}"
+                            f"{len(self.universe)} classes the list may hold"
                         )
                     j = index.get(value)
                     if j is None:
@@ -250,9 +249,6 @@ class LabelList:
                         )
                     out[i, j] = meaning
         return out
-
-    def kindshown(self) -> str:
-        return f"its ClassLabel[{shown(self.tasks)}]" if self.kind == "ClassLabel" else f"column {self.column!r}"
 
     def describe(self) -> str:
         kind = "ClassLabel" if self.kind == "ClassLabel" else f"class {self.kind}"

@@ -119,7 +119,7 @@ class ConvertResult(Result):
                 "no val rows: training needs some; convert again with --val-fraction 0.2 (a split by row id "
                 "that stays put when you rerun or add images), or give train --val PATH"
             )
-        own = ", ".join(s for s in self.splits)
+        own = ", ".join(self.splits)
         return (
             f"no val rows: training needs some; every row has the source's own split ({own}), which "
             f"--val-fraction never changes: give train --val PATH (a validation set converted on its own)"
@@ -148,6 +148,8 @@ class _Scan:
     sizes: set[Size] = field(default_factory=set)
     encodings: set[str] = field(default_factory=set)
     kept: int = 0
+    first: str | None = None
+    """The first skipped row and why, as an error would say it."""
 
 
 def convert(
@@ -236,9 +238,14 @@ def _convert(
         _check_no_shards(out_fs, out_root, out)
         scan = _scan(source, output.strict)
         report_path = report or out.rstrip("/") + "/" + REPORT_NAME
+        if not scan.skips and not scan.kept:
+            raise UserError(f"{src}: no rows to convert")
         if not scan.kept:
             _write_report(report_path, scan.skips)
-            raise UserError(f"{src}: no readable images ({len(scan.skips)} rows skipped, listed in {report_path})")
+            raise UserError(
+                f"{src}: no readable images ({len(scan.skips)} rows skipped, listed in {report_path}; "
+                f"the first: {scan.first})"
+            )
         encoding = encoding or ("jpeg" if scan.encodings == {"jpeg"} else "png")
         fmt = ShardFormat(tasks=source.tasks, encoding=encoding, shape=_shape(scan.sizes, output.size, encoding, src))
         count = min(shards or default_shard_count(scan.kept), scan.kept)
@@ -273,8 +280,10 @@ def _convert(
 def _skip(scan: _Scan, batch: Batch, i: int, reason: str, strict: bool) -> None:
     """Leave row i out: record it for the report, or with `strict` stop with an error naming it."""
     file = batch.image_file(i)
+    said = f"{batch.place.at(batch.numbers[i])}: {f'image {file}: ' if file else ''}{reason}"
     if strict:
-        raise UserError(f"{batch.place.at(batch.numbers[i])}: {f'image {file}: ' if file else ''}{reason} (--strict)")
+        raise UserError(f"{said} (--strict)")
+    scan.first = scan.first or said
     record = {"file": file, "labels": batch.place.file} if file else {"file": batch.place.file}
     record[batch.place.unit] = batch.numbers[i]
     record["reason"] = reason

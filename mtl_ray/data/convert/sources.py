@@ -186,7 +186,8 @@ class PathImages:
 
 class ParquetSource:
     """Every Parquet file under (or matching) SRC, read in record batches; images as encoded bytes,
-    HF structs (path-only ones read from their files) or raw pixels; labels by the column plan."""
+    HF structs (path-only ones read from their files) or raw pixels; labels by the column plan.
+    `split_files` maps the files whose name gives their rows' split (`hub.file_split`) to it."""
 
     def __init__(
         self,
@@ -224,9 +225,7 @@ class ParquetSource:
         self.ignored = self.plan.ignored
         self.layout = self._layout(schema, place)
         self.images = PathImages(image_root)
-        names = {path: self._relative(path) for path in self.paths}
-        self.split_files = {names[p]: split for p in self.paths if (split := hub.file_split(names[p]))}
-        """Files whose name gives their rows' split (when a `split` column does not): relative name → split."""
+        self.split_files = {name: split for name in map(self._relative, self.paths) if (split := hub.file_split(name))}
 
     def _relative(self, path: str) -> str:
         return posixpath.relpath(path, self.root) if path != self.root else posixpath.basename(path)
