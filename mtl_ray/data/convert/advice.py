@@ -49,7 +49,7 @@ def plan_export(
     try:
         plan = plan_columns(pf.schema_arrow, tables, place=Place(name, "row"), image_column=column)
     except UserError as exc:
-        return Export((), [], str(exc))
+        return Export((), [], f"{exc} (to read it with mtl-ray data convert {path} OUT)")
     warnings = [f"column {c!r} is no task: {why}" for c, why in plan.ignored.items()]
     conventions: dict[str, list[str]] = {}
     for entry in plan.entries:

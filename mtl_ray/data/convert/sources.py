@@ -318,13 +318,14 @@ class ParquetSource:
         if not (pa.types.is_struct(kind) and kind.get_field_index("path") >= 0):
             return images, problems, []
         paths = pc.struct_field(column, "path").to_pylist()
-        files: list[str | None] = [None] * len(images)
+        todo = [i for i, (data, file) in enumerate(zip(images, paths, strict=True)) if not data and file]
+        if not todo:
+            return images, problems, []
         folder = posixpath.dirname(path)
-        for i, (data, file) in enumerate(zip(images, paths, strict=True)):
-            if not data and file:
-                images[i], problems[i] = self.images.read(file, self.fs, folder)
-                files[i] = file
-        return images, problems, files if any(files) else []
+        for i in todo:
+            images[i], problems[i] = self.images.read(paths[i], self.fs, folder)
+        wanted = set(todo)
+        return images, problems, [paths[i] if i in wanted else None for i in range(len(images))]
 
 
 def _parquet_files(src: str) -> tuple[pafs.FileSystem, list[str]]:
