@@ -234,6 +234,10 @@ def test_path_only_images_are_read_from_their_files(cli, tmp_path, colours, monk
     record = json.loads((tmp_path / "missing" / "_skipped.jsonl").read_text())
     assert record["file"] == names[7] and record["row"] == 7 and "was not found under --image-root" in record["reason"]
 
+    absolute = [str(tmp_path / "abs" / name) for name in names[:4]]
+    elsewhere = _path_only(tmp_path / "a", tmp_path, images[:4], absolute, monkeypatch)
+    assert converted(cli, elsewhere, tmp_path / "absolute")["rows"] == 4  # absolute paths as they are
+
     beside = _path_only(tmp_path / "beside", tmp_path / "beside" / "data", images, names, monkeypatch)
     assert converted(cli, beside, tmp_path / "b")["skipped"] == 0  # relative to the Parquet file's folder
     shard = sorted((tmp_path / "b").glob("*.parquet"))[0]
@@ -280,6 +284,9 @@ def test_hub_split_files_give_the_splits_and_a_glob_picks_one(cli, tmp_path, col
     assert "--val-fraction never changes" in only["_summary"]
     assert "no file matches" in one_error(cli, "data", "convert", root / "data" / "dev-*.parquet", tmp_path / "x")
     assert counts(root / "data" / "validation-*.parquet") == {"red": (12, sum(second["test"]["red"]))}
+    column = ds.add_column("split", ["validation" if i % 4 == 0 else None for i in range(60)])
+    column.to_parquet(str(tmp_path / "own" / "rows.parquet"))  # the hub's split names in a column
+    assert converted(cli, tmp_path / "own", tmp_path / "by_column")["splits"] == {"val": 15, "unassigned": 45}
 
 
 # ---- a failed convert -------------------------------------------------------------------------
