@@ -4,8 +4,8 @@
 - `camera_folder`: a folder of phone/camera-like files with a labels CSV — 16:9 landscape JPEGs,
   portrait shots stored sideways with an EXIF orientation tag (as phones save them), and 16-bit
   grayscale PNG scans.
-- `hf_gray_export`: a Hugging Face-style Parquet export (`struct<bytes, path>` images, int8 labels,
-  no mtl_ray metadata) of small non-square grayscale PNGs, 28 high and 56 wide.
+- `hf_gray_export`: a Parquet file written by the `datasets` library (`struct<bytes, path>` images,
+  int8 labels, no mtl_ray metadata) of small non-square grayscale PNGs, 28 high and 56 wide.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from datasets import Image as ImageFeature
+from datasets import Value
+from hf_exports import dataset
 from PIL import Image
 
 PHOTOS = ("china.jpg", "flower.jpg")
@@ -79,7 +80,7 @@ def camera_folder(root: Path, n: int = 90, seed: int = 0) -> tuple[Path, list[di
 
 
 def hf_gray_export(path: Path, rows: int, seed: int = 0, corrupt_row: int | None = None) -> Path:
-    """A Parquet file like a Hugging Face dataset export: 28x56 (HxW) grayscale PNGs in
+    """A Parquet file as `datasets.Dataset.to_parquet` writes it: 28x56 (HxW) grayscale PNGs in
     `struct<bytes, path>`, int8 labels `bar` (a bright horizontal bar) and `left` (the left half is
     the brighter), no split column and no mtl_ray metadata. `corrupt_row` holds truncated bytes."""
     rng = np.random.default_rng(seed)
@@ -97,13 +98,7 @@ def hf_gray_export(path: Path, rows: int, seed: int = 0, corrupt_row: int | None
         images.append({"bytes": data[: len(data) // 3] if i == corrupt_row else data, "path": f"{i:05d}.png"})
         bar.append(int(has_bar))
         left.append(int(is_left))
-    table = pa.table(
-        {
-            "image": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-            "bar": pa.array(bar, pa.int8()),
-            "left": pa.array(left, pa.int8()),
-        }
-    )
+    features = {"image": ImageFeature(), "bar": Value("int8"), "left": Value("int8")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=256)
+    dataset({"image": images, "bar": bar, "left": left}, features).to_parquet(str(path), batch_size=256)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mtl_ray.cli.flags import add_command, image_size, label_rate, positive_int, task_list
+from mtl_ray.data.convert.columns import ABSENT
 from mtl_ray.data.images import RESIZE_MODES
 from mtl_ray.data.shards import ENCODINGS
 from mtl_ray.errors import UserError
@@ -46,6 +47,10 @@ def convert(args: argparse.Namespace) -> Result:
         positive=args.positive,
         negative=args.negative,
         missing=args.missing,
+        classes=args.classes,
+        absent=args.absent,
+        negative_list=args.negative_list,
+        image_root=args.image_root,
         image_size=args.image_size,
         resize=args.resize,
         encoding=args.encoding,
@@ -117,25 +122,27 @@ def _add_convert(data: argparse._SubParsersAction) -> None:
         "convert an image folder + CSV/JSONL labels, or any Parquet dataset, into mtl-ray shards",
         convert,
     )
-    p.add_argument("src", metavar="SRC", help="image folder, or Parquet file/directory (Hugging Face exports included)")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="image folder, or Parquet file/directory/glob (quoted: 'hub/data/train-*.parquet'); Hugging Face "
+        "exports as they are: ClassLabel columns (-1 = unknown), path-only images, train-/validation-/test- files "
+        "as splits",
+    )
     p.add_argument("out", metavar="OUT", help="output directory or s3://bucket/prefix")
     p.add_argument("--image-column", help="image column of a Parquet source (default: image)")
+    _add_label_flags(p)
     p.add_argument(
-        "--tasks", type=task_list, help="comma-separated label columns to keep (default: every label-like column)"
+        "--image-root",
+        metavar="DIR",
+        help="folder (or s3://prefix) that relative image paths are under, for images stored as a path without "
+        "bytes (default: the working directory, then the Parquet file's folder)",
     )
     p.add_argument("--labels-csv", metavar="F", help="CSV or JSONL label file for an image folder (one row per image)")
     p.add_argument(
         "--file-column",
         help="column of the label file naming the image file (default: first of file, filename, image, path)",
     )
-    for kind, meaning in (("positive", "positive"), ("negative", "negative"), ("missing", "unknown")):
-        p.add_argument(
-            f"--{kind}",
-            action="append",
-            default=[],
-            metavar="V",
-            help=f"extra label value meaning {meaning} (repeatable)",
-        )
     p.add_argument("--image-size", type=image_size, metavar="S|H,W", help="resize every image to S×S or H×W")
     p.add_argument(
         "--resize",
@@ -147,9 +154,51 @@ def _add_convert(data: argparse._SubParsersAction) -> None:
         "--val-fraction",
         type=float,
         metavar="F",
-        help="put this fraction of the rows without a split into 'val', by a hash of the row id",
+        help="put this fraction of the rows without a split into 'val', by a hash of the row id (a row with a split, "
+        "from a split column or its file's name, never moves)",
     )
-    p.add_argument("--encoding", choices=ENCODINGS, default="png", help="output encoding (raw needs one image size)")
+    p.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        help="output encoding (default: jpeg, the source's bytes kept, when every image is JPEG, else png; raw needs "
+        "one image size)",
+    )
     p.add_argument("--shards", type=positive_int, help="number of output Parquet files")
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable row instead of skipping it")
     p.add_argument("--report", metavar="F", help="where to list skipped rows (default: OUT/_skipped.jsonl when any)")
+
+
+def _add_label_flags(p: argparse.ArgumentParser) -> None:
+    """Which columns are tasks, and what their values mean."""
+    p.add_argument(
+        "--tasks",
+        type=task_list,
+        help="comma-separated label columns to keep (default: every bool, 0/1, 1/-1 or two-class ClassLabel "
+        "column); a label-list column here becomes one task per class",
+    )
+    p.add_argument(
+        "--classes",
+        type=task_list,
+        metavar="A,B,..",
+        help="classes of a label-list column (Sequence(ClassLabel), list of ids or names) to make tasks of, by name "
+        "or id (default: every class)",
+    )
+    p.add_argument(
+        "--absent",
+        choices=ABSENT,
+        help="what a class left out of a row's label list means: negative (the list names every class present: "
+        "COCO-style, NUS-WIDE) or unknown (it names only verified classes: OpenImages); needed for a label list",
+    )
+    p.add_argument(
+        "--negative-list",
+        metavar="C",
+        help="with --absent unknown: list column naming each row's classes verified absent (negative)",
+    )
+    for kind, meaning in (("positive", "positive"), ("negative", "negative"), ("missing", "unknown")):
+        p.add_argument(
+            f"--{kind}",
+            action="append",
+            default=[],
+            metavar="V",
+            help=f"extra label value meaning {meaning} (repeatable; a ClassLabel's class name or id too)",
+        )

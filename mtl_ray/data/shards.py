@@ -143,12 +143,17 @@ def sniff_encoding(data: bytes) -> str:
 
 
 def read_format(
-    schema: pa.Schema, where: str, image_column: str | None = None, sample: bytes | None = None
+    schema: pa.Schema,
+    where: str,
+    image_column: str | None = None,
+    sample: bytes | None = None,
+    tasks: tuple[str, ...] | None = None,
 ) -> ShardFormat:
     """The ShardFormat of one shard, from its `mtl_ray` metadata or, failing that, from its columns.
 
-    Without metadata the tasks are every bool/int8 column except the reserved ones, and the encoding
-    of an encoded column is sniffed from `sample` (one image's bytes) when given.
+    Without metadata the tasks are `tasks` when given (validate passes the columns whose values are
+    labels), else every bool/int8 column except the reserved ones, and the encoding of an encoded
+    column is sniffed from `sample` (one image's bytes) when given.
     """
     raw_meta = (schema.metadata or {}).get(METADATA_KEY)
     if raw_meta is not None:
@@ -160,9 +165,10 @@ def read_format(
         shape = tuple(image["shape"]) if image.get("shape") else None
     else:
         column = image_column or DEFAULT_IMAGE_COLUMN
-        tasks = tuple(
-            f.name for f in schema if f.type in LABEL_TYPES and f.name not in (ID_COLUMN, SPLIT_COLUMN, column)
-        )
+        if tasks is None:
+            tasks = tuple(
+                f.name for f in schema if f.type in LABEL_TYPES and f.name not in (ID_COLUMN, SPLIT_COLUMN, column)
+            )
         encoding, shape = None, None
     names = schema.names
     if column not in names:
@@ -229,7 +235,9 @@ def open_shard(fs: pafs.FileSystem, path: str, where: str) -> pq.ParquetFile:
         raise UserError(f"{where}: not a readable Parquet file ({first_line(exc)})") from None
 
 
-def shard_format(pf: pq.ParquetFile, where: str, image_column: str | None = None) -> ShardFormat:
+def shard_format(
+    pf: pq.ParquetFile, where: str, image_column: str | None = None, tasks: tuple[str, ...] | None = None
+) -> ShardFormat:
     """read_format for an open shard, sniffing the image encoding from its first image if needed."""
     schema = pf.schema_arrow
     sample = None
@@ -238,7 +246,7 @@ def shard_format(pf: pq.ParquetFile, where: str, image_column: str | None = None
         if column in schema.names and _image_kind(schema.field(column)) in ("encoded", "struct"):
             first = image_bytes(pf.read_row_group(0, columns=[column]).column(column).slice(0, 1))
             sample = first[0].as_py() if len(first) else None
-    return read_format(schema, where, image_column, sample)
+    return read_format(schema, where, image_column, sample, tasks)
 
 
 def split_members(split: str) -> tuple[str, ...]:

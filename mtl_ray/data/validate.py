@@ -5,6 +5,10 @@ images are decoded (a sample per shard, or all with `full`), and a per-task, per
 is counted from the label columns alone. Problems make the dataset unusable (exit 2) and are all
 collected so one run lists everything to fix; warnings flag data that trains but makes multi-task
 learning shaky. Training calls `validate` before starting Ray and streams `report.paths`.
+
+Parquet from elsewhere (no `mtl_ray` metadata) is read as `convert` would plan it (`advice`): bool
+and int8 0/1 columns are tasks as they are, other integers are left out with a warning, and a file
+in a convention only convert reads gets one problem saying which convert to run.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mtl_ray import progress
+from mtl_ray.data.convert.advice import Export, plan_export
 from mtl_ray.data.images import show_size
 from mtl_ray.data.shards import (
+    METADATA_KEY,
     SPLIT_COLUMN,
     SPLITS,
     UNASSIGNED,
@@ -34,7 +40,7 @@ from mtl_ray.data.shards import (
     shard_format,
     split_members,
 )
-from mtl_ray.data.storage import display, list_shards, resolve
+from mtl_ray.data.storage import display, inner_path, list_shards, split_glob
 from mtl_ray.errors import UserError
 from mtl_ray.result import Result, table
 
@@ -214,12 +220,14 @@ class ValidationReport(Result):
 def validate(path: str, *, full: bool = False, image_column: str | None = None) -> ValidationReport:
     """Check every shard under PATH; path-level errors (missing, empty, no bucket) raise UserError."""
     fs, files, ignored = list_shards(path)
-    root = resolve(path)[1]
-    report = ValidationReport(path=path, fs=fs, full=full, ignored_files=[display(f, root, path) for f in ignored])
+    base = split_glob(path)[0]
+    root = inner_path(base)
+    report = ValidationReport(path=path, fs=fs, full=full, ignored_files=[display(f, root, base) for f in ignored])
     split_counts: dict[str, dict] = {}
     reference: _Reference | None = None
+    export: Export | None = None
     for file in progress.Counter("validate --full: shards", len(files)).each(files) if full else files:
-        name = display(file, root, path)
+        name = display(file, root, base)
         try:
             pf = open_shard(fs, file, name)
         except UserError as exc:
@@ -229,8 +237,16 @@ def validate(path: str, *, full: bool = False, image_column: str | None = None) 
         rows = pf.metadata.num_rows
         report.shards.append(Shard(file, name, rows))
         report.rows += rows
+        raw = METADATA_KEY not in (pf.schema_arrow.metadata or {})
+        if raw and export is None:
+            export = plan_export(path, fs, files, pf, name, image_column)
+            report.warnings += export.warnings
+            if export.problem:
+                report.problems.append(export.problem)
+        if export is not None and export.problem:
+            continue  # convert first: what else is wrong here, convert reports
         try:
-            fmt = shard_format(pf, name, image_column)
+            fmt = shard_format(pf, name, image_column, export.tasks if raw else None)
         except UserError as exc:
             report.problems.append(_named(name, exc))
             continue

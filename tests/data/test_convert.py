@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from datasets import Image, Value
+from hf_exports import dataset
+from PIL import Image as PILImage
 
 from mtl_ray.data.convert.labels import LabelMap
 from mtl_ray.data.convert.pipeline import convert
@@ -22,7 +24,7 @@ from mtl_ray.errors import UserError
 
 def png(mode: str, size: tuple[int, int], color: object) -> bytes:
     buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, format="PNG")
+    PILImage.new(mode, size, color).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -35,7 +37,7 @@ def image_folder(root: Path, csv_text: str, *, sizes: dict[str, tuple[int, int]]
     (root / "c.png").write_bytes(png("RGBA", sizes.get("c", (8, 8)), (0, 255, 0, 128)))
     (root / "d.png").write_bytes(png("P", sizes.get("d", (8, 8)), 3))
     buf = io.BytesIO()
-    Image.new("CMYK", sizes.get("e", (8, 8)), (0, 0, 0, 0)).save(buf, format="JPEG")
+    PILImage.new("CMYK", sizes.get("e", (8, 8)), (0, 0, 0, 0)).save(buf, format="JPEG")
     (root / "e.jpg").write_bytes(buf.getvalue())
     (root / "labels.csv").write_text(csv_text)
     return root
@@ -270,7 +272,7 @@ def test_jsonl_line_not_an_object(cli, tmp_path):
         ("file,car\na.png,1\n", ["--tasks", "bus"], "task column 'bus' not found"),
         ("file,car,car\na.png,1,0\n", [], "'car' appears more than once"),
         ("name,car\na.png,1\n", [], "--file-column"),
-        ("file,car,split\na.png,1,training\n", [], "split 'training'"),
+        ("file,car,split\na.png,1,holdout\n", [], "split 'holdout'"),
     ],
 )
 def test_bad_label_files(cli, tmp_path, csv_text, args, expected):
@@ -294,25 +296,19 @@ def test_refuses_output_with_shards(tmp_path):
 # ---- Parquet sources -------------------------------------------------------------------------
 
 
-def hf_table() -> pa.Table:
-    """Hugging Face `datasets` layout: struct<bytes, path> grayscale PNGs, int64 labels 1/-1/null."""
-    images = [{"bytes": png("L", (12, 12), 40 * i), "path": f"img{i}.png"} for i in range(4)]
-    images.append({"bytes": None, "path": "lost.png"})
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    return pa.table(
-        {
-            "image": pa.array(images, image_type),
-            "smiling": pa.array([1, -1, None, 1, 1], pa.int64()),
-            "glasses": pa.array([-1, -1, 1, None, 1], pa.int64()),
-            "caption": ["a", "b", "c", "d", "e"],
-        }
-    )
+def hf_export(path: Path, smiling: tuple = (1, -1, None, 1, 1)) -> Path:
+    """A Parquet file written by `datasets`: grayscale PNGs (row 4 has none), int64 labels 1/-1/null
+    `smiling` and `glasses`, and a caption."""
+    images = [np.full((12, 12), 40 * i, dtype=np.uint8) for i in range(4)] + [None]
+    columns = {"image": images, "smiling": list(smiling), "glasses": [-1, -1, 1, None, 1], "caption": list("abcde")}
+    features = {"image": Image(), "smiling": Value("int64"), "glasses": Value("int64"), "caption": Value("string")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset(columns, features).to_parquet(str(path))
+    return path
 
 
 def test_hugging_face_parquet_converts_and_validates(cli, tmp_path):
-    src = tmp_path / "hf" / "data" / "train-00000-of-00001.parquet"
-    src.parent.mkdir(parents=True)
-    pq.write_table(hf_table(), src)
+    hf_export(tmp_path / "hf" / "data" / "train-00000-of-00001.parquet")
     out = tmp_path / "out"
     r = cli("data", "convert", tmp_path / "hf", out, "--json", "-")
     assert r.code == 0, r.err
@@ -324,6 +320,7 @@ def test_hugging_face_parquet_converts_and_validates(cli, tmp_path):
     back = read_back(str(out))
     assert same(back["labels"], [[1, 0], [0, 0], [NAN, 1], [1, NAN]])
     assert back["ids"] == [f"data/train-00000-of-00001.parquet:{i}" for i in range(4)]
+    assert back["splits"] == ["train"] * 4  # the hub's file name says so
     assert back["fmt"].shape == (12, 12, 3)
     assert all((im[..., 0] == im[..., 2]).all() for im in back["images"])
     assert int(back["images"][1][0, 0, 0]) == 40
@@ -360,20 +357,21 @@ def test_parquet_with_id_split_and_raw_pixels(tmp_path):
 
 
 def test_parquet_label_value_outside_mapping(cli, tmp_path):
-    table = hf_table().set_column(1, "smiling", pa.array([1, 2, None, 1, 1], pa.int64()))
-    pq.write_table(table, tmp_path / "x.parquet")
-    err = failing(cli, tmp_path / "x.parquet", tmp_path / "out")
+    hf_export(tmp_path / "x.parquet", smiling=(1, 2, None, 1, 1))
+    left_out = convert(str(tmp_path / "x.parquet"), str(tmp_path / "auto"))  # not a yes/no column: no task
+    assert left_out.tasks == ["glasses"] and left_out.left_out == {"smiling": "int64 values 1, 2: not a yes/no label"}
+    err = failing(cli, tmp_path / "x.parquet", tmp_path / "out", "--tasks", "smiling,glasses")
     assert "x.parquet: row 1" in err and "'smiling'" in err and "value 2" in err
 
 
 def test_parquet_missing_image_column(cli, tmp_path):
-    pq.write_table(hf_table(), tmp_path / "x.parquet")
+    hf_export(tmp_path / "x.parquet")
     err = failing(cli, tmp_path / "x.parquet", tmp_path / "out", "--image-column", "img")
     assert "image column 'img' missing" in err
 
 
 def test_parquet_strict_names_file_and_row(cli, tmp_path):
-    pq.write_table(hf_table(), tmp_path / "x.parquet")
+    hf_export(tmp_path / "x.parquet")
     err = failing(cli, tmp_path / "x.parquet", tmp_path / "out", "--strict")
     assert "x.parquet: row 4" in err and "null" in err
 
@@ -385,7 +383,7 @@ def test_s3_source_and_output(cli, s3, tmp_path):
     bucket = s3.bucket()
     fs = s3_filesystem()
     with fs.open_output_stream(f"{bucket}/hf/train.parquet") as f:
-        pq.write_table(hf_table(), f)
+        f.write(hf_export(tmp_path / "train.parquet").read_bytes())
     r = cli("data", "convert", f"s3://{bucket}/hf", f"s3://{bucket}/shards", "--image-size", 8, "--json", "-")
     assert r.code == 0, r.err
     assert r.json()["rows"] == 4 and r.json()["report"] == f"s3://{bucket}/shards/_skipped.jsonl"

@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from datasets import Image, Value
+from hf_exports import dataset
+from PIL import Image as PILImage
 
 from mtl_ray.data.shards import ShardFormat, ShardWriter, encode_images, make_table
 from mtl_ray.data.storage import s3_filesystem
@@ -170,12 +172,14 @@ def test_warning_uneven_label_counts(tmp_path):
     )
 
 
-def test_raw_hugging_face_struct_and_no_metadata(cli, tmp_path):
-    """Shards without mtl_ray metadata: tasks inferred, HF struct images decoded."""
-    png = images(4)
-    hf = pa.StructArray.from_arrays([png, pa.array(["f.png"] * 4)], names=["bytes", "path"])
-    t = pa.table({"img": hf, "cat": pa.array([1, 0, None, 1], pa.int8()), "split": ["train", "val", None, "test"]})
-    pq.write_table(t, tmp_path / "hf.parquet")
+def test_raw_hugging_face_export_and_no_metadata(cli, tmp_path):
+    """A `datasets` export without mtl_ray metadata: int8 tasks inferred, HF struct images decoded."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, 4, 4, 3), dtype=np.uint8)
+    ds = dataset(
+        {"img": list(pixels), "cat": [1, 0, None, 1], "split": ["train", "val", None, "test"]},
+        {"img": Image(), "cat": Value("int8"), "split": Value("string")},
+    )
+    ds.to_parquet(str(tmp_path / "hf.parquet"))
     r = cli("data", "validate", tmp_path / "hf.parquet", "--image-column", "img", "--json", "-")
     assert r.code == 0, r.err
     out = r.json()
@@ -225,9 +229,19 @@ def test_image_column_missing(cli, tmp_path):
 
 def test_label_value_outside_mapping(cli, tmp_path):
     t = pa.table({"image": images(5), "a": pa.array([0, 1, None, 2, 1], pa.int8())})
-    pq.write_table(t, tmp_path / "x.parquet")
+    meta = ShardFormat(tasks=("a",), encoding="png").metadata()
+    pq.write_table(t.replace_schema_metadata(meta), tmp_path / "x.parquet")
     err = failing(cli, tmp_path / "x.parquet")
     assert "x.parquet: row 3: task 'a' has label 2: expected 0, 1 or null" in err
+
+
+def test_integer_column_of_other_values_in_foreign_parquet_is_no_task(tmp_path):
+    a, b = pa.array([0, 1, None, 2, 1], pa.int8()), pa.array([0, 1, 1, 0, None], pa.int8())
+    t = pa.table({"image": images(5), "a": a, "b": b})
+    pq.write_table(t, tmp_path / "x.parquet")
+    report = validate(str(tmp_path / "x.parquet"))
+    assert report.usable and list(report.tasks) == ["b"]
+    assert report.warnings[0] == "column 'a' is no task: int8 values 0, 1, 2: not a yes/no label"
 
 
 def test_bad_split_value(cli, tmp_path):
@@ -371,7 +385,7 @@ def test_training_size_is_the_images_own_when_they_share_one(tmp_path):
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for i, size in enumerate([(20, 10), (10, 20)]):
-        Image.new("RGB", size, (i * 90, 0, 0)).save(mixed / f"{i}.png")
+        PILImage.new("RGB", size, (i * 90, 0, 0)).save(mixed / f"{i}.png")
     (mixed / "labels.csv").write_text("file,a\n0.png,1\n1.png,0\n")
     convert(str(mixed), str(tmp_path / "m"), labels_csv=str(mixed / "labels.csv"))
     report = validate(str(tmp_path / "m"))

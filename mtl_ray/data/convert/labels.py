@@ -1,7 +1,8 @@
 """Label values and label files: what a value in a label column or file means for a task.
 
 1/0, 1/−1, true/false and yes/no are understood; empty, `?`, NaN and null mean unknown; users add
-their own values (`LabelMap`). Label files are CSV with a header or JSON lines, one row per image.
+their own values (`LabelMap`). A Parquet column's own conventions (a ClassLabel's −1 = unknown, a
+label list) are in `columns`. Label files are CSV with a header or JSON lines, one row per image.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtl_ray.data import storage
+from mtl_ray.data.convert.hub import split_of
 from mtl_ray.data.shards import SPLITS
 from mtl_ray.errors import UserError
 
@@ -36,7 +38,7 @@ class Place:
         return f"{self.file}: {self.unit} {number}"
 
 
-def _key(value: object) -> str:
+def label_key(value: object) -> str:
     """The lookup key of a label value: numbers in canonical form, text stripped and lower-cased."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -49,7 +51,7 @@ def _key(value: object) -> str:
     if isinstance(value, str):
         text = value.strip().lower()
         try:
-            return _key(float(text))
+            return label_key(float(text))
         except ValueError:
             return text
     return repr(value)
@@ -58,7 +60,8 @@ def _key(value: object) -> str:
 class LabelMap:
     """Label values → 1.0 (positive), 0.0 (negative) or NaN (unknown); null is always unknown.
 
-    User values extend the built-in ones and win over them (`missing=["-1"]` makes -1 unknown).
+    User values extend the built-in ones and win over them (`missing=["-1"]` makes -1 unknown);
+    `flag` tells which flag gave a value its meaning.
     """
 
     def __init__(self, positive: Sequence[str] = (), negative: Sequence[str] = (), missing: Sequence[str] = ()):
@@ -67,23 +70,30 @@ class LabelMap:
             ("negative", NEGATIVE, negative, 0.0),
             ("unknown", MISSING, missing, math.nan),
         )
-        self._values: dict[str, float] = {_key(v): value for _, builtin, _, value in classes for v in builtin}
+        self._values: dict[str, float] = {label_key(v): value for _, builtin, _, value in classes for v in builtin}
         self._shown = {name: list(builtin) for name, builtin, _, _ in classes}
+        self._flags: dict[str, str] = {}
         given: dict[str, str] = {}
         for name, _, extra, value in classes:
+            flag = "--missing" if name == "unknown" else f"--{name}"
             for raw in extra:
-                key = _key(raw)
+                key = label_key(raw)
                 if given.get(key, name) != name:
                     raise UserError(f"label value {raw!r} given as both {given[key]} and {name}")
                 given[key] = name
                 self._values[key] = value
                 self._shown[name].append(str(raw))
+                self._flags[key] = f"{flag} {raw}"
 
     def parse(self, value: object) -> float | None:
         """1.0, 0.0 or NaN; None when the value is outside the mapping."""
         if value is None:
             return math.nan
-        return self._values.get(_key(value))
+        return self._values.get(label_key(value))
+
+    def flag(self, value: object) -> str | None:
+        """The flag that gave `value` its meaning (`--negative -1`), None for a built-in or unmapped value."""
+        return self._flags.get(label_key(value))
 
     def expected(self) -> str:
         parts = [
@@ -111,13 +121,19 @@ def parse_labels(
     return out
 
 
-def parse_splits(values: Sequence[object], place: Place, numbers: Sequence[int]) -> list[str | None]:
+def parse_splits(
+    values: Sequence[object], place: Place, numbers: Sequence[int], default: str | None = None
+) -> list[str | None]:
+    """Split values as train/val/test (the hub's names too: `validation` → val); empty ones get `default`."""
     out: list[str | None] = []
     for i, value in enumerate(values):
-        text = "" if value is None else str(value).strip().lower()
-        if text and text not in SPLITS:
-            raise UserError(f"{place.at(numbers[i])}: split {value!r}: expected {', '.join(SPLITS)} or empty")
-        out.append(text or None)
+        text = "" if value is None else str(value).strip()
+        split = split_of(text) if text else default
+        if text and split is None:
+            raise UserError(
+                f"{place.at(numbers[i])}: split {value!r}: expected {', '.join(SPLITS)} (or validation) or empty"
+            )
+        out.append(split)
     return out
 
 
