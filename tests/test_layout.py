@@ -37,6 +37,8 @@ RULES = {
         "mtl_ray.result",
         "mtl_ray.cluster.runtime",
         "mtl_ray.cluster.resources",
+        "mtl_ray.cluster.inbox",
+        "mtl_ray.serving.http",
         "mtl_ray.cli.app",
     ),
     "ray": covered(
@@ -53,6 +55,7 @@ RULES = {
         "mtl_ray.training.device_decode",
         "mtl_ray.cluster.runtime",
         "mtl_ray.cluster.resources",
+        "mtl_ray.serving.http",
         "mtl_ray.cli",
         *PUBLISHED,
     ),

@@ -12,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import ray
 
+from mtl_ray.errors import UserError, user_error_in
+
 POLL_S = 1.0
+T = TypeVar("T")
 
 
 @ray.remote(num_cpus=0)
@@ -68,3 +72,27 @@ def relayed(inbox, on_report: Callable[[dict], None] | None) -> Iterator[None]:
     finally:
         stop.set()
         watcher.join()
+
+
+def reported(
+    inbox,
+    on_report: Callable[[dict], None] | None,
+    work: Callable[[], T],
+    failure_of: Callable[[T], BaseException | None] = lambda _: None,
+) -> T:
+    """`work()` while the inbox's reports are relayed (`relayed`), then the inbox closed. A user error
+    that a remote process put there is raised as one `UserError`, ahead of the exception Ray wrapped
+    it in; another failure (raised, or `failure_of` the result) as the user error inside it, if any."""
+    with relayed(inbox, on_report):
+        try:
+            result = work()
+            failure = failure_of(result)
+        except Exception as exc:  # a UserError raised in a Ray Data task or actor arrives wrapped
+            result, failure = None, exc
+    message = ray.get(inbox.first.remote())
+    ray.kill(inbox)
+    if message:
+        raise UserError(message)
+    if failure is not None:
+        raise user_error_in(failure) or failure from None
+    return result

@@ -25,7 +25,7 @@ from mtl_ray import progress
 from mtl_ray.data import storage
 from mtl_ray.data.shards import ID_COLUMN
 from mtl_ray.data.validate import ValidationReport, validate
-from mtl_ray.errors import UserError, user_error_in
+from mtl_ray.errors import UserError
 from mtl_ray.result import Result, plural
 
 FILE_ROWS = 200_000
@@ -147,6 +147,64 @@ def _concurrency(text: str | int | None) -> tuple[int, int] | None:
     return pair
 
 
+def _rows_to_score(data: str, split: str | None) -> tuple[ValidationReport, int]:
+    report = validate(data)
+    report.raise_if_unusable(need_tasks=False)
+    _check_ids(report)
+    rows = report.rows if split is None else report.rows_in(split)
+    if rows == 0:
+        raise UserError(f"{data}: no rows with split {split!r}")
+    return report, rows
+
+
+def _scores(report: ValidationReport, split, trained, inbox, pool, gpu: bool, batch_size: int, strict: bool):
+    """The Ray Data pipeline: shard rows, decoded to the model's size in tasks, scored by the actor pool."""
+    import ray
+
+    from mtl_ray.cluster.resources import plan_workers
+    from mtl_ray.model import checkpoint
+    from mtl_ray.training import dataset
+
+    plan = plan_workers(
+        ray.cluster_resources(),
+        gpu=gpu,
+        workers=pool[1] if pool else None,
+        flag="--concurrency",
+        noun="scoring actor",
+        default_cpu_workers=1,
+    )
+    size, resize = checkpoint.input_spec(trained.meta)
+    source = dataset.Source(
+        report.fs,
+        tuple(report.paths),
+        replace(report.fmt, tasks=()),
+        split,
+        report.has_split_column,
+        strict=strict,
+        keep_ids=True,
+        explain=True,
+    )
+    return dataset.read(source, size, resize).map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "weights": [ray.put({"model": trained.state["model"]})],
+            "meta": trained.meta,
+            "version": trained.version,
+            "fmt": dataset.decoded_format(source.fmt, size),
+            "inbox": inbox,
+            "strict": strict,
+            "device": "cuda" if gpu else "cpu",
+            # compute-bound actors share every CPU; the few tasks that read them run beside
+            "threads": max(1, int(ray.cluster_resources().get("CPU", 1) // plan.workers)),
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        concurrency=pool or plan.workers,
+        num_cpus=plan.cpus_per_worker,
+        num_gpus=1 if gpu else 0,
+    )
+
+
 def score(
     model: str,
     data: str,
@@ -162,65 +220,18 @@ def score(
 ) -> ScoreResult:
     """Score every row of the shards at `data` (of `split` only, when given) with `model` into
     Parquet under `out`; see the module docstring."""
-    import ray
-
-    from mtl_ray.cluster.inbox import Inbox, relayed
-    from mtl_ray.cluster.resources import plan_workers
+    from mtl_ray.cluster.inbox import Inbox, reported
     from mtl_ray.cluster.runtime import ensure_ray
-    from mtl_ray.model import checkpoint
     from mtl_ray.registry.sources import load_trained
-    from mtl_ray.training import dataset
 
     started = time.perf_counter()
     pool = _concurrency(concurrency)
-    report = validate(data)
-    report.raise_if_unusable(need_tasks=False)
-    _check_ids(report)
-    rows = report.rows if split is None else report.rows_in(split)
-    if rows == 0:
-        raise UserError(f"{data}: no rows with split {split!r}")
+    report, rows = _rows_to_score(data, split)
     trained = load_trained(model, tracking_uri=tracking_uri)
-    size, resize = checkpoint.input_spec(trained.meta)
     fs, root = _prepare_out(out, overwrite)
-
     ensure_ray()
-    plan = plan_workers(
-        ray.cluster_resources(),
-        gpu=gpu,
-        workers=pool[1] if pool else None,
-        flag="--concurrency",
-        noun="scoring actor",
-        default_cpu_workers=1,
-    )
     inbox = Inbox.remote()
-    source = dataset.Source(
-        report.fs,
-        tuple(report.paths),
-        replace(report.fmt, tasks=()),
-        split,
-        report.has_split_column,
-        strict=strict,
-        keep_ids=True,
-        explain=True,
-    )
-    scores = dataset.read(source, size, resize).map_batches(
-        Scorer,
-        fn_constructor_kwargs={
-            "weights": [ray.put({"model": trained.state["model"]})],
-            "meta": trained.meta,
-            "version": trained.version,
-            "fmt": dataset.decoded_format(source.fmt, size),
-            "inbox": inbox,
-            "strict": strict,
-            "device": "cuda" if gpu else "cpu",
-            "threads": max(1, int(ray.cluster_resources().get("CPU", 1) // plan.workers)),
-        },
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        concurrency=pool or plan.workers,
-        num_cpus=plan.cpus_per_worker,
-        num_gpus=1 if gpu else 0,
-    )
+    scores = _scores(report, split, trained, inbox, pool, gpu, batch_size, strict)
     counter = progress.Counter("score: rows", rows)
     done = {"rows": 0, "skipped": []}
 
@@ -229,25 +240,9 @@ def score(
         done["skipped"] += scored["skipped"]
         counter.advance(scored["rows"] + len(scored["skipped"]))
 
-    with relayed(inbox, on_report):
-        try:
-            scores.write_parquet(root, filesystem=fs, min_rows_per_file=FILE_ROWS)
-            failure = None
-        except Exception as exc:  # a user error in an actor arrives wrapped, its first line in the inbox
-            failure = exc
-    message = ray.get(inbox.first.remote())
-    ray.kill(inbox)
-    if message:
-        raise UserError(message)
-    if failure is not None:
-        raise user_error_in(failure) or failure from None
+    reported(inbox, on_report, lambda: scores.write_parquet(root, filesystem=fs, min_rows_per_file=FILE_ROWS))
     seconds = time.perf_counter() - started
-    written = [
-        e
-        for e in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-        if e.path.endswith(".parquet")
-    ]
-    report_path = _write_skipped(fs, root, out, done["skipped"])
+    found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     return ScoreResult(
         model=model,
         model_version=trained.version,
@@ -257,8 +252,8 @@ def score(
         images_per_s=done["rows"] / max(seconds, 1e-9),
         seconds=seconds,
         out=out,
-        files=len(written),
-        report=report_path,
+        files=sum(e.path.endswith(".parquet") for e in found),
+        report=_write_skipped(fs, root, out, done["skipped"]),
     )
 
 

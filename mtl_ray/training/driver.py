@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import ray
 
 from mtl_ray import progress
-from mtl_ray.cluster.inbox import Inbox, relayed
+from mtl_ray.cluster.inbox import Inbox, reported
 from mtl_ray.cluster.resources import ResourcePlan, plan_resources
 from mtl_ray.cluster.runtime import ensure_ray, run_storage
 from mtl_ray.config import TrainConfig
 from mtl_ray.data.images import show_size
-from mtl_ray.errors import UserError, user_error_in
+from mtl_ray.errors import UserError
 from mtl_ray.model import checkpoint
 from mtl_ray.model.backbones import build
 from mtl_ray.result import Result, number, table
@@ -44,19 +44,7 @@ class Run:
     def fit(self, on_epoch: Callable[[dict], None] | None = None):
         """`trainer.fit()`, with a worker's user error raised here as one `UserError`; `on_epoch` is
         called on this process with each epoch's report while the run goes on."""
-        with relayed(self.inbox, on_epoch):
-            try:
-                result = self.trainer.fit()
-                failure = result.error
-            except Exception as exc:  # a UserError raised in a Ray Data task arrives wrapped
-                result, failure = None, exc
-        message = ray.get(self.inbox.first.remote())
-        ray.kill(self.inbox)
-        if message:
-            raise UserError(message)
-        if failure is not None:
-            raise user_error_in(failure) or failure from None
-        return result
+        return reported(self.inbox, on_epoch, self.trainer.fit, lambda result: result.error)
 
 
 @dataclass
