@@ -149,19 +149,25 @@ def stream_check(args, tmp: Path) -> tuple[str, dict]:
     ckpt = make_checkpoint(tmp / "ckpt", args.backbone, tasks, args.image_size)
     ray.init(object_store_memory=store, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
     configure_data()
-    peak, stop = [0], threading.Event()
+    stop = threading.Event()
+
+    def used() -> int:
+        """Proportional set size of this process and its children: shared pages counted once."""
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except psutil.Error:
+                pass
+        return total
+
+    baseline = used()
+    peak = [baseline]
 
     def sample() -> None:
-        me = psutil.Process()
         while not stop.wait(0.2):
-            procs = [me, *me.children(recursive=True)]
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak[0] = max(peak[0], total)
+            peak[0] = max(peak[0], used())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -174,12 +180,14 @@ def stream_check(args, tmp: Path) -> tuple[str, dict]:
         "rows": result.rows,
         "data_bytes": data_bytes,
         "object_store_bytes": store,
-        "peak_rss_bytes": peak[0],
+        "baseline_pss_bytes": baseline,
+        "peak_pss_bytes": peak[0],
         "images_per_s": round(result.rows / seconds, 1),
     }
     line = (
         f"scored {result.rows:,} rows ({data_bytes / 2**20:,.0f} MiB of pixels, 10x the {args.object_store_mb} MiB "
-        f"object store) in {seconds:.0f} s; peak memory of every process {peak[0] / 2**20:,.0f} MiB"
+        f"object store) in {seconds:.0f} s; memory of every process (PSS) {baseline / 2**20:,.0f} MiB before, "
+        f"{peak[0] / 2**20:,.0f} MiB at its peak"
     )
     return line, summary
 

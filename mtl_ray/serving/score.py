@@ -165,13 +165,14 @@ def _scores(report: ValidationReport, split, trained, inbox, pool, gpu: bool, ba
     from mtl_ray.model import checkpoint
     from mtl_ray.training import dataset
 
+    cpus = ray.cluster_resources().get("CPU", 1)
     plan = plan_workers(
         ray.cluster_resources(),
         gpu=gpu,
         workers=pool[1] if pool else None,
         flag="--concurrency",
         noun="scoring actor",
-        default_cpu_workers=1,
+        default_cpu_workers=max(1, int(cpus)),  # one single-threaded actor per CPU: 1.1x of one with every thread
     )
     size, resize = checkpoint.input_spec(trained.meta)
     source = dataset.Source(
@@ -195,7 +196,7 @@ def _scores(report: ValidationReport, split, trained, inbox, pool, gpu: bool, ba
             "strict": strict,
             "device": "cuda" if gpu else "cpu",
             # compute-bound actors share every CPU; the few tasks that read them run beside
-            "threads": max(1, int(ray.cluster_resources().get("CPU", 1) // plan.workers)),
+            "threads": max(1, int(cpus // plan.workers)),
         },
         batch_size=batch_size,
         batch_format="pyarrow",

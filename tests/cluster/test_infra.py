@@ -88,3 +88,31 @@ def test_smoke_config_is_two_trials_of_one_epoch():
     assert cfg.train.epochs == 1
     assert [len(v) for v in cfg.search.values()] == [2]
     assert cfg.num_samples == 1
+
+
+def test_kuberay_rayservice_runs_the_serve_application_on_gpu_workers_with_the_fast_path():
+    """Its serveConfigV2 passes Ray Serve's own schema, its args are a valid ServeConfig that builds
+    the application, and every node sets Serve's HAProxy ingress (as `ensure_ray` does locally)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from mtl_ray.cluster.runtime import SERVE_FAST_PATH
+    from mtl_ray.serving.serve import app_builder
+
+    service = _yaml("infra/k8s/rayservice.yaml")
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    serve_config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    (app,) = serve_config.applications
+    assert app.import_path == "mtl_ray.serving.serve:app_builder" and app.route_prefix == "/"
+    assert app_builder(app.args) is not None and app.args["gpu"] is True
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__ and cluster["enableInTreeAutoscaling"] is True
+    nodes = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for node in nodes:
+        for container in node["template"]["spec"]["containers"]:
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert {k: env.get(k) for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")} == {
+                k: SERVE_FAST_PATH[k] for k in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
+            }
+    gpu = cluster["workerGroupSpecs"][0]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
