@@ -77,10 +77,30 @@ class TrainConfig(Strict):
         description="where JPEG training images are decoded: in Ray Data tasks on CPUs, or in the training worker "
         "(nvJPEG on its GPU); auto: the worker on GPU runs with torchvision when the rows are streamed, not cached",
     )
-    workers: int | None = Field(None, ge=1, description="Ray Train workers; default: 1 per GPU with --gpu, else 2")
-    gpu: bool = Field(False, description="train on GPUs (fails fast if the cluster has none)")
+    workers: int | tuple[int, int] | None = Field(
+        None,
+        description="Ray Train workers, N or MIN-MAX (elastic: a run that loses a node goes on with fewer, and "
+        "grows back when one joins); default: 1 per GPU with --gpu, else 2",
+    )
+    gpu: bool = Field(
+        False,
+        description="train on GPUs (1 per worker); a cluster without enough is waited for up to --resource-wait "
+        "seconds, asking Ray's autoscaler for them",
+    )
     cpus_per_worker: float | None = Field(None, gt=0, description="default: leave at least 1 CPU to Ray Data")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept on storage")
+    storage_shared: bool = Field(
+        False,
+        description="every node mounts the local --data, --val and --storage paths (a shared file system): "
+        "do not refuse them on a cluster of several nodes",
+    )
+    resource_wait_s: float | None = Field(
+        None,
+        ge=0,
+        description="seconds a run waits for GPUs or CPUs the cluster lacks (asking Ray's autoscaler for them), "
+        "at the start or after a node is lost, before it stops; default: 600 on a cluster this process joined "
+        "(it may grow), 0 on a Ray that mtl-ray started here",
+    )
     max_failures: int = Field(
         2, ge=0, description="worker-group restarts (from the last checkpoint) before the run fails; a lost spot node"
     )
@@ -118,6 +138,23 @@ class TrainConfig(Strict):
         if value is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in parts):
             raise ValueError("expected a positive integer S or [H, W]")
         return tuple(value) if pair else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and "-" in value:
+            value = value.split("-", 1)
+        if isinstance(value, (list, tuple)):
+            try:
+                low, high = (int(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError("expected N or MIN-MAX workers") from None
+            if not 1 <= low <= high:
+                raise ValueError("expected MIN-MAX with 1 <= MIN <= MAX")
+            return (low, high) if low < high else low
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError("expected a positive number of workers, or MIN-MAX")
+        return value
 
     @field_validator("decode")
     @classmethod

@@ -69,6 +69,40 @@ class EpochPrinter:
         say(epoch_line(self.name, metrics, self.epochs, time.perf_counter() - self.started, self.done))
 
 
+class RunProgress(EpochPrinter):
+    """A training run's lines: each epoch (`EpochPrinter`), and each start of its worker group after
+    the first (a restart from its last checkpoint, after a lost worker or node) or from a checkpoint
+    (a resumed run), with the number of workers. Reports with "started" ({"epoch", "step", "workers"})
+    come from the workers; it counts the restarts and the first epoch run in this command."""
+
+    def __init__(self, name: str, epochs: int) -> None:
+        super().__init__(name, epochs)
+        self.starts = 0
+        self.first_epoch: int | None = None
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.starts - 1)
+
+    def __call__(self, metrics: Mapping[str, Any]) -> None:
+        if "started" not in metrics:
+            epoch = int(metrics["epoch"])
+            self.first_epoch = epoch if self.first_epoch is None else min(self.first_epoch, epoch)
+            super().__call__(metrics)
+            return
+        start = metrics["started"]
+        self.starts += 1
+        resumed = bool(start["epoch"] or start["step"])
+        where = f"from the checkpoint after epoch {start['epoch']}" + (
+            f", step {start['step']}" if start["step"] else ""
+        )
+        workers = f"{start['workers']} worker{'s' if start['workers'] != 1 else ''}"
+        if self.starts > 1:
+            say(f"{self.name}: worker group restarted {where if resumed else 'from scratch'}, {workers}")
+        elif resumed:
+            say(f"{self.name}: resumed {where}, {workers}")
+
+
 class Counter:
     """`what`: n/total, as a bar on a terminal or a plain line at each tenth of `total`."""
 

@@ -8,6 +8,7 @@ import argparse
 from mtl_ray import progress
 from mtl_ray.cli.app import run
 from mtl_ray.cli.flags import config_flag
+from mtl_ray.cli.train import cluster_flags, with_cluster_flags
 from mtl_ray.config import TuneConfig
 from mtl_ray.result import Result
 
@@ -21,6 +22,7 @@ def job_main(kind: str, argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, metavar="F", help="job config, e.g. jobs/configs/driving.yaml")
     for key in ("data", "val", "storage", "name"):
         config_flag(p, TuneConfig, key, section="job", metavar=key.upper(), extra="default: the config's")
+    cluster_flags(p)
     p.add_argument("--json", metavar="FILE", help="write the summary as JSON to FILE ('-' = stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (errors still show)")
     args = p.parse_args(argv)
@@ -29,7 +31,7 @@ def job_main(kind: str, argv: list[str] | None = None) -> int:
     def produce() -> Result:
         from mtl_ray import config
 
-        cfg = config.load(TuneConfig, args.config)
+        cfg = with_cluster_flags(config.load(TuneConfig, args.config), args)
         data, val, storage = cfg.data_path(args.data, args.config), args.val or cfg.val, args.storage or cfg.storage
         if kind == "tune":
             from mtl_ray.training.tune import tune

@@ -24,9 +24,25 @@ def training_flags(p: argparse.ArgumentParser, init_required: bool = False) -> N
     config_flag(
         p, WeightingConfig, "name", key="weighting", flag="--weighting", metavar="NAME", to_value=lambda n: {"name": n}
     )
-    for key in ("epochs", "workers", "gpu", "max_failures", "image_size", "strict", "decode"):
+    config_flag(p, TrainConfig, "workers", type=str, metavar="N|MIN-MAX")
+    for key in ("epochs", "gpu", "max_failures", "image_size", "strict", "decode"):
         config_flag(p, TrainConfig, key)
     config_flag(p, TuneConfig, "storage", section="paths", metavar="PATH")
+    cluster_flags(p)
+
+
+def cluster_flags(p: argparse.ArgumentParser) -> None:
+    """--storage-shared and --resource-wait: how a run treats the cluster it runs on (train, tune, jobs/)."""
+    config_flag(p, TrainConfig, "storage_shared")
+    config_flag(p, TrainConfig, "resource_wait_s", flag="--resource-wait", metavar="SECONDS")
+
+
+def with_cluster_flags(cfg: TuneConfig, args: argparse.Namespace) -> TuneConfig:
+    """A tune or job config with the `cluster_flags` given applied to its train section."""
+    given = overrides(args)
+    if not given:
+        return cfg
+    return cfg.model_copy(update={"train": TrainConfig(**{**cfg.train.model_dump(), **given})})
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mtl_ray.cli.flags import add_command, config_flag
+from mtl_ray.cli.train import cluster_flags, with_cluster_flags
 from mtl_ray.config import TuneConfig
 from mtl_ray.result import Result
 
@@ -16,7 +17,7 @@ def tune(args: argparse.Namespace) -> Result:
     return tune(
         args.data,
         val=args.val,
-        config=config.load(TuneConfig, args.config),
+        config=with_cluster_flags(config.load(TuneConfig, args.config), args),
         source=args.config,
         name=args.name,
         storage_path=args.storage,
@@ -47,3 +48,4 @@ def add(commands: argparse._SubParsersAction) -> None:
         "resumed from their checkpoints, errored ones restarted; the best is registered once",
     )
     config_flag(p, TuneConfig, "storage", section="paths", metavar="PATH", extra="default: the config's storage")
+    cluster_flags(p)

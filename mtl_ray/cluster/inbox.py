@@ -9,6 +9,7 @@ write), so progress lines appear as the work goes on.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
@@ -48,27 +49,49 @@ class Inbox:
         return taken
 
 
+def new_inbox():
+    """An `Inbox` on this process's node, so that losing a worker node cannot take it along."""
+    from mtl_ray.cluster.runtime import on_this_node
+
+    return Inbox.options(**on_this_node()).remote()
+
+
+class Relay:
+    """What the relay thread found: why the run was stopped, when a watch stopped it."""
+
+    stopped: str | None = None
+
+
 @contextlib.contextmanager
-def relayed(inbox, on_report: Callable[[dict], None] | None) -> Iterator[None]:
+def relayed(
+    inbox, on_report: Callable[[dict], None] | None, watch: Callable[[], str | None] | None = None
+) -> Iterator[Relay]:
     """Call `on_report` on this process with each report while the block runs, and once more for the
-    last ones when it ends."""
-    if on_report is None:
-        yield
+    last ones when it ends; `watch`, called at each poll, may return a reason to stop the block, which
+    it then interrupts (as Ctrl-C would: Ray Train and Ray Data stop their work on it)."""
+    relay = Relay()
+    if on_report is None and watch is None:
+        yield relay
         return
     stop = threading.Event()
 
-    def relay() -> None:
+    def run() -> None:
         while True:
             ended = stop.wait(POLL_S)
             for report in ray.get(inbox.take.remote()):
-                on_report(report)
+                if on_report:
+                    on_report(report)
             if ended:
                 return
+            if watch and relay.stopped is None:
+                relay.stopped = watch()
+                if relay.stopped:
+                    _thread.interrupt_main()
 
-    watcher = threading.Thread(target=relay, daemon=True)
+    watcher = threading.Thread(target=run, daemon=True)
     watcher.start()
     try:
-        yield
+        yield relay
     finally:
         stop.set()
         watcher.join()
@@ -79,20 +102,29 @@ def reported(
     on_report: Callable[[dict], None] | None,
     work: Callable[[], T],
     failure_of: Callable[[T], BaseException | None] = lambda _: None,
+    watch: Callable[[], str | None] | None = None,
 ) -> T:
     """`work()` while the inbox's reports are relayed (`relayed`), then the inbox closed. A user error
     that a remote process put there is raised as one `UserError`, ahead of the exception Ray wrapped
-    it in; another failure (raised, or `failure_of` the result) as the user error inside it, if any."""
-    with relayed(inbox, on_report):
+    it in; another failure (raised, or `failure_of` the result) as the user error inside it, if any;
+    a stop by `watch` as its reason."""
+    with relayed(inbox, on_report, watch) as relay:
         try:
             result = work()
             failure = failure_of(result)
+        except KeyboardInterrupt:
+            if relay.stopped is None:
+                raise
+            result, failure = None, None
         except Exception as exc:  # a UserError raised in a Ray Data task or actor arrives wrapped
             result, failure = None, exc
-    message = ray.get(inbox.first.remote())
-    ray.kill(inbox)
-    if message:
-        raise UserError(message)
+    try:
+        message = ray.get(inbox.first.remote())
+        ray.kill(inbox)
+    except ray.exceptions.RayActorError:  # it went with its node: whatever it held, the run's outcome stands
+        message = None
+    if message or relay.stopped:
+        raise UserError(message or relay.stopped)
     if failure is not None:
         raise user_error_in(failure) or failure from None
     return result

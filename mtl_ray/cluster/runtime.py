@@ -96,3 +96,48 @@ def run_storage(path: str | None) -> tuple[str, object | None, str]:
     return os.path.abspath(inner), None, ""
 
 
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """The resources of every node of the cluster that is alive now (a node lost a moment ago may
+    count for the few seconds Ray takes to notice)."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+
+
+def check_shared(paths: dict[str, str | None], shared: bool) -> None:
+    """Local paths (`{flag: path}`) are an error on a cluster of more than one node, unless `shared`
+    says every node mounts them: workers and Ray Data tasks on other nodes would not find the data,
+    and the first checkpoint would fail only after an epoch of work (tried: three retried epochs,
+    then Ray's "A local path on the head node is not accessible by worker nodes")."""
+    nodes = len(alive_nodes())
+    if shared or nodes < 2:
+        return
+    for flag, path in paths.items():
+        if path and not storage.is_s3(path):
+            raise UserError(
+                f"{flag} {path}: a local path, but the Ray cluster has {nodes} nodes and the others cannot reach "
+                f"it: use s3://bucket/prefix, or a path every node mounts and --storage-shared"
+            )
+
+
+def on_this_node() -> dict:
+    """Ray options that keep an actor on this process's node: a run's own helpers must not die
+    with a worker node (Ray's Train controller and Data coordinators stay there too)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+
+
+def here(cpus: float) -> dict[str, float]:
+    """Resources that place a task or actor (a Tune trial's driver) on this process's node: its marker
+    (the head's own when this is the head, since every node of a one-machine cluster has the same IP;
+    else `node:IP`) and `cpus` CPUs when the node has any (a head started with --num-cpus 0 has none)."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == me)["Resources"]
+    marker = "node:__internal_head__" if "node:__internal_head__" in node else f"node:{ray.util.get_node_ip_address()}"
+    return {marker: 0.001, **({"CPU": cpus} if node.get("CPU", 0) > 0 else {})}

@@ -57,7 +57,6 @@ EXCLUDES = [
     ".whl",
     ".mtl-ray-stack",
 ]
-LAST_LINES = 20
 AGENT_ATTEMPTS = 30
 
 
@@ -67,23 +66,16 @@ class SubmitResult(Result):
     status: str
     address: str
     message: str
-    last_lines: list[str]
+    """Ray's word on how the job ended, without the copy of its logs Ray appends (they were streamed)."""
 
     @property
     def exit_code(self) -> int:
         return 0 if self.status == "SUCCEEDED" else 1
 
-    def to_json(self) -> dict:
-        return {k: v for k, v in super().to_json().items() if k != "last_lines"}
-
     def render(self) -> str:
-        lines = [
-            f"job {self.job_id}: {self.status}"
-            + (f" ({self.message})" if self.message and self.status != "SUCCEEDED" else "")
-        ]
-        if self.status != "SUCCEEDED" and self.last_lines:
-            lines += ["last log lines:", *(f"  {line}" for line in self.last_lines)]
-        return "\n".join(lines)
+        return f"job {self.job_id}: {self.status}" + (
+            f" ({self.message})" if self.message and self.status != "SUCCEEDED" else ""
+        )
 
 
 def entrypoint(command: list[str], cli_commands: Collection[str]) -> str:
@@ -152,13 +144,10 @@ def _client(address: str):
         raise _explain(address, exc, "cannot reach the Ray Jobs API") from None
 
 
-async def _follow(client, job_id: str, out) -> list[str]:
-    tail: list[str] = []
+async def _follow(client, job_id: str, out) -> None:
     async for chunk in client.tail_job_logs(job_id):
         out.write(chunk)
         out.flush()
-        tail = (tail + chunk.splitlines())[-LAST_LINES:]
-    return tail
 
 
 def submit(
@@ -201,7 +190,8 @@ def submit(
             time.sleep(2)
     print(f"submitted job {job_id} to {address}: {entry}", file=sys.stderr)
     if not follow:
-        return SubmitResult(job_id, client.get_job_status(job_id).value, address, "", [])
-    tail = asyncio.run(_follow(client, job_id, sys.stdout))
+        return SubmitResult(job_id, client.get_job_status(job_id).value, address, "")
+    asyncio.run(_follow(client, job_id, sys.stdout))
     info = client.get_job_info(job_id)
-    return SubmitResult(job_id, info.status.value, address, info.message or "", tail)
+    message = (info.message or "").split(", last available logs", 1)[0].strip()
+    return SubmitResult(job_id, info.status.value, address, message)

@@ -49,6 +49,13 @@ def inner_path(path: str) -> str:
     return os.path.abspath(path)
 
 
+def absolute(path: str) -> str:
+    """A user PATH that names the same place from any working directory: s3:// as given, a local
+    path made absolute. Resolved once on the driver, it is what lineage and checkpoints record (a Tune
+    trial runs in a directory of its own, where a relative path names nothing)."""
+    return path if is_s3(path) else os.path.abspath(path)
+
+
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """Split a user PATH into a filesystem and the path inside it."""
     inner = inner_path(path)

@@ -62,6 +62,7 @@ def load_trained(uri: str, *, what: str = "--model", tracking_uri: str | None = 
         if uri.startswith(("models:/", "runs:/")):
             directory, lineage = _logged_checkpoint(uri, d, what, tracking_uri)
         else:
+            uri = storage.absolute(uri)
             directory, lineage = fetch_checkpoint(uri, d, what=what), {"uri": uri}
         try:
             state, meta = checkpoint.load(directory)

@@ -37,12 +37,27 @@ TRIAL_TAG = "mtl_ray.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 
 
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor in a job's driver process (`ray job submit`, `mtl-ray submit`)."""
+
+
 def tracking_uri(configured: str | None = None) -> str:
     """The config's URI, else `MLFLOW_TRACKING_URI`, else `sqlite:///mlruns.db` in the working
-    directory; relative sqlite paths become absolute so Ray processes in other directories agree."""
+    directory; relative sqlite paths become absolute so Ray processes in other directories agree.
+
+    In a Ray job a relative sqlite file is refused: the job's working directory is a temporary
+    copy on the head node, and the registry would go with it (tried: a submitted tune registered
+    its model there)."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        if os.environ.get(RAY_JOB_ENV):
+            where = f"tracking.uri {uri}" if configured else f"no MLFLOW_TRACKING_URI, so the default {uri}"
+            raise UserError(
+                f"{where}: in a Ray job that is a file in the job's temporary working directory on the head "
+                "node, lost with it; set MLFLOW_TRACKING_URI to your tracking server before `mtl-ray submit` "
+                "(it forwards it), or an absolute sqlite path on storage every node keeps"
+            )
         uri = prefix + os.path.abspath(uri[len(prefix) :])
     return uri
 

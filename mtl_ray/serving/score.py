@@ -162,12 +162,14 @@ def _scores(report: ValidationReport, split, trained, inbox, pool, gpu: bool, ba
     import ray
 
     from mtl_ray.cluster.resources import plan_workers
+    from mtl_ray.cluster.runtime import alive_nodes
     from mtl_ray.model import checkpoint
     from mtl_ray.training import dataset
 
-    cpus = ray.cluster_resources().get("CPU", 1)
+    nodes = alive_nodes()
+    cpus = sum(float(n.get("CPU", 0)) for n in nodes) or 1
     plan = plan_workers(
-        ray.cluster_resources(),
+        nodes,
         gpu=gpu,
         workers=pool[1] if pool else None,
         flag="--concurrency",
@@ -221,7 +223,7 @@ def score(
 ) -> ScoreResult:
     """Score every row of the shards at `data` (of `split` only, when given) with `model` into
     Parquet under `out`; see the module docstring."""
-    from mtl_ray.cluster.inbox import Inbox, reported
+    from mtl_ray.cluster.inbox import new_inbox, reported
     from mtl_ray.cluster.runtime import ensure_ray
     from mtl_ray.registry.sources import load_trained
 
@@ -231,7 +233,7 @@ def score(
     trained = load_trained(model, tracking_uri=tracking_uri)
     fs, root = _prepare_out(out, overwrite)
     ensure_ray()
-    inbox = Inbox.remote()
+    inbox = new_inbox()
     scores = _scores(report, split, trained, inbox, pool, gpu, batch_size, strict)
     counter = progress.Counter("score: rows", rows)
     done = {"rows": 0, "skipped": []}

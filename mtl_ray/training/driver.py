@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-import ray
-
-from mtl_ray import progress
-from mtl_ray.cluster.inbox import Inbox, reported
-from mtl_ray.cluster.resources import ResourcePlan, plan_resources
-from mtl_ray.cluster.runtime import ensure_ray, run_storage
-from mtl_ray.config import TrainConfig
+from mtl_ray.cluster.capacity import NodeWatch, wait_s, when_ready
+from mtl_ray.cluster.inbox import new_inbox, reported
+from mtl_ray.cluster.resources import GPU_WORKER_CPUS, ResourcePlan, plan_resources
+from mtl_ray.cluster.runtime import check_shared, ensure_ray, run_storage
+from mtl_ray.config import DEFAULT_STORAGE, TrainConfig
 from mtl_ray.data.images import show_size
 from mtl_ray.errors import UserError
 from mtl_ray.model import checkpoint
 from mtl_ray.model.backbones import build
-from mtl_ray.result import Result, number, table
+from mtl_ray.progress import RunProgress
+from mtl_ray.result import Result, number, plural, table
 from mtl_ray.training import dataset, device_decode
 from mtl_ray.training.inputs import Inputs, prepare
 from mtl_ray.training.worker import InitWeights, WorkerSpec, worker_loop
@@ -41,10 +40,11 @@ class Run:
     trainer: object
     inbox: object
 
-    def fit(self, on_epoch: Callable[[dict], None] | None = None):
+    def fit(self, on_epoch: Callable[[dict], None] | None = None, watch: Callable[[], str | None] | None = None):
         """`trainer.fit()`, with a worker's user error raised here as one `UserError`; `on_epoch` is
-        called on this process with each epoch's report while the run goes on."""
-        return reported(self.inbox, on_epoch, self.trainer.fit, lambda result: result.error)
+        called on this process with each of the workers' reports while the run goes on, and `watch`
+        every few seconds (`mtl_ray.cluster.inbox.reported`)."""
+        return reported(self.inbox, on_epoch, self.trainer.fit, lambda result: result.error, watch)
 
 
 @dataclass
@@ -63,11 +63,14 @@ class TrainResult(Result):
     seconds: float
     image: dict = field(default_factory=dict)
     """{"size": [H, W], "resize": mode, "why": how the size was chosen, "decode": where JPEGs were decoded
-    (tasks: Ray Data tasks; worker: the training worker, `mtl_ray.device_decode`)}"""
+    (tasks: Ray Data tasks; worker: the training worker, `mtl_ray.training.device_decode`)}"""
     skipped_images: int = 0
     init: dict | None = None
     """Where the first weights came from (`TrainConfig.init`): URI, resolved version, heads kept."""
     history: list[dict] = field(default_factory=list)
+    restarts: int = 0
+    """Times this command's worker group was started again from a checkpoint (a lost worker or node)."""
+
     def render(self) -> str:
         head = ["task", "auroc", "accuracy", "f1", "n_labeled"]
         rows = [
@@ -77,7 +80,8 @@ class TrainResult(Result):
         return "\n".join(
             [
                 f"run {self.name}: epochs {self.first_epoch}-{self.epochs}, {len(self.tasks)} tasks, "
-                f"{self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s",
+                f"{self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s"
+                + (f"; worker group restarted {plural(self.restarts, 'time')}" if self.restarts else ""),
                 f"images {show_size(self.image['size'])} (HxW), {self.image['why']}, {self.image['resize']}",
                 *table(head, rows),
                 f"mean_auroc {number(self.mean_auroc)}",
@@ -121,7 +125,7 @@ def build_trainer(
     init = None if source is None else InitWeights(ray.put(source.state), source.tasks, source.lineage)
     cached = inputs.cached(plan.object_store_bytes)
     in_worker = device_decode.in_worker(cfg.decode, inputs.train.fmt.encoding, plan.use_gpu, cfg.strict, cached)
-    inbox = Inbox.remote()
+    inbox = new_inbox()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
@@ -137,7 +141,10 @@ def build_trainer(
             )
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=plan.workers, use_gpu=plan.use_gpu, resources_per_worker={"CPU": plan.cpus_per_worker}
+            num_workers=plan.num_workers,
+            use_gpu=plan.use_gpu,
+            resources_per_worker=plan.resources_per_worker,
+            placement_strategy="SPREAD" if plan.spread else "PACK",
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -243,17 +250,33 @@ def fit(
     storage_dir, storage_fs, shown = run_storage(storage_path)
 
     ensure_ray()
-    plan = plan_resources(cfg, ray.cluster_resources())
+    shared = {"--data": inputs.data, "--val": val, "--storage": storage_path or DEFAULT_STORAGE}
+    check_shared(shared, cfg.storage_shared)
+    plan, wait = when_ready_to_train(cfg)
     run_name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = build_trainer(
         inputs, cfg, plan, name=run_name, storage_dir=storage_dir, storage_fs=storage_fs, source=source
     )
+    watch = RunProgress(run_name, cfg.epochs)
     started = time.perf_counter()
-    result = trainer.fit(on_epoch=progress.EpochPrinter(run_name, cfg.epochs))
+    result = trainer.fit(on_epoch=watch, watch=NodeWatch(run_name, plan, wait))
     seconds = time.perf_counter() - started
     with result.checkpoint.as_directory() as d:
         location = f"{shown}{result.checkpoint.path}"
-        return result_from_checkpoint(
+        done = result_from_checkpoint(
             d, name=run_name, location=location, seconds=seconds, size_reason=inputs.size_reason
         )
+    return replace(done, first_epoch=watch.first_epoch or done.first_epoch, restarts=watch.restarts)
 
+
+def when_ready_to_train(cfg: TrainConfig, reserve_cpus: float = 0.0) -> tuple[ResourcePlan, float]:
+    """The run's workers on the cluster as it is, or as it grows within the wait (`capacity`), each
+    node's CPUs less `reserve_cpus` (a Tune trial's driver); the wait."""
+    wait = wait_s(cfg.resource_wait_s)
+    low = cfg.workers[0] if isinstance(cfg.workers, tuple) else cfg.workers or 1
+    ask = {"GPU": 1.0, "CPU": GPU_WORKER_CPUS} if cfg.gpu else {"CPU": 1.0}
+
+    def make(nodes: list[dict[str, float]]) -> ResourcePlan:
+        return plan_resources(cfg, [{**n, "CPU": float(n.get("CPU", 0)) - reserve_cpus} for n in nodes])
+
+    return when_ready(make, wait, [ask] * low), wait

@@ -3,7 +3,6 @@ validates on, and the image size (`prepare` → `Inputs`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -33,11 +32,7 @@ class Inputs:
     def val_rows(self) -> dict:
         """Where the validation rows are, for the checkpoint: the alias gate scores a champion on them."""
         profile = self.profiles["validation"]
-        path = profile["source"]
-        return {
-            "path": path if storage.is_s3(path) else os.path.abspath(path),
-            "split": None if profile["split"] == "all" else profile["split"],
-        }
+        return {"path": profile["source"], "split": None if profile["split"] == "all" else profile["split"]}
 
     def cached(self, object_store_bytes: float) -> bool:
         """Whether the training rows are small enough to read once and serve from memory every epoch."""
@@ -86,7 +81,9 @@ def prepare(
     ids: frozenset[str] | None = None,
 ) -> Inputs:
     """Validate the shards and `cfg` before Ray starts; choose the train/validation rows and the image
-    size (`cfg.image_size`, else `ValidationReport.training_size`). See `fit` for the keywords."""
+    size (`cfg.image_size`, else `ValidationReport.training_size`). See `fit` for the keywords. Local
+    paths are made absolute here, on the driver (`storage.absolute`)."""
+    data, val = storage.absolute(data), val and storage.absolute(val)
     report = validate(data)
     report.raise_if_unusable()
     train_src, val_src, val_profile = _select_sources(data, val, report)

@@ -23,6 +23,8 @@ NOT_SEARCHABLE = (
     "image_size",
     "strict",
     "epoch_rows",
+    "storage_shared",
+    "resource_wait_s",
 )
 
 
@@ -99,7 +101,6 @@ def param_space(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
         "randint": lambda v: tune.randint(int(v[0]), int(v[1])),
     }
     return {key: builders[form](values) for key, (form, values) in forms.items()}
-
 
 
 def init_sources(cfg: TuneConfig, where: str) -> dict[str, InitSource]:

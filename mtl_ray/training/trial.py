@@ -14,13 +14,29 @@ from mtl_ray.training.inputs import Inputs
 DRIVER_CPUS = 0.01  # a trial's driver only waits on its TorchTrainer; Tune refuses zero resources
 
 
-def concurrent_trials(plan: ResourcePlan, cluster: dict[str, float]) -> int:
-    """Trials that fit side by side, each with its workers and its own CPU reserve for Ray Data."""
+def concurrent_trials(plan: ResourcePlan, nodes: list[dict[str, float]]) -> int:
+    """Trials that fit side by side on `nodes`, each with its workers and its own CPU reserve for Ray Data."""
     per_trial = DRIVER_CPUS + plan.workers * plan.cpus_per_worker + plan.data_cpus
-    fits = max(1, int(float(cluster.get("CPU", 0)) // per_trial))
+    fits = max(1, int(sum(float(n.get("CPU", 0)) for n in nodes) // per_trial))
     if plan.use_gpu:
-        fits = min(fits, max(1, int(float(cluster.get("GPU", 0)) // plan.workers)))
+        fits = min(fits, max(1, int(sum(float(n.get("GPU", 0)) for n in nodes) // plan.workers)))
     return fits
+
+
+def trial_bundles(plan: ResourcePlan) -> list[dict[str, float]]:
+    """One trial's resources as autoscaler bundles: each worker (with its GPU) and its Ray Data CPUs."""
+    worker = {"CPU": plan.cpus_per_worker, **({"GPU": 1.0} if plan.use_gpu else {})}
+    return [worker] * plan.workers + [{"CPU": plan.data_cpus}]
+
+
+def trial_limiter(search_alg, limit: int):
+    """The search algorithm behind a concurrency limit that can change while the search runs
+    (`FollowCluster`): Tune's `BasicVariantGenerator` for random/grid search, else a `ConcurrencyLimiter`."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if search_alg is None:
+        return BasicVariantGenerator(max_concurrent=limit)
+    return ConcurrencyLimiter(search_alg, max_concurrent=limit)
 
 
 def train_driver(

@@ -1,15 +1,19 @@
 """The Ray Tune callbacks of a tune job, on its driver: `TrialLogger` (one MLflow child run per
-trial) and `TrialProgress` (a trial's start, epochs and end as progress lines)."""
+trial), `TrialProgress` (a trial's start, epochs and end as progress lines) and `FollowCluster`
+(trial concurrency as nodes join and leave)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
 
 from mtl_ray import progress
+from mtl_ray.cluster.capacity import ask_autoscaler
+from mtl_ray.cluster.runtime import alive_nodes
 from mtl_ray.errors import describe, user_error_in
 from mtl_ray.registry import tracking
 from mtl_ray.result import number
@@ -110,7 +114,7 @@ class TrialLogger(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._safely("end trial run", self._end, trial, "FINISHED")
 
-    def ontrial_error(self, iteration, trials, trial, **info) -> None:
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._safely("end trial run", self._end, trial, "FAILED")
 
     def _end(self, trial, status: str) -> None:
@@ -154,17 +158,70 @@ class TrialProgress(Callback):
         why = "finished" if epochs >= self.max_epochs else f"stopped early by {self.scheduler}"
         progress.say(f"trial {trial.trial_id} {why} at epoch {epochs}/{self.max_epochs}")
 
-    def ontrial_error(self, iteration, trials, trial, **info) -> None:
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
         error = trial.get_error()
         progress.say(f"trial {trial.trial_id} failed: {trial_error(error) if error else 'see its error file'}")
 
+
+class FollowCluster(Callback):
+    """Ray Tune callback: the trials run side by side follow the cluster. Every `every_s` it counts
+    the trials that `fits(alive nodes)` and sets that as the search's limit (`limiter.max_concurrent`,
+    Tune's `ConcurrencyLimiter` or `BasicVariantGenerator`), saying so when it changes: an
+    autoscaled cluster that gains nodes runs more trials, one that loses a node fewer.
+
+    A limited search leaves no pending trial for an autoscaler to see, so on a cluster that may grow
+    (`ask`: one trial's resource bundles) it asks Ray's autoscaler for room for every trial of the
+    `wanted` not finished yet, and takes the request back when the search ends."""
+
+    def __init__(
+        self,
+        limiter,
+        fits: Callable[[list[dict[str, float]]], int],
+        *,
+        wanted: int = 0,
+        ask: list[dict[str, float]] | None = None,
+        every_s: float = 10.0,
+        nodes: Callable[[], list[dict[str, float]]] = alive_nodes,
+        request: Callable[[list[dict[str, float]]], None] = ask_autoscaler,
+    ):
+        self.limiter, self.fits, self.every_s, self.nodes = limiter, fits, every_s, nodes
+        self.wanted, self.ask, self.asked, self.request = wanted, ask, 0, request
+        self.checked = float("-inf")
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if time.monotonic() - self.checked < self.every_s:
+            return
+        self.checked = time.monotonic()
+        nodes = self.nodes()
+        limit = self.fits(nodes)
+        if limit != self.limiter.max_concurrent:
+            progress.say(
+                f"tune: {limit} trial(s) at a time from now (was {self.limiter.max_concurrent}): "
+                f"the cluster has {len(nodes)} node(s)"
+            )
+            self.limiter.max_concurrent = limit
+        if self.ask:
+            left = max(0, self.wanted - sum(t.status in ("TERMINATED", "ERROR") for t in trials))
+            want = left if left > limit else 0  # the cluster holds the rest: no request
+            if want != self.asked:
+                if want and not self.asked:
+                    progress.say(
+                        f"tune: {limit} of {left} trial(s) fit the cluster now; asked Ray's autoscaler for room "
+                        f"for all of them ({len(self.ask)} bundle(s) each: {self.ask})"
+                    )
+                self.request(self.ask * want)
+                self.asked = want
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self.asked:
+            self.request([])
+            self.asked = 0
 
 
 def short(value: Any) -> str:
     if isinstance(value, dict):
         return ",".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in value.items())
     return number(value) if isinstance(value, float) else str(value)
-
 
 
 def trial_error(error: BaseException) -> str:

@@ -15,6 +15,7 @@ Numbered like Ray's `train_tune_interop.py`:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -23,8 +24,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from mtl_ray.cluster.resources import plan_resources
-from mtl_ray.cluster.runtime import ensure_ray, run_storage
+from mtl_ray.cluster.runtime import alive_nodes, check_shared, ensure_ray, here, run_storage
 from mtl_ray.config import TuneConfig
 from mtl_ray.data.images import show_size
 from mtl_ray.errors import UserError, describe
@@ -32,10 +32,11 @@ from mtl_ray.registry import tracking
 from mtl_ray.registry.register import RegisterResult, check_name, register_checkpoint
 from mtl_ray.registry.sources import InitSource
 from mtl_ray.result import Result, number, table
+from mtl_ray.training.driver import when_ready_to_train
 from mtl_ray.training.inputs import Inputs, prepare
 from mtl_ray.training.search import REPORTED_METRICS, check_search, init_sources, param_space, search_algorithm
-from mtl_ray.training.trial import DRIVER_CPUS, concurrent_trials, train_driver
-from mtl_ray.training.trial_callbacks import TrialLogger, TrialProgress, short, trial_error
+from mtl_ray.training.trial import DRIVER_CPUS, concurrent_trials, train_driver, trial_bundles, trial_limiter
+from mtl_ray.training.trial_callbacks import FollowCluster, TrialLogger, TrialProgress, short, trial_error
 
 # ---- 3. the tune job -------------------------------------------------------------------------
 
@@ -222,8 +223,9 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune prints no tables of its own
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # step checkpoints report no metric
     ensure_ray()
-    cluster = ray.cluster_resources()
-    plan = plan_resources(cfg.train, {**cluster, "CPU": cluster.get("CPU", 0) - DRIVER_CPUS})
+    paths = {"--data": job.data, "--val": job.inputs.val_rows()["path"], "--storage": job.storage_path}
+    check_shared(paths, cfg.train.storage_shared)
+    plan, wait = when_ready_to_train(cfg.train, reserve_cpus=DRIVER_CPUS)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(
             train_driver,
@@ -234,7 +236,7 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
             storage_path=job.storage_path,
             sources=job.sources,
         ),
-        {"CPU": DRIVER_CPUS},
+        here(DRIVER_CPUS),  # trial drivers, and their Train controllers, stay on this node
     )
     if job.resume:  # the restored run config keeps the first run's callbacks: a TrialLogger on the same parent run
         return _restored(job, trainable).fit()
@@ -248,6 +250,19 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
         if cfg.scheduler.name == "asha"
         else FIFOScheduler()
     )
+    following = []
+    search_alg = job.search_alg
+    if cfg.max_concurrent_trials is None:
+        search_alg = trial_limiter(search_alg, concurrent_trials(plan, alive_nodes()))
+        grid = math.prod(len(values) for form, values in job.forms.values() if form == "grid")
+        following = [
+            FollowCluster(
+                search_alg,
+                lambda nodes: concurrent_trials(plan, nodes),
+                wanted=cfg.num_samples * (grid if job.search_alg is None else 1),
+                ask=trial_bundles(plan) if wait > 0 else None,  # a cluster this job joined may grow
+            )
+        ]
     tuner = ray.tune.Tuner(
         trainable,
         param_space=param_space(job.forms),
@@ -255,15 +270,15 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
             metric=cfg.metric,
             mode=job.mode,
             scheduler=scheduler,
-            search_alg=job.search_alg,
+            search_alg=search_alg,
             num_samples=cfg.num_samples,
-            max_concurrent_trials=cfg.max_concurrent_trials or concurrent_trials(plan, cluster),
+            max_concurrent_trials=cfg.max_concurrent_trials,
         ),
         run_config=ray.tune.RunConfig(
             name=job.name,
             storage_path=job.storage_dir,
             storage_filesystem=job.storage_fs,
-            callbacks=[logger, TrialProgress(job.max_epochs, cfg.scheduler.name), *callbacks],
+            callbacks=[logger, TrialProgress(job.max_epochs, cfg.scheduler.name), *following, *callbacks],
             failure_config=ray.tune.FailureConfig(max_failures=cfg.trial_max_failures),
             verbose=0,
         ),

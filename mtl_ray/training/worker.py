@@ -151,6 +151,7 @@ class WorkerLoop:
 
         resumed = ray.train.get_checkpoint()
         if not resumed:
+            self._report_start(0, 0)
             return False
         with resumed.as_directory() as d:
             state, meta = checkpoint.load(d)
@@ -160,10 +161,19 @@ class WorkerLoop:
         self.start_epoch, self.history, self.resumes = state["epoch"], meta["history"], meta.get("resumes", [])
         self.first_epoch = self.start_epoch + 1
         self.resumes.append({"epoch": self.start_epoch + 1, "step": meta.get("step", 0)})
+        self._report_start(self.start_epoch, meta.get("step", 0))
         if self.start_epoch >= self.cfg.epochs:
             ray.train.report(meta["metrics"], checkpoint=resumed if self.rank == 0 else None)
             return True
         return False
+
+    def _report_start(self, epoch: int, step: int) -> None:
+        """Rank 0 tells the driver the group started, from which checkpoint, with how many workers."""
+        import ray.train
+
+        if self.rank == 0:
+            workers = ray.train.get_context().get_world_size()
+            self.spec.inbox.report.remote({"started": {"epoch": epoch, "step": step, "workers": workers}})
 
     def _stream(self, epoch: int):
         """This worker's batches of the epoch, locally shuffled by seed, epoch and rank."""

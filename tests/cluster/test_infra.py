@@ -44,7 +44,7 @@ def test_aws_cluster_passes_rays_schema_and_has_the_node_types():
     )
 
 
-def test_kuberay_rayjob_structure():
+def test_kuberay_rayjob_autoscales_a_gpu_group_from_zero():
     job = _yaml("infra/k8s/rayjob.yaml")
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     spec = job["spec"]
@@ -64,6 +64,10 @@ def test_kuberay_rayjob_structure():
     assert any(gpu_limits), "no worker group asks for a GPU"
     for g in groups:
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    # KubeRay's autoscaler starts the GPU group empty and grows it as the job asks for GPUs
+    assert cluster["enableInTreeAutoscaling"] is True and cluster["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    gpu = next(g for g, limit in zip(groups, gpu_limits, strict=True) if limit)
+    assert gpu["minReplicas"] == gpu["replicas"] == 0 < gpu["maxReplicas"]
     images = [c["image"] for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]]
     images += [c["image"] for g in groups for c in g["template"]["spec"]["containers"]]
     assert set(images) == {f"rayproject/ray:{ray.__version__}-gpu"}

@@ -12,7 +12,7 @@ from mtl_ray.model.step import epoch_lr, whole_batches
 
 
 def test_two_cpu_default_leaves_one_cpu_for_ray_data():
-    plan = plan_resources(TrainConfig(), {"CPU": 2.0})
+    plan = plan_resources(TrainConfig(), [{"CPU": 2.0}])
     assert plan.workers == 2
     assert plan.workers * plan.cpus_per_worker + plan.data_cpus <= 2.0
     assert plan.data_cpus >= 1.0
@@ -20,28 +20,28 @@ def test_two_cpu_default_leaves_one_cpu_for_ray_data():
 
 
 def test_big_cpu_cluster_gives_whole_cpus():
-    plan = plan_resources(TrainConfig(workers=4), {"CPU": 32.0})
+    plan = plan_resources(TrainConfig(workers=4), [{"CPU": 32.0}])
     assert plan.cpus_per_worker == 1.0
     assert plan.data_cpus == 8.0
 
 
 def test_too_many_workers_fail_fast_with_numbers():
     with pytest.raises(UserError, match=r"--workers 64: the Ray cluster has 2 CPUs"):
-        plan_resources(TrainConfig(workers=64), {"CPU": 2.0})
+        plan_resources(TrainConfig(workers=64), [{"CPU": 2.0}])
 
 
 def test_gpu_without_gpus_fails_fast():
     with pytest.raises(UserError, match=r"--gpu: 1 training worker\(s\) need 1 GPU\(s\) but the Ray cluster has 0"):
-        plan_resources(TrainConfig(gpu=True), {"CPU": 2.0})
+        plan_resources(TrainConfig(gpu=True), [{"CPU": 2.0}])
 
 
 def test_gpu_workers_default_to_gpu_count_and_leave_the_other_cpus_to_ray_data():
-    plan = plan_resources(TrainConfig(gpu=True), {"CPU": 16.0, "GPU": 2.0})
+    plan = plan_resources(TrainConfig(gpu=True), [{"CPU": 16.0, "GPU": 2.0}])
     assert plan.workers == 2 and plan.use_gpu
     assert plan.cpus_per_worker == GPU_WORKER_CPUS and plan.data_cpus == 16.0 - 2 * GPU_WORKER_CPUS
-    one_of_eight = plan_resources(TrainConfig(gpu=True, workers=1), {"CPU": 64.0, "GPU": 8.0})
+    one_of_eight = plan_resources(TrainConfig(gpu=True, workers=1), [{"CPU": 64.0, "GPU": 8.0}])
     assert one_of_eight.data_cpus == 8.0 - GPU_WORKER_CPUS  # a trial's share: the CPUs beside its GPU
-    scarce = plan_resources(TrainConfig(gpu=True), {"CPU": 2.0, "GPU": 1.0})
+    scarce = plan_resources(TrainConfig(gpu=True), [{"CPU": 2.0, "GPU": 1.0}])
     assert scarce.cpus_per_worker == 1.0 and scarce.data_cpus == 1.0
 
 

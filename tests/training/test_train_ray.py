@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pyarrow.fs as pafs
@@ -99,43 +98,6 @@ def test_rerun_of_a_killed_driver_resumes_from_its_last_checkpoint(ray_session, 
     out = again.json()
     assert out["first_epoch"] >= 2 and out["epochs"] == 3, out  # epoch 1 was not trained again
     assert [h["epoch"] for h in out["history"]] == [1, 2, 3]
-
-
-@pytest.mark.slow
-def test_a_train_worker_killed_mid_epoch_is_restarted_from_the_last_step_checkpoint(ray_session, cli, scenes, tmp_path):
-    """One Ray Train worker process killed by pid inside the first epoch, after its first step
-    checkpoint (`checkpoint_every_steps`): with the default `max_failures` the worker group restarts
-    from that checkpoint, inside the epoch, and the run ends with every epoch."""
-    from ray.util.state import list_actors
-
-    runs = tmp_path / "runs"
-    snapshot = runs / "worker" / "checkpoint_manager_snapshot.json"
-    killed: dict = {}
-
-    def kill_a_worker() -> None:
-        deadline = time.monotonic() + 240
-        while not snapshot.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-        if snapshot.exists() and workers:
-            killed["pid"] = workers[0]["pid"]
-            killed["at"] = time.monotonic()
-            os.kill(killed["pid"], signal.SIGKILL)
-
-    config = tmp_path / "steps.yaml"
-    config.write_text("epochs: 2\nepoch_rows: 4000\ncheckpoint_every_steps: 20\nbackbone: xs\n")
-    killer = threading.Thread(target=kill_a_worker)
-    killer.start()
-    res = cli("train", "--data", scenes, "--config", config, "--storage", runs, "--name", "worker", "--json", "-")
-    killer.join()
-    assert "pid" in killed, "no worker was killed"
-    assert res.code == 0, res.err
-    out = res.json()
-    assert out["epochs"] == 2 and [h["epoch"] for h in out["history"]] == [1, 2]
-    resumes = checkpoint.load_meta(out["checkpoint"])["resumes"]
-    assert len(resumes) == 1 and resumes[0]["epoch"] == 1 and resumes[0]["step"] % 20 == 0 < resumes[0]["step"], resumes
-    later = time.monotonic() - killed["at"]
-    print(f"worker {killed['pid']} killed; resumed at {resumes[0]}; the run finished {later:.0f} s later")
 
 
 @pytest.mark.slow

@@ -82,11 +82,49 @@ def test_unknown_tune_config_key_names_it(tmp_path):
 
 def test_concurrent_trials_leave_each_trial_its_data_cpus():
     two_cores = ResourcePlan(workers=2, cpus_per_worker=0.495, use_gpu=False, torch_threads=1, data_cpus=1.0)
-    assert concurrent_trials(two_cores, {"CPU": 2.0}) == 1
+    assert concurrent_trials(two_cores, [{"CPU": 2.0}]) == 1
     big = ResourcePlan(workers=2, cpus_per_worker=2.0, use_gpu=False, torch_threads=2, data_cpus=2.0)
-    assert concurrent_trials(big, {"CPU": 32.0}) == 5
+    assert concurrent_trials(big, [{"CPU": 32.0}]) == 5
     gpu = ResourcePlan(workers=1, cpus_per_worker=4.0, use_gpu=True, torch_threads=4, data_cpus=4.0)
-    assert concurrent_trials(gpu, {"CPU": 64.0, "GPU": 2.0}) == 2
+    assert concurrent_trials(gpu, [{"CPU": 64.0, "GPU": 2.0}]) == 2
+
+
+def test_follow_cluster_raises_the_limit_as_gpu_nodes_join_and_asks_the_autoscaler_for_the_rest(capsys):
+    """A GPU search of 4 trials on a cluster with one GPU node: one trial at a time, a standing
+    autoscaler request for all 4 trials' bundles, the limit raised as nodes join, the request
+    shrunk as trials end and taken back at the end."""
+    from types import SimpleNamespace
+
+    from mtl_ray.training.trial import trial_bundles, trial_limiter
+    from mtl_ray.training.trial_callbacks import FollowCluster
+
+    plan = ResourcePlan(workers=1, cpus_per_worker=2.0, use_gpu=True, torch_threads=2, data_cpus=2.0)
+    gpu_node = {"CPU": 16.0, "GPU": 1.0}
+    nodes, requests = [{"CPU": 8.0}, gpu_node], []
+    limiter = trial_limiter(None, concurrent_trials(plan, nodes))
+    follow = FollowCluster(
+        limiter,
+        lambda alive: concurrent_trials(plan, alive),
+        wanted=4,
+        ask=trial_bundles(plan),
+        every_s=0,
+        nodes=lambda: list(nodes),
+        request=requests.append,
+    )
+    trials = [SimpleNamespace(status="RUNNING")] + [SimpleNamespace(status="PENDING")] * 3
+    follow.on_step_begin(0, trials)
+    assert limiter.max_concurrent == 1
+    assert requests == [[{"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0}] * 4]
+    assert "1 of 4 trial(s) fit the cluster now; asked Ray's autoscaler" in capsys.readouterr().err
+    nodes.append(gpu_node)
+    follow.on_step_begin(1, trials)
+    assert limiter.max_concurrent == 2 and len(requests) == 1  # still 4 trials left: the request stands
+    assert "2 trial(s) at a time from now (was 1): the cluster has 3 node(s)" in capsys.readouterr().err
+    trials[0] = SimpleNamespace(status="TERMINATED")
+    follow.on_step_begin(2, trials)
+    assert requests[-1] == trial_bundles(plan) * 3
+    follow.on_experiment_end(trials)
+    assert requests[-1] == []
 
 
 def test_tracking_uri_precedence_and_absolute_sqlite(monkeypatch, tmp_path):
