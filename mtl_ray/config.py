@@ -142,8 +142,8 @@ class TrainConfig(Strict):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: Any) -> Any:
-        if isinstance(value, str) and "-" in value:
-            value = value.split("-", 1)
+        if isinstance(value, str):  # from a flag: "N" or "MIN-MAX"
+            value = value.split("-", 1) if "-" in value else int(value) if value.strip().isdigit() else value
         if isinstance(value, (list, tuple)):
             try:
                 low, high = (int(v) for v in value)

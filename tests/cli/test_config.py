@@ -71,3 +71,15 @@ def test_job_config_is_checked_whole_and_bad_train_key_named(tmp_path):
     path.write_text("train: {epoch: 3}\n")
     with pytest.raises(UserError, match=r"job.yaml: unknown key 'train.epoch'"):
         config.load_train(str(path))
+
+
+def test_workers_flag_gives_a_count_or_an_elastic_range():
+    """`--workers` arrives as text: "2" is two workers, "1-3" elastic, anything else names the key."""
+    from mtl_ray.cli.app import build_parser
+    from mtl_ray.cli.train import train_config
+
+    parser = build_parser()
+    for given, expected in {"2": 2, "1-3": (1, 3), "3-3": 3}.items():
+        assert train_config(parser.parse_args(["train", "--data", "d", "--workers", given])).workers == expected
+    with pytest.raises(UserError, match="key 'workers'"):
+        train_config(parser.parse_args(["train", "--data", "d", "--workers", "two"]))

@@ -224,8 +224,10 @@ def test_an_elastic_run_that_loses_a_worker_node_mid_epoch_finishes_every_epoch(
     """`--workers 1-3` puts one worker on each node, checkpointing every 5 steps; SIGKILL of a worker
     node's processes in epoch 2 (its worker, its raylet, its object store) and the run goes on inside
     the epoch from its last step checkpoint with two workers, says so, and exits 0 with all epochs.
-    Every helper actor of the run (its inbox, Ray Train's controller, Ray Data's split coordinator)
-    sat on the driver's node, so no worker node's loss can take one."""
+    The helper actors the run needs to finish (its inbox, Ray Train's controller and synchronization
+    actor, Ray Data's split coordinator and dataset manager) sat on the driver's node, so no worker
+    node's loss can take one. (Ray's preemption watcher restarts anywhere; Ray Data's usage-stats
+    actor only counts usage.)"""
     work = tmp_path / "work"
     work.mkdir()
     (work / "steps.yaml").write_text("epochs: 4\ncheckpoint_every_steps: 5\nbackbone: s\n")
@@ -240,7 +242,10 @@ def test_an_elastic_run_that_loses_a_worker_node_mid_epoch_finishes_every_epoch(
     time.sleep(2)
     killed = time.monotonic()
     stack.sh("kill-node", "2")
-    code = run.finish(timeout=600)
+    try:
+        code = run.finish(timeout=600)
+    finally:
+        stack.add_node()  # three nodes again for the tune jobs, whatever this test finds
     assert code == 0, run.text[-4000:]
     restarted = run.wait_for(
         r"elastic: worker group restarted from the checkpoint after epoch 1, step \d+, 2 workers", 0
@@ -252,12 +257,10 @@ def test_an_elastic_run_that_loses_a_worker_node_mid_epoch_finishes_every_epoch(
     assert re.search(r"run elastic: epochs 1-4, 4 tasks, .*worker group restarted 1 time", run.text), run.text[-3000:]
     job_id = re.search(r"job (raysubmit_\w+): SUCCEEDED", run.text).group(1)
     placed = json.loads(_run([sys.executable, "-c", ACTOR_NODES, job_id], stack.env).stdout)
-    elsewhere = {name for name, on_driver_node in placed if not on_driver_node} - {"RayTrainWorker"}
-    # Ray Train's preemption watcher goes anywhere, and Ray restarts it wherever its node went (max_restarts=-1)
-    assert elsewhere <= {"PreemptionWatcher"}, placed
-    assert {"Inbox", "TrainController", "SplitCoordinator"} <= {name for name, _ in placed}, placed
+    helpers = {"Inbox", "TrainController", "SplitCoordinator", "DatasetManager", "SynchronizationActor"}
+    assert {(name, True) for name in helpers} <= set(map(tuple, placed)), placed
+    assert not any(name in helpers and not on_driver_node for name, on_driver_node in placed), placed
     print(f"node lost -> group restarted: {restarted - killed:.0f} s")
-    stack.add_node()  # three nodes again for the tune jobs
 
 
 ACTOR_NODES = """
@@ -272,11 +275,12 @@ print(json.dumps(sorted({(a.class_name, a.node_id == info.driver_node_id) for a 
 
 
 TUNE = {
-    # lr 1e-7 barely moves the weights: ASHA (keeping the top quarter at epoch 1) stops those trials.
+    # lr 1e-7 barely moves the weights: ASHA (keeping the top half at epoch 1; trials one at a time,
+    # in grid order) stops that trial after the 3e-3 one has set the bar.
     # Step checkpoints inside epochs report no metric: ASHA, the MLflow logger and progress pass them by.
-    "train": {"epochs": 2, "batch_size": 16, "checkpoint_every_steps": 20},
-    "search": {"backbone": ["xs", "s"], "lr": [3e-3, 1e-7]},
-    "scheduler": {"grace_period": 1, "reduction_factor": 4},
+    "train": {"epochs": 2, "batch_size": 16, "checkpoint_every_steps": 20, "backbone": "xs"},
+    "search": {"lr": [3e-3, 1e-7]},
+    "scheduler": {"grace_period": 1, "reduction_factor": 2},
     "registry": {"name": "mtl-ray"},
 }
 
@@ -353,13 +357,8 @@ def test_tune_jobs_from_a_relative_path_track_every_trial_and_gate_on_the_same_r
 
     result = json.loads(out.read_text())
     trials = result["trials"]
-    assert {(t["config"]["backbone"], t["config"]["lr"]) for t in trials} == {
-        ("xs", 3e-3),
-        ("s", 3e-3),
-        ("xs", 1e-7),
-        ("s", 1e-7),
-    }
-    assert any(t["status"] == "stopped_early" and t["epochs"] == 1 for t in trials), trials
+    assert sorted(t["config"]["lr"] for t in trials) == [1e-7, 3e-3]
+    assert [(t["status"], t["epochs"]) for t in trials if t["config"]["lr"] == 1e-7] == [("stopped_early", 1)], trials
     assert all(t["status"] != "error" for t in trials)
     best = result["best"]
     assert best["mean_auroc"] == max(t["mean_auroc"] for t in trials)
@@ -369,14 +368,14 @@ def test_tune_jobs_from_a_relative_path_track_every_trial_and_gate_on_the_same_r
         [client.get_experiment_by_name("mtl-ray").experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'",
     )
-    assert len(children) == 4
+    assert len(children) == 2
     data = None
     for run in children:
         trial = next(t for t in trials if t["run_id"] == run.info.run_id)
         history = client.get_metric_history(run.info.run_id, "mean_auroc")
         assert [m.step for m in history] == list(range(1, trial["epochs"] + 1))
         assert {"val.traffic_light.auroc", "weight.car", "train_loss"} <= set(run.data.metrics)
-        assert run.data.params["backbone"] == trial["config"]["backbone"] and run.info.status == "FINISHED"
+        assert float(run.data.params["lr"]) == trial["config"]["lr"] and run.info.status == "FINISHED"
         curves = {a.path for a in client.list_artifacts(run.info.run_id, "curves")}
         assert curves == {"curves/auroc.png", "curves/loss.png", "curves/task_weights.png"}, curves
         inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
