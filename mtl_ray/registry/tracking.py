@@ -95,8 +95,19 @@ def connect(uri: str, attempts: int = CONNECT_ATTEMPTS):
 
 
 def experiment_id(client, name: str) -> str:
+    """The experiment `name`, created if missing; two jobs creating it at once both get the one that
+    won (the server answers the other RESOURCE_ALREADY_EXISTS), as `mlflow.set_experiment` does."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -108,3 +108,20 @@ def test_a_ray_job_without_a_tracking_uri_is_refused_not_registered_into_its_tem
     assert tracking_uri("sqlite:////shared/mlruns.db") == "sqlite:////shared/mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_a_fixed_run_that_lost_a_node_says_what_it_waits_for_and_gives_up_after_the_wait(monkeypatch, capsys):
+    from mtl_ray.cluster import capacity
+
+    plan = plan_resources(TrainConfig(workers=3), [node(2)] * 3)
+    alive = [node(2)] * 2
+    monkeypatch.setattr(capacity, "alive_nodes", lambda: list(alive))
+    watch = capacity.NodeWatch("run", plan, wait=120)
+    assert watch() is None
+    said = capsys.readouterr().err
+    assert "run: waiting for a node: 3 worker(s) of 1 CPU each do not fit on the 2 node(s) alive" in said
+    assert "up to 120 s (--resource-wait)" in said
+    alive.append(node(2))
+    assert watch() is None and "the cluster can hold the workers again (3 nodes)" in capsys.readouterr().err
+    alive.pop()
+    assert "waited 0 s (--resource-wait) for a node to join" in capacity.NodeWatch("run", plan, wait=0)()

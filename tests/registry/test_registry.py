@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tarfile
 import urllib.request
+import uuid
 
 import numpy as np
 import pytest
@@ -376,3 +377,32 @@ def test_predict_scores_the_readable_images_and_names_the_others(cli, local_mlfl
     probs = np.array([[out["predictions"][i][t] for t in TASKS] for i in (0, 2)])
     np.testing.assert_allclose(probs, own_probabilities(model, encoded[:2]), atol=1e-5)
     assert res.err.count("mtl-ray: error: ") == 1 and "broken.png" in res.err
+
+
+def test_jobs_creating_the_experiment_at_once_all_get_it(mlflow_server):
+    """Tune jobs started together each look the experiment up, find none and create it: the server
+    answers all but one RESOURCE_ALREADY_EXISTS, and every job must go on with the one that won."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from mtl_ray.registry.tracking import experiment_id
+
+    name, jobs = f"race-{uuid.uuid4().hex[:8]}", 8
+    start, got, errors = threading.Barrier(jobs), [], []
+
+    def job():
+        client = MlflowClient(mlflow_server.uri)
+        start.wait()
+        try:
+            got.append(experiment_id(client, name))
+        except Exception as exc:  # the failure this test is about, reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job) for _ in range(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and len(got) == jobs and len(set(got)) == 1, (errors, got)
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name).experiment_id == got[0]
