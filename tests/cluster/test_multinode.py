@@ -158,6 +158,7 @@ def test_local_paths_on_a_cluster_are_refused_before_any_work_in_one_line(stack)
         assert f"{flag} " in errors[0] and "the Ray cluster has 3 nodes" in errors[0], errors
         assert "s3://bucket/prefix" in errors[0] and "--storage-shared" in errors[0]
         assert "Traceback" not in job.stdout and "epoch 1/" not in job.stdout
+        assert job.stdout.splitlines()[-1].endswith("FAILED (Job entrypoint command failed with exit code 2)")
         job_id = re.search(r"job (raysubmit_\w+): FAILED", job.stdout).group(1)
         info = _run([sys.executable, "-c", JOB_TIMES, job_id], stack.env)
         seconds = json.loads(info.stdout)
