@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from mtl_ray.result import plural
+
 T = TypeVar("T")
 
 _quiet = False
@@ -96,7 +98,7 @@ class RunProgress(EpochPrinter):
         where = f"from the checkpoint after epoch {start['epoch']}" + (
             f", step {start['step']}" if start["step"] else ""
         )
-        workers = f"{start['workers']} worker{'s' if start['workers'] != 1 else ''}"
+        workers = plural(start["workers"], "worker")
         if self.starts > 1:
             say(f"{self.name}: worker group restarted {where if resumed else 'from scratch'}, {workers}")
         elif resumed:

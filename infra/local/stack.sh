@@ -245,7 +245,7 @@ cmd_status() {
   echo "state: S3 lives in moto's memory; up after down starts S3 and the registry empty, together"
 }
 
-stop_node() {  # by the pids whose command lines name the node's temp dir: never `ray stop`, which ends every Ray
+stop_node() {  # by the pids whose command lines name the node's temp dir: never a stop of every Ray on the machine
   local pids
   pids=$(node_pids "$1")
   [ -n "$pids" ] || return 0

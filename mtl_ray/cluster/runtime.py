@@ -96,8 +96,6 @@ def run_storage(path: str | None) -> tuple[str, object | None, str]:
     return os.path.abspath(inner), None, ""
 
 
-
-
 def alive_nodes() -> list[dict[str, float]]:
     """The resources of every node of the cluster that is alive now (a node lost a moment ago may
     count for the few seconds Ray takes to notice)."""

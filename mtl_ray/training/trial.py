@@ -25,7 +25,7 @@ def concurrent_trials(plan: ResourcePlan, nodes: list[dict[str, float]]) -> int:
 
 def trial_bundles(plan: ResourcePlan) -> list[dict[str, float]]:
     """One trial's resources as autoscaler bundles: each worker (with its GPU) and its Ray Data CPUs."""
-    worker = {"CPU": plan.cpus_per_worker, **({"GPU": 1.0} if plan.use_gpu else {})}
+    worker = {**plan.resources_per_worker, **({"GPU": 1.0} if plan.use_gpu else {})}
     return [worker] * plan.workers + [{"CPU": plan.data_cpus}]
 
 
