@@ -136,8 +136,13 @@ def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 def log_datasets(client, run_id: str, profiles: Mapping[str, Mapping[str, Any]]) -> None:
     """Record the data a run used as MLflow dataset inputs, one per context ("training",
     "validation"): source URI, digest, and the `ValidationReport.profile` (rows, per-task labeled and
-    positive counts) as the dataset's profile."""
+    positive counts) as the dataset's profile.
+
+    The server looks a dataset up by name and digest and inserts it if missing, so trials of two jobs
+    on the same data logging at once can collide on its unique key; the one that lost finds the
+    other's row when it tries again."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     inputs = []
     for context, profile in profiles.items():
@@ -151,7 +156,14 @@ def log_datasets(client, run_id: str, profiles: Mapping[str, Mapping[str, Any]])
             profile=json.dumps({"rows": profile["rows"], "tasks": profile["tasks"]}),
         )
         inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
-    client.log_inputs(run_id, datasets=inputs)
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 CURVES = {

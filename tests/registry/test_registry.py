@@ -379,23 +379,34 @@ def test_predict_scores_the_readable_images_and_names_the_others(cli, local_mlfl
     assert res.err.count("mtl-ray: error: ") == 1 and "broken.png" in res.err
 
 
-def test_jobs_creating_the_experiment_at_once_all_get_it(mlflow_server):
+def test_jobs_starting_at_once_all_get_the_experiment_and_record_their_data(mlflow_server):
     """Tune jobs started together each look the experiment up, find none and create it: the server
-    answers all but one RESOURCE_ALREADY_EXISTS, and every job must go on with the one that won."""
+    answers all but one RESOURCE_ALREADY_EXISTS, and every job must go on with the one that won. Their
+    first trials then record the same datasets at once, which the server inserts by name and digest:
+    every run must still get both of its inputs."""
     import threading
 
     from mlflow import MlflowClient
 
-    from mtl_ray.registry.tracking import experiment_id
+    from mtl_ray.registry.tracking import experiment_id, log_datasets
 
     name, jobs = f"race-{uuid.uuid4().hex[:8]}", 8
-    start, got, errors = threading.Barrier(jobs), [], []
+    tasks = {"car": {"labeled": 3, "positive": 1}}
+    profiles = {
+        context: {"source": "s3://bucket/data", "split": split, "rows": 3, "tasks": tasks, "digest": split * 4}
+        for context, split in (("training", "train"), ("validation", "val"))
+    }
+    start, logging, got, runs, errors = threading.Barrier(jobs), threading.Barrier(jobs), [], [], []
 
     def job():
         client = MlflowClient(mlflow_server.uri)
         start.wait()
         try:
             got.append(experiment_id(client, name))
+            run_id = client.create_run(got[-1]).info.run_id
+            logging.wait()
+            log_datasets(client, run_id, profiles)
+            runs.append(run_id)
         except Exception as exc:  # the failure this test is about, reported below
             errors.append(exc)
 
@@ -405,4 +416,9 @@ def test_jobs_creating_the_experiment_at_once_all_get_it(mlflow_server):
     for t in threads:
         t.join(timeout=60)
     assert errors == [] and len(got) == jobs and len(set(got)) == 1, (errors, got)
-    assert MlflowClient(mlflow_server.uri).get_experiment_by_name(name).experiment_id == got[0]
+    client = MlflowClient(mlflow_server.uri)
+    assert client.get_experiment_by_name(name).experiment_id == got[0]
+    for run_id in runs:
+        inputs = {i.tags[0].value: i.dataset for i in client.get_run(run_id).inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation"}, (run_id, inputs)
+        assert json.loads(inputs["training"].profile)["rows"] == 3
