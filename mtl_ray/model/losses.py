@@ -10,6 +10,7 @@ count yields 0 rather than 0/0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,24 @@ def task_terms(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> t
     if reduction == "sqrt":
         return sums / (known.sum(dim=0).clamp_min(1) * bce.shape[0]).sqrt()
     return sums / known.sum(dim=0).clamp_min(1)
+
+
+@dataclass(frozen=True)
+class BatchLosses:
+    """One batch's mean BCE over each task's known labels and how many there were, both [T] and
+    detached: how far a task has come, whatever the loss reduction weighs its term by (a task
+    labeled on 5 % of the rows has one to seven labels in a batch of 32)."""
+
+    mean: torch.Tensor
+    counts: torch.Tensor
+
+
+def batch_losses(logits: torch.Tensor, targets: torch.Tensor) -> BatchLosses:
+    """`BatchLosses` of `logits` [m, T] against `targets` [m, T] (NaN = unknown); 0 for a task with no
+    known label."""
+    bce, known = _masked_terms(logits.detach(), targets)
+    counts = known.sum(dim=0)
+    return BatchLosses(bce.sum(dim=0) / counts.clamp_min(1), counts)
 
 
 def known_tasks(targets: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.model.backbones import to_input
-from mtl_ray.model.losses import known_tasks, task_terms
+from mtl_ray.model.losses import batch_losses, known_tasks, task_terms
 
 if TYPE_CHECKING:
     from mtl_ray.model.weighting import Weighting
@@ -111,7 +111,7 @@ def train_step(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x)
         terms = task_terms(logits, labels, reduction)
-        loss = weighting.backward(terms, known_tasks(labels), model)
+        loss = weighting.backward(terms, known_tasks(labels), model, batch_losses(logits, labels))
     if by_hand:
         _average_gradients(model)
     grads = [p.grad for p in model.parameters() if p.grad is not None]

@@ -119,6 +119,7 @@ def build_trainer(
     """The `TorchTrainer` of one run (a `Run`): `worker_loop` on `plan`'s workers, checkpoints under
     storage/name, starting from `source`'s weights when given (its state goes to the workers through the
     object store)."""
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -165,7 +166,11 @@ def build_trainer(
             ),
             "val": dataset.read(inputs.val, inputs.size, cfg.resize),
         },
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # In order, as `configure_data` sets it here: the controller that splits the rows would
+        # otherwise apply its own process's defaults.
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"], execution_options=ray.data.ExecutionOptions(preserve_order=True)
+        ),
     )
     return Run(trainer, inbox)
 

@@ -9,7 +9,7 @@ from torch import nn
 from mtl_ray.errors import UserError
 from mtl_ray.model import weighting
 from mtl_ray.model.backbones import MultiTaskNet, build
-from mtl_ray.model.losses import REDUCTIONS, known_tasks, masked_bce, task_terms
+from mtl_ray.model.losses import REDUCTIONS, BatchLosses, batch_losses, known_tasks, masked_bce, task_terms
 from mtl_ray.model.weighting import project_conflicting
 
 NAN = float("nan")
@@ -44,7 +44,8 @@ def toy_batch(
 def step(method: weighting.Weighting, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     model.zero_grad(set_to_none=True)
     method.zero_grad(set_to_none=True)
-    return method.backward(task_terms(model(x), y, "seed"), known_tasks(y), model)
+    logits = model(x)
+    return method.backward(task_terms(logits, y, "seed"), known_tasks(y), model, batch_losses(logits, y))
 
 
 def grads(model: nn.Module) -> list[torch.Tensor]:
@@ -96,7 +97,7 @@ def test_get_from_config_dict():
     [
         ("softmax", {}, "unknown weighting 'softmax': available are equal, static, uncertainty, gradnorm, dwa, pcgrad"),
         ("dwa", {"alpha": 1.5}, "weighting 'dwa': unknown parameter 'alpha'; valid: temperature"),
-        ("gradnorm", {"temp": 1}, "weighting 'gradnorm': unknown parameter 'temp'; valid: alpha, lr"),
+        ("gradnorm", {"temp": 1}, "weighting 'gradnorm': unknown parameter 'temp'; valid: alpha, lr, initial_batches"),
         ("equal", {"weights": [1, 1]}, "weighting 'equal': unknown parameter 'weights'; valid: none"),
         ("static", {"weights": [1.0, 2.0, 3.0]}, "weighting 'static': expected 2 weights (one per task), got 3"),
         ("static", {}, "weighting 'static': parameter 'weights' is required: a list of 2 numbers >= 0, one per task"),
@@ -146,7 +147,7 @@ def test_all_unknown_task_contributes_nothing(name):
     if name == "uncertainty":
         assert method.log_vars.grad[1] == 0 and method.log_vars.grad[0] != 0
     if name == "gradnorm":
-        assert method.weights() == [1.0, 1.0] and torch.isnan(method.initial_terms[1])
+        assert method.weights() == [1.0, 1.0] and torch.isnan(method.initial_losses[1])
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -216,19 +217,20 @@ def test_gradnorm_weights_stay_positive_and_sum_to_T():
         assert sum(w) == pytest.approx(2.0, abs=1e-5)
         seen.append(w)
     assert seen[-1][1] > 1.5
-    assert torch.isfinite(method.initial_terms).all()
+    assert torch.isfinite(method.initial_losses).all()
 
 
 def test_gradnorm_gives_the_slower_task_more_weight():
     """Task 1 has a 10× larger loss than at its start relative to task 0: it must gain weight."""
     method = weighting.GradNorm(2, lr=0.1)
-    method.initial_terms.copy_(torch.tensor([1.0, 0.1]))
-    method._update(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 1.0]), torch.tensor([True, True]))
+    method.initial_losses.copy_(torch.tensor([1.0, 0.1]))
+    both = torch.ones(2, dtype=bool)
+    method._update(BatchLosses(torch.tensor([0.5, 0.5]), torch.tensor([8, 8])), torch.ones(2), both)
     low, high = method.weights()
     assert high > 1.0 > low and low + high == pytest.approx(2.0)
 
 
-def test_gradnorm_passes_norms_terms_and_weights_through_reduce_mean():
+def test_gradnorm_passes_losses_norms_and_weights_through_reduce_mean():
     calls = []
 
     def record(t):
@@ -236,25 +238,43 @@ def test_gradnorm_passes_norms_terms_and_weights_through_reduce_mean():
         return t
 
     x, y = toy_batch(torch.Generator().manual_seed(0))
+    y[:40, 1] = NAN
     model = tiny_net()
     method = weighting.get("gradnorm", num_tasks=2, reduce_mean=record)
-    terms = task_terms(model(x), y, "seed")
-    method.backward(terms, known_tasks(y), model)
+    logits = model(x)
+    losses = batch_losses(logits, y)
+    method.backward(task_terms(logits, y, "sqrt"), known_tasks(y), model, losses)
     assert len(calls) == 1
     stats = calls[0]
-    torch.testing.assert_close(stats[0], terms.detach())
+    torch.testing.assert_close(stats[0], losses.mean)  # the mean loss, not the term the reduction scaled
     assert torch.all(stats[1] > 0)
     assert stats[2].tolist() == [1.0, 1.0] and stats[3].tolist() == [1.0, 1.0]
+    assert stats[5].tolist() == [64.0, 24.0]
 
 
 def test_gradnorm_averages_over_workers_that_know_the_task():
-    """A second worker that has no label for task 1 must not dilute task 1's loss."""
-    other = torch.tensor([[0.4, 0.0], [2.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
-    method = weighting.GradNorm(2, reduce_mean=lambda t: (t + other) / 2)
-    method._update(torch.tensor([0.6, 0.3]), torch.tensor([1.0, 1.0]), torch.tensor([True, True]))
-    torch.testing.assert_close(method.initial_terms, torch.tensor([0.5, 0.3]))
+    """A second worker that has no label for task 1 must not dilute task 1's loss, and L(0) weighs
+    each worker's mean by its labels."""
+    other = torch.tensor([[0.4, 0.0], [2.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.4 * 4, 0.0], [4.0, 0.0]])
+    method = weighting.GradNorm(2, reduce_mean=lambda t: (t + other) / 2, initial_batches=1)
+    both = torch.ones(2, dtype=bool)
+    method._update(BatchLosses(torch.tensor([0.6, 0.3]), torch.tensor([4, 2])), torch.ones(2), both)
+    torch.testing.assert_close(method.initial_losses, torch.tensor([0.5, 0.3]))
 
 
+def test_gradnorm_starts_each_task_from_its_first_batches_with_labels():
+    """L(0) is the mean over every label of a task's first `initial_batches` labeled batches (a batch
+    without its labels does not count), and the task waits for it before its weight moves."""
+    method = weighting.GradNorm(2, lr=0.1, initial_batches=3)
+    known = torch.ones(2, dtype=bool)
+    for mean, counts in (([0.7, 0.9], [32, 1]), ([0.7, 0.0], [32, 0]), ([0.7, 0.6], [32, 3])):
+        method._update(BatchLosses(torch.tensor(mean), torch.tensor(counts)), torch.ones(2), torch.tensor(counts) > 0)
+        assert method.weights() == [1.0, 1.0]
+    assert method.initial_losses[0] == pytest.approx(0.7) and torch.isnan(method.initial_losses[1])
+    method._update(BatchLosses(torch.tensor([0.7, 0.3]), torch.tensor([32, 4])), torch.ones(2), known)
+    assert method.initial_losses[1] == pytest.approx((0.9 + 0.6 * 3 + 0.3 * 4) / 8)
+    slow, fast = method.weights()
+    assert slow > 1.0 > fast  # task 0 has not come down from its start (0.7 / 0.7), task 1 has (0.3 / 0.49)
 # ---- dwa -------------------------------------------------------------------------------------
 
 
@@ -331,7 +351,8 @@ def test_pcgrad_backward_sets_shared_grads_to_sum_of_projections():
     with torch.no_grad():
         model.heads.weight[1] = model.heads.weight[0]
     shared = list(model.shared_parameters())
-    terms = task_terms(model(x), y, "seed")
+    logits = model(x)
+    terms = task_terms(logits, y, "seed")
     per_task = torch.stack(
         [torch.cat([g.reshape(-1) for g in torch.autograd.grad(terms[k], shared, retain_graph=True)]) for k in range(2)]
     )
@@ -340,7 +361,7 @@ def test_pcgrad_backward_sets_shared_grads_to_sum_of_projections():
     head_want = torch.autograd.grad(terms.sum(), list(model.task_parameters()), retain_graph=True)
 
     method = weighting.get("pcgrad", num_tasks=2)
-    method.backward(terms, known_tasks(y), model)
+    method.backward(terms, known_tasks(y), model, batch_losses(logits, y))
     torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in shared]), want)
     for p, g in zip(model.task_parameters(), head_want, strict=True):
         torch.testing.assert_close(p.grad, g)
@@ -366,5 +387,6 @@ def test_state_dict_round_trip():
     restored = weighting.get("dwa", num_tasks=2)
     restored.load_state_dict(method.state_dict())
     assert restored.weights() == method.weights() != [1.0, 1.0]
-    assert set(weighting.get("gradnorm", num_tasks=2).state_dict()) == {"task_weights", "initial_terms"}
+    gradnorm = weighting.get("gradnorm", num_tasks=2)
+    assert set(gradnorm.state_dict()) == {"task_weights", "initial_losses", "initial_sums"}
     assert set(weighting.get("uncertainty", num_tasks=2).state_dict()) == {"log_vars"}

@@ -49,7 +49,7 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
     job_config = (
         tmp_path / "job.yaml"
     )  # static weights: one per task for the multi-task model, none for single-task nets
-    job_config.write_text("train: {weighting: {name: static, weights: [1, 3]}}\n")
+    job_config.write_text("train: {backbone: xs, weighting: {name: static, weights: [1, 3]}}\n")
     res = cli(
         "compare",
         "--data",

@@ -211,7 +211,7 @@ def test_train_from_a_checkpoint_records_lineage_and_transfer_draws_the_curve(ra
         "--init",
         "models:/mtl-ray/1",  # the alias may have moved to version 2 above
         "--labels",
-        "20,all",
+        "20",
         "--epochs",
         1,
         "--storage",
@@ -223,7 +223,7 @@ def test_train_from_a_checkpoint_records_lineage_and_transfer_draws_the_curve(ra
     )
     assert curve.code == 0, curve.err
     out = curve.json()
-    assert [p["labels"] for p in out["points"]] == [20, "all"] and out["points"][0]["rows"] == 20
+    assert [p["labels"] for p in out["points"]] == [20] and out["points"][0]["rows"] == 20
     for point in out["points"]:
         for side in ("scratch", "transfer"):
             assert set(point[side]) == {"traffic_light", "car", "mean"}

@@ -1,9 +1,10 @@
 """Task weighting: how the per-task loss terms become one update, selected by name.
 
 Every method is a `Weighting` module. Per batch the train loop passes it the per-task terms from
-`losses.task_terms` and which tasks have a known label (`losses.known_tasks`); `backward` runs the backward
-pass(es) and leaves gradients in `.grad`. A task with no known label in the batch is masked out:
-it contributes no gradient, no regulariser and no state update.
+`losses.task_terms`, which tasks have a known label (`losses.known_tasks`) and the tasks' mean losses
+over their known labels (`losses.batch_losses`, for methods that follow each task's training rate);
+`backward` runs the backward pass(es) and leaves gradients in `.grad`. A task with no known label
+in the batch is masked out: it contributes no gradient, no regulariser and no state update.
 
 Optimizer: `weighting.parameters()` is exactly what the main optimizer must also train (only
 `uncertainty`'s log-variances; put them in a group without weight decay, which would pull them
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from mtl_ray.errors import UserError
+from mtl_ray.model.losses import BatchLosses
 
 ReduceMean = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,11 +89,13 @@ class Weighting(nn.Module):
         """The scalar objective over the known tasks."""
         return (self.current_weights().to(terms.device) * known_only(terms, known)).sum()
 
-    def backward(self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    def backward(
+        self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses
+    ) -> torch.Tensor:
         """Back-propagate the objective into `.grad` of `model`'s and this module's parameters.
 
-        `terms` [T] from `losses.task_terms`, `known` bool [T] from `losses.known_tasks`. Returns the
-        objective, detached, for logging.
+        `terms` [T] from `losses.task_terms`, `known` bool [T] from `losses.known_tasks`, `losses` from
+        `losses.batch_losses`. Returns the objective, detached, for logging.
         """
         total = self.loss(terms, known)
         total.backward()

@@ -8,6 +8,7 @@ from torch import nn
 
 from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import unwrap
+from mtl_ray.model.losses import BatchLosses
 from mtl_ray.model.weighting.base import ReduceMean, Weighting, flat_grads, known_only, trainable
 
 
@@ -47,7 +48,9 @@ class PCGrad(Weighting):
             raise UserError(f"weighting 'pcgrad': parameter 'seed' must be an integer, got {seed!r}")
         self.generator = torch.Generator().manual_seed(seed)
 
-    def backward(self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    def backward(
+        self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses
+    ) -> torch.Tensor:
         net = unwrap(model)
         shared = trainable(net.shared_parameters())
         heads = trainable(net.task_parameters())
