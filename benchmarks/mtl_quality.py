@@ -3,15 +3,18 @@
 For each world and seed, fresh data (data seed = seed) and `mtl_ray.studies.compare.compare` with the default
 `TrainConfig` (training seed = seed) and Caruana's shuffle control. Printed: the starved task's
 validation AUROC multi-task, single-task and under the control, and Δm over all tasks, per seed and
-as mean ± std.
+as mean ± std. Beside it, the plain loop a user would check us against (benchmarks/plain_loop.py:
+the same files, backbone size, epochs and batch size in twenty lines of PyTorch), multi-task and
+single-task per task: mean AUROC, the starved task, and mtl-ray's side minus the plain loop's.
 - `synthetic`: `mtl-ray data synth --n N --label-rate traffic_light=0.05` (driving scenes whose
   tasks share parts by construction).
 - `digits`: scikit-learn's handwritten digits in multi-label scenes, `has_3` labeled on 5 % of
   the training rows (benchmarks/digit_scenes.py).
 
-    python benchmarks/mtl_quality.py [--worlds synthetic,digits] [--seeds 3] [--first-seed 0] [--n 4000] [--json FILE]
+    python benchmarks/mtl_quality.py [--worlds synthetic,digits] [--seeds 3] [--first-seed 0] [--n 4000]
+        [--no-plain] [--json FILE]
 
-About 10 to 13 minutes per world and seed on 2 CPU cores.
+About 10 to 13 minutes per world and seed on 2 CPU cores, and as long again for the plain loops.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 
+import plain_loop
 from digit_scenes import write as write_digits
 
 from mtl_ray.config import TrainConfig
@@ -59,8 +63,29 @@ def row(world: str, seed: int, result, seconds: float) -> dict:
     }
 
 
+def plain(world: str, data: str, result, seed: int) -> dict:
+    """The plain loops on the same files: multi-task, and single-task on each task; mtl-ray's side minus theirs."""
+    cfg, out = TrainConfig(seed=seed), result.to_json()
+    focus, tasks = WORLDS[world], out["tasks"]
+    shape = {"backbone": cfg.backbone, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": seed}
+    mtl = plain_loop.fit(data, **shape)
+    stl = {task: plain_loop.fit(data, [task], **shape)["val"][task]["auroc"] for task in tasks}
+    ours_mean = sum(out["mtl"][t]["auroc"] for t in tasks) / len(tasks)
+    ours_stl_mean = sum(out["stl"][t]["auroc"] for t in tasks) / len(tasks)
+    return {
+        "plain_mtl_mean": mtl["mean_auroc"],
+        "plain_mtl_curve": mtl["epochs"],
+        "plain_stl_mean": sum(stl.values()) / len(stl),
+        "plain_mtl_focus": mtl["val"][focus]["auroc"],
+        "plain_stl_focus": stl[focus],
+        "mtl_minus_plain": ours_mean - mtl["mean_auroc"],
+        "stl_minus_plain": ours_stl_mean - sum(stl.values()) / len(stl),
+    }
+
+
 def summary(rows: list[dict]) -> dict:
     keys = ("mtl", "stl", "control", "gain", "control_loss", "delta_m_pct")
+    keys += tuple(k for k in ("mtl_minus_plain", "stl_minus_plain", "plain_mtl_mean") if k in rows[0])
     out = {}
     for key in keys:
         values = [r[key] for r in rows]
@@ -75,6 +100,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
     parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--no-plain", action="store_true", help="leave out the plain PyTorch loops")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     worlds = args.worlds.split(",")
@@ -89,6 +115,8 @@ def main() -> int:
                     data, config=TrainConfig(seed=seed), control="shuffle", storage_path=os.path.join(tmp, "runs")
                 )
                 rows.append(row(world, seed, result, time.perf_counter() - started))
+                if not args.no_plain:
+                    rows[-1].update(plain(world, data, result, seed))
                 print(json.dumps(rows[-1]), flush=True)
             results[world] = {"rows": rows, "mean": summary(rows)}
     print(f"{'world':<10} {'task':<14} {'multi-task':>14} {'single-task':>14} {'control':>14} {'Δm %':>12}")
@@ -106,6 +134,11 @@ def main() -> int:
             f"{world:<10} {WORLDS[world]:<14} {cell('mtl'):>14} {cell('stl'):>14} {cell('control'):>14} "
             f"{cell('delta_m_pct', '+.1f'):>12}"
         )
+        if "mtl_minus_plain" in m:
+            print(
+                f"{'':<10} plain loop: multi-task mean AUROC {cell('plain_mtl_mean')}; mtl-ray minus plain, "
+                f"multi-task {cell('mtl_minus_plain', '+.3f')}, single-task {cell('stl_minus_plain', '+.3f')}"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
