@@ -9,7 +9,7 @@ as every worker takes them). Printed per task, over the seeds: mean, std and max
 - `L(0) now`: GradNorm's `initial_losses` once it has them, the mean loss over every label of the
   task's first `initial_batches` labeled batches.
 
-    python benchmarks/gradnorm_start.py [--seeds 5] [--n 2000] [--json FILE]
+    python benchmarks/gradnorm_start.py [--seeds 5] [--n 2000] [--json FILE ('-' = stdout)]
 
 About a minute on 2 CPU cores.
 """
@@ -17,13 +17,12 @@ About a minute on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
 
 import torch
+from report import emit
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.data.synth.dataset import synthesize
@@ -32,6 +31,7 @@ from mtl_ray.model.backbones import build
 from mtl_ray.model.step import train_step
 from mtl_ray.model.weighting import get as get_weighting
 from mtl_ray.studies.probes import load_sample
+from mtl_ray.studies.stats import mean_std
 
 STARVED, RATE = "traffic_light", 0.05
 
@@ -62,12 +62,8 @@ def one_seed(root: str, n: int, seed: int) -> tuple[list[str], list[float], list
 
 
 def spread(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values),
-        "max_over_min": max(values) / min(values),
-        "values": values,
-    }
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "max_over_min": max(values) / min(values), "values": values}
 
 
 def main() -> int:
@@ -83,17 +79,15 @@ def main() -> int:
             firsts.append(first)
             nows.append(now)
     out = {}
-    print(f"{'task':<14} {'first batch term (before)':>34} {'L(0) now':>34}")
+    lines = [f"{'task':<14} {'first batch term (before)':>34} {'L(0) now':>34}"]
     for k, task in enumerate(tasks):
         before, after = spread([f[k] for f in firsts]), spread([v[k] for v in nows])
         out[task] = {"before": before, "after": after}
-        print(
+        lines.append(
             f"{task:<14} {before['mean']:.3f} ± {before['std']:.3f} (max/min {before['max_over_min']:4.1f}×)"
             f"      {after['mean']:.3f} ± {after['std']:.3f} (max/min {after['max_over_min']:4.1f}×)"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    emit("\n".join(lines), out, args.json)
     return 0
 
 

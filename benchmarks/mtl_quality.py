@@ -70,16 +70,15 @@ def plain(world: str, data: str, result, seed: int) -> dict:
     shape = {"backbone": cfg.backbone, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": seed}
     mtl = plain_loop.fit(data, **shape)
     stl = {task: plain_loop.fit(data, [task], **shape)["val"][task]["auroc"] for task in tasks}
-    ours_mean = sum(out["mtl"][t]["auroc"] for t in tasks) / len(tasks)
-    ours_stl_mean = sum(out["stl"][t]["auroc"] for t in tasks) / len(tasks)
+    plain_stl_mean = statistics.fmean(stl.values())
     return {
         "plain_mtl_mean": mtl["mean_auroc"],
         "plain_mtl_curve": mtl["epochs"],
-        "plain_stl_mean": sum(stl.values()) / len(stl),
+        "plain_stl_mean": plain_stl_mean,
         "plain_mtl_focus": mtl["val"][focus]["auroc"],
         "plain_stl_focus": stl[focus],
-        "mtl_minus_plain": ours_mean - mtl["mean_auroc"],
-        "stl_minus_plain": ours_stl_mean - sum(stl.values()) / len(stl),
+        "mtl_minus_plain": statistics.fmean(out["mtl"][t]["auroc"] for t in tasks) - mtl["mean_auroc"],
+        "stl_minus_plain": statistics.fmean(out["stl"][t]["auroc"] for t in tasks) - plain_stl_mean,
     }
 
 

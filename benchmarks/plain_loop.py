@@ -2,18 +2,19 @@
 
 The training rows read into memory once (`mtl_ray.studies.probes.load_sample`), the same backbone
 size, AdamW at a constant learning rate, the same epochs and batch size, the masked BCE mean over
-the known labels (multi-task) or one task's labeled rows only (single-task), one process, no Ray.
-Validation AUROC per task by scikit-learn, as mtl-ray reports it.
+the known labels (`masked_bce`'s "labeled" reduction; multi-task) or one task's labeled rows only
+(single-task), one process, no Ray. Validation AUROC per task by scikit-learn, as mtl-ray reports it.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mtl_ray.data.validate import validate
 from mtl_ray.model.backbones import build, to_input
+from mtl_ray.model.losses import masked_bce
 from mtl_ray.model.metrics import evaluate, mean_auroc
+from mtl_ray.model.step import predict_batches
 from mtl_ray.studies.probes import load_sample
 
 LR = 1e-3
@@ -43,21 +44,13 @@ def fit(data: str, tasks: list[str] | None = None, *, backbone: str, epochs: int
         for rows in torch.randperm(len(images), generator=order).split(batch_size):
             if len(rows) < 2:
                 continue
-            y = labels[rows]
-            known = ~torch.isnan(y)
-            logits = model(to_input(images[rows]))
-            bce = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y), reduction="none")
-            loss = (bce * known).sum() / known.sum().clamp_min(1)
+            loss = masked_bce(model(to_input(images[rows])), labels[rows], reduction="labeled")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        metrics = _validate(model, val_images, val_labels, [names[c] for c in columns])
+        batches = ({"image": x, "labels": y} for x, y in zip(val_images.split(256), val_labels.split(256), strict=True))
+        metrics = evaluate(
+            *predict_batches(model, batches, torch.device("cpu"), autocast=False), [names[c] for c in columns]
+        )
         curve.append(mean_auroc(metrics))
     return {"val": metrics, "mean_auroc": curve[-1], "epochs": curve}
-
-
-def _validate(model, images: torch.Tensor, labels: torch.Tensor, tasks: list[str]) -> dict:
-    model.eval()
-    with torch.no_grad():
-        probs = torch.cat([torch.sigmoid(model(to_input(x))) for x in images.split(256)])
-    return evaluate(probs.numpy(), labels.numpy(), tasks)

@@ -166,10 +166,10 @@ def build_trainer(
             ),
             "val": dataset.read(inputs.val, inputs.size, cfg.resize),
         },
-        # In order, as `configure_data` sets it here: the controller that splits the rows would
-        # otherwise apply its own process's defaults.
+        # This process's options (`configure_data`: in order): the controller that splits the rows
+        # would otherwise apply its own process's defaults.
         dataset_config=ray.train.DataConfig(
-            datasets_to_split=["train"], execution_options=ray.data.ExecutionOptions(preserve_order=True)
+            datasets_to_split=["train"], execution_options=ray.data.DataContext.get_current().execution_options
         ),
     )
     return Run(trainer, inbox)

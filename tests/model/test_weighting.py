@@ -111,6 +111,11 @@ def test_get_from_config_dict():
         ("gradnorm", {"lr": 0}, "weighting 'gradnorm': parameter 'lr' must be a number > 0, got 0"),
         ("dwa", {"temperature": True}, "weighting 'dwa': parameter 'temperature' must be a number > 0, got True"),
         ("pcgrad", {"seed": 1.5}, "weighting 'pcgrad': parameter 'seed' must be an integer, got 1.5"),
+        (
+            "gradnorm",
+            {"initial_batches": 0},
+            "weighting 'gradnorm': parameter 'initial_batches' must be an integer >= 1, got 0",
+        ),
     ],
 )
 def test_get_errors_are_one_line(name, params, message):

@@ -123,3 +123,10 @@ def number(method: str, name: str, value: Any, *, positive: bool = False) -> flo
         raise UserError(f"weighting {method!r}: parameter {name!r} must be a number {bound}, got {value!r}")
     return float(value)
 
+
+def integer(method: str, name: str, value: Any, *, minimum: int | None = None) -> int:
+    """`value` as an int, or a UserError naming the parameter (and its `minimum`, if any)."""
+    if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise UserError(f"weighting {method!r}: parameter {name!r} must be an integer{bound}, got {value!r}")
+    return value

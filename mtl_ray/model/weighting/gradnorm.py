@@ -8,10 +8,9 @@ import math
 import torch
 from torch import nn
 
-from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import unwrap
 from mtl_ray.model.losses import BatchLosses
-from mtl_ray.model.weighting.base import ReduceMean, Weighting, flat_grads, number, trainable
+from mtl_ray.model.weighting.base import ReduceMean, Weighting, flat_grads, integer, number, trainable
 
 
 class GradNorm(Weighting):
@@ -48,11 +47,7 @@ class GradNorm(Weighting):
         super().__init__(num_tasks, reduce_mean)
         self.alpha = number(self.name, "alpha", alpha)
         self.lr = number(self.name, "lr", lr, positive=True)
-        if not isinstance(initial_batches, int) or isinstance(initial_batches, bool) or initial_batches < 1:
-            raise UserError(
-                f"weighting 'gradnorm': parameter 'initial_batches' must be an integer >= 1, got {initial_batches!r}"
-            )
-        self.initial_batches = initial_batches
+        self.initial_batches = integer(self.name, "initial_batches", initial_batches, minimum=1)
         self.register_buffer("task_weights", torch.ones(num_tasks))
         self.register_buffer("initial_losses", torch.full((num_tasks,), math.nan))
         # Lₖ(0) while it is gathered: label-weighted loss sum, labels, and batches seen.

@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import unwrap
 from mtl_ray.model.losses import BatchLosses
-from mtl_ray.model.weighting.base import ReduceMean, Weighting, flat_grads, known_only, trainable
+from mtl_ray.model.weighting.base import ReduceMean, Weighting, flat_grads, integer, known_only, trainable
 
 
 def project_conflicting(grads: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -44,9 +43,7 @@ class PCGrad(Weighting):
 
     def __init__(self, num_tasks: int, reduce_mean: ReduceMean | None = None, seed: int = 0) -> None:
         super().__init__(num_tasks, reduce_mean)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise UserError(f"weighting 'pcgrad': parameter 'seed' must be an integer, got {seed!r}")
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(integer(self.name, "seed", seed))
 
     def backward(
         self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses
