@@ -27,8 +27,12 @@ FILL = 0.6
 TRAIN_SCANS = 1200
 
 
-def scenes(n: int, seed: int, part: str) -> tuple[np.ndarray, np.ndarray]:
-    """`n` scenes of the `part` ("train" or "val") scans: uint8 images [n, 64, 64, 3], labels [n, 5]."""
+def scenes(
+    n: int, seed: int, part: str, tasks: int = len(TASKS), count: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`n` scenes of the `part` ("train" or "val") scans: uint8 images [n, 64, 64, 3], labels [n, tasks]
+    (`has_0` … `has_{tasks-1}`). Each cell holds a digit with probability FILL, or, with `count` =
+    (lo, hi), lo to hi of the four cells do."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -36,19 +40,20 @@ def scenes(n: int, seed: int, part: str) -> tuple[np.ndarray, np.ndarray]:
     pool = np.arange(TRAIN_SCANS) if part == "train" else np.arange(TRAIN_SCANS, len(glyphs))
     rng = np.random.default_rng([seed, 0 if part == "train" else 1])
     images = np.zeros((n, SIZE, SIZE, 3), np.uint8)
-    labels = np.zeros((n, len(TASKS)), np.float32)
+    labels = np.zeros((n, tasks), np.float32)
     side, cell = 8 * SCALE, SIZE // 2
     for i in range(n):
-        for cy in range(2):
-            for cx in range(2):
-                if rng.random() >= FILL:
-                    continue
-                k = rng.choice(pool)
-                y = cy * cell + rng.integers(0, cell - side + 1)
-                x = cx * cell + rng.integers(0, cell - side + 1)
-                images[i, y : y + side, x : x + side] = np.kron(glyphs[k], np.ones((SCALE, SCALE), np.uint8))[..., None]
-                if digits.target[k] < len(TASKS):
-                    labels[i, digits.target[k]] = 1
+        chosen = set(rng.choice(4, rng.integers(count[0], count[1] + 1), replace=False)) if count else None
+        for c in range(4):
+            if (c not in chosen) if chosen is not None else rng.random() >= FILL:
+                continue
+            cy, cx = divmod(c, 2)
+            k = rng.choice(pool)
+            y = cy * cell + rng.integers(0, cell - side + 1)
+            x = cx * cell + rng.integers(0, cell - side + 1)
+            images[i, y : y + side, x : x + side] = np.kron(glyphs[k], np.ones((SCALE, SCALE), np.uint8))[..., None]
+            if digits.target[k] < tasks:
+                labels[i, digits.target[k]] = 1
     return images, labels
 
 

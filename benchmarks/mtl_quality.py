@@ -10,8 +10,13 @@ single-task per task: mean AUROC, the starved task, and mtl-ray's side minus the
   tasks share parts by construction).
 - `digits`: scikit-learn's handwritten digits in multi-label scenes, `has_3` labeled on 5 % of
   the training rows (benchmarks/digit_scenes.py).
+- `hf`: a Hugging Face export of scenes of 2 to 4 of those digits, seven tasks, `has_3` labeled on
+  5 %, through `mtl-ray data convert` (benchmarks/hf_digits.py).
 
-    python benchmarks/mtl_quality.py [--worlds synthetic,digits] [--seeds 3] [--first-seed 0] [--n 4000]
+Per world and seed also: the worst task's multi-task AUROC as a multiple of its own single-task
+network's, and, per task, mtl-ray's single-task network minus the plain single-task loop.
+
+    python benchmarks/mtl_quality.py [--worlds synthetic,digits,hf] [--seeds 3] [--first-seed 0] [--n 4000]
         [--no-plain] [--json FILE]
 
 About 10 to 13 minutes per world and seed on 2 CPU cores, and as long again for the plain loops.
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 
+import hf_digits
 import plain_loop
 from digit_scenes import write as write_digits
 
@@ -34,14 +40,15 @@ from mtl_ray.config import TrainConfig
 from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.studies.compare import compare
 
-WORLDS = {"synthetic": "traffic_light", "digits": "has_3"}
+WORLDS = {"synthetic": "traffic_light", "digits": "has_3", "hf": "has_3"}
 RATE = 0.05
 
 
 def make(world: str, out: str, n: int, seed: int) -> str:
     if world == "synthetic":
         return synthesize(out, n, label_rates={WORLDS[world]: RATE}, seed=seed).path
-    return write_digits(out, n, seed=seed, starve={WORLDS[world]: RATE})
+    write = write_digits if world == "digits" else hf_digits.write
+    return write(out, n, seed=seed, starve={WORLDS[world]: RATE})
 
 
 def row(world: str, seed: int, result, seconds: float) -> dict:
@@ -59,6 +66,8 @@ def row(world: str, seed: int, result, seconds: float) -> dict:
         "gain": aurocs["mtl"] - aurocs["stl"],
         "control_loss": aurocs["mtl"] - aurocs["control"],
         "delta_m_pct": out["delta_m_pct"],
+        "worst_ratio": min(out["mtl"][t]["auroc"] / out["stl"][t]["auroc"] for t in out["tasks"]),
+        "stl_best_epochs": {t: e[0]["best"] for t, e in out["stl_epochs"].items()},
         "seconds": round(seconds),
     }
 
@@ -79,11 +88,12 @@ def plain(world: str, data: str, result, seed: int) -> dict:
         "plain_stl_focus": stl[focus],
         "mtl_minus_plain": statistics.fmean(out["mtl"][t]["auroc"] for t in tasks) - mtl["mean_auroc"],
         "stl_minus_plain": statistics.fmean(out["stl"][t]["auroc"] for t in tasks) - plain_stl_mean,
+        "stl_minus_plain_per_task": {t: out["stl"][t]["auroc"] - stl[t] for t in tasks},
     }
 
 
 def summary(rows: list[dict]) -> dict:
-    keys = ("mtl", "stl", "control", "gain", "control_loss", "delta_m_pct")
+    keys = ("mtl", "stl", "control", "gain", "control_loss", "delta_m_pct", "worst_ratio")
     keys += tuple(k for k in ("mtl_minus_plain", "stl_minus_plain", "plain_mtl_mean") if k in rows[0])
     out = {}
     for key in keys:
@@ -95,7 +105,7 @@ def summary(rows: list[dict]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", default="synthetic,digits")
+    parser.add_argument("--worlds", default="synthetic,digits,hf")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
     parser.add_argument("--n", type=int, default=4000)
@@ -118,7 +128,10 @@ def main() -> int:
                     rows[-1].update(plain(world, data, result, seed))
                 print(json.dumps(rows[-1]), flush=True)
             results[world] = {"rows": rows, "mean": summary(rows)}
-    print(f"{'world':<10} {'task':<14} {'multi-task':>14} {'single-task':>14} {'control':>14} {'Δm %':>12}")
+    print(
+        f"{'world':<10} {'task':<14} {'multi-task':>14} {'single-task':>14} {'gain':>15} {'control':>14} "
+        f"{'Δm %':>12} {'worst task ×':>14}"
+    )
     for world, found in results.items():
         m = found["mean"]
 
@@ -130,8 +143,8 @@ def main() -> int:
             )
 
         print(
-            f"{world:<10} {WORLDS[world]:<14} {cell('mtl'):>14} {cell('stl'):>14} {cell('control'):>14} "
-            f"{cell('delta_m_pct', '+.1f'):>12}"
+            f"{world:<10} {WORLDS[world]:<14} {cell('mtl'):>14} {cell('stl'):>14} {cell('gain', '+.3f'):>15} "
+            f"{cell('control'):>14} {cell('delta_m_pct', '+.1f'):>12} {cell('worst_ratio'):>14}"
         )
         if "mtl_minus_plain" in m:
             print(

@@ -19,6 +19,8 @@ DEFAULT_ALIAS = "champion"
 DEFAULT_EXPERIMENT = "mtl-ray"
 DEFAULT_STORAGE = "mtl-ray-runs"
 """Where checkpoints go when no storage is given (relative to the working directory)."""
+STL_PATIENCE = 3
+"""Epochs without a better validation AUROC after which `compare` stops a single-task network."""
 
 
 class Strict(BaseModel):
@@ -124,6 +126,12 @@ class TrainConfig(Strict):
     trunk: Literal["fine_tune", "freeze"] = Field("fine_tune", description="with init: train the trunk or keep it")
     trunk_lr_scale: float = Field(
         1.0, gt=0, description="with init: the trunk's learning rate as a multiple of lr (from scratch: lr)"
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="early stopping: end the run after this many epochs without a better validation mean AUROC "
+        "(the best epoch is reported beside the last); default: train every epoch",
     )
     epoch_rows: int | None = Field(
         None, ge=1, description="rows an epoch streams: the training rows repeated to about this many; default once"

@@ -6,6 +6,7 @@ import argparse
 
 from mtl_ray.cli.flags import add_command, from_api, positive_int
 from mtl_ray.cli.train import train_config, training_flags
+from mtl_ray.config import STL_PATIENCE
 from mtl_ray.result import Result
 
 
@@ -21,6 +22,8 @@ def compare(args: argparse.Namespace) -> Result:
         storage_path=args.storage,
         focus=args.focus,
         seeds=args.seeds,
+        stl_epochs=args.stl_epochs,
+        stl_patience=args.stl_patience,
         track=not args.no_track,
     )
 
@@ -77,6 +80,20 @@ def add(commands: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=1,
         help="run each side N times (training seeds seed..seed+N-1) and report mean ± std",
+    )
+    p.add_argument(
+        "--stl-epochs",
+        type=positive_int,
+        metavar="N",
+        help="most epochs a single-task network trains (default: the multi-task run's epochs)",
+    )
+    p.add_argument(
+        "--stl-patience",
+        type=positive_int,
+        default=STL_PATIENCE,
+        metavar="N",
+        help=f"a single-task network stops after N epochs without a better validation AUROC and reports its best "
+        f"epoch (default {STL_PATIENCE})",
     )
     no_track_flag(p)
 

@@ -25,7 +25,7 @@ def training_flags(p: argparse.ArgumentParser, init_required: bool = False) -> N
         p, WeightingConfig, "name", key="weighting", flag="--weighting", metavar="NAME", to_value=lambda n: {"name": n}
     )
     config_flag(p, TrainConfig, "workers", type=str, metavar="N|MIN-MAX")
-    for key in ("epochs", "gpu", "max_failures", "image_size", "strict", "decode"):
+    for key in ("epochs", "patience", "gpu", "max_failures", "image_size", "strict", "decode"):
         config_flag(p, TrainConfig, key)
     config_flag(p, TuneConfig, "storage", section="paths", metavar="PATH")
     cluster_flags(p)

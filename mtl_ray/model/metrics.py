@@ -58,3 +58,16 @@ def mean_auroc(per_task: Mapping[str, Mapping]) -> float | None:
     """Mean AUROC over the tasks that have one; None if none has."""
     values = [m["auroc"] for m in per_task.values() if m["auroc"] is not None]
     return float(np.mean(values)) if values else None
+
+
+def best_epoch(history: Sequence[Mapping]) -> Mapping | None:
+    """The epoch of `history` (entries with "mean_auroc") with the highest validation mean AUROC, the
+    earliest of equals; None when no epoch has one."""
+    scored = [h for h in history if h.get("mean_auroc") is not None]
+    return max(scored, key=lambda h: h["mean_auroc"]) if scored else None
+
+
+def patience_spent(history: Sequence[Mapping], patience: int | None) -> bool:
+    """Early stopping: `patience` epochs have gone by since the best one (never, with None)."""
+    best = best_epoch(history)
+    return patience is not None and best is not None and history[-1]["epoch"] - best["epoch"] >= patience

@@ -1,11 +1,15 @@
 """Multi-task vs separate single-task networks on the user's data: does sharing pay off here?
 
-`compare` trains the multi-task model and one single-task network per task with the same backbone,
-config and number of optimisation steps: a single-task network sees only the rows where its label
-is known, so each of its epochs streams those rows as often as it takes to match the multi-task
-run's epoch (`TrainConfig.epoch_rows`). Otherwise a task labeled on 5 % of the rows would get a
-twentieth of the steps, and the comparison would measure under-training, not sharing. Task
-weighting does not apply to one task, so single-task networks use `equal`. The report gives
+`compare` trains the multi-task model and one single-task network per task with the same backbone
+and config. A single-task network sees only the rows where its label is known, so each of its
+epochs streams those rows as often as it takes to match the multi-task run's epoch
+(`TrainConfig.epoch_rows`): otherwise a task labeled on 5 % of the rows would get a twentieth of the
+steps, and the comparison would measure under-training, not sharing. Each single-task network then
+trains to its own best: up to `stl_epochs` such epochs, stopped after `stl_patience` epochs without
+a better validation AUROC, and judged at its best epoch (reported), while the multi-task model is
+judged at its last, the one it would register. A baseline that kept training past its best, or
+stopped before it, would inflate the multi-task gain, the opposite of what the comparison is for.
+Task weighting does not apply to one task, so single-task networks use `equal`. The report gives
 per-task metrics both ways and Δm % (Maninis et al. 2019), the average relative gain of the
 multi-task model over the single-task ones on a higher-is-better metric:
 
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mtl_ray import progress
-from mtl_ray.config import TrainConfig, WeightingConfig
+from mtl_ray.config import STL_PATIENCE, TrainConfig, WeightingConfig
 from mtl_ray.data.validate import validate
 from mtl_ray.errors import UserError
 from mtl_ray.model.metrics import METRIC
@@ -51,8 +55,8 @@ class CompareRun:
 
     @property
     def stl_val(self) -> dict[str, dict]:
-        """Each single-task network's metrics on its own task."""
-        return {t: r.val[t] for t, r in self.stl.items()}
+        """Each single-task network's metrics on its own task, at its best epoch."""
+        return {t: r.best["val"][t] for t, r in self.stl.items()}
 
     @property
     def delta_m_pct(self) -> float | None:
@@ -127,6 +131,10 @@ class CompareResult(Result):
             **self._with_std("stl_seconds", lambda run: sum(r.seconds for r in run.stl.values())),
             "mtl_params": self.runs[0].mtl.params,
             "stl_params": sum(r.params for r in self.runs[0].stl.values()),
+            "stl_epochs": {
+                t: [{"best": run.stl[t].best["epoch"], "trained": run.stl[t].epochs} for run in self.runs]
+                for t in self.tasks
+            },
             "mtl_checkpoint": self.runs[0].mtl.checkpoint,
             "plots": self.plots,
             "tracking": self.tracking,
@@ -182,6 +190,13 @@ class CompareResult(Result):
             f"single-task: {len(first.stl)} networks, {stl_params:,} parameters, {stl_seconds:.0f} s"
             + (" (per seed)" if self.several else "")
         )
+        lines.append(
+            "single-task best epoch of trained: "
+            + ", ".join(
+                f"{t} " + "/".join(f"{run.stl[t].best['epoch']} of {run.stl[t].epochs}" for run in self.runs)
+                for t in self.tasks
+            )
+        )
         lines += [f"plot {p}" for p in self.plots]
         return "\n".join(lines + tracking.result_line(self.tracking))
 
@@ -204,22 +219,25 @@ class CompareResult(Result):
             title=f"Δm = {dm:+.1f} %" if dm is not None else "Δm: no metric",
         )
 
-        def mean_history(histories: list[list[dict]], value: Callable[[dict], float | None]) -> list[float | None]:
-            return [mean_std([value(h[k]) for h in histories])[0] for k in range(min(map(len, histories)))]
+        def mean_history(histories: list[list[dict]], value: Callable[[dict], float | None]) -> tuple[list, list]:
+            """(epochs, seed mean of `value` per epoch) over the epochs every seed ran (early stopping
+            may end single-task runs at different epochs)."""
+            common = range(min(map(len, histories)))
+            epochs = [histories[0][k]["epoch"] for k in common]
+            return epochs, [mean_std([value(h[k]) for h in histories])[0] for k in common]
 
-        epochs = [h["epoch"] for h in self.runs[0].mtl.history]
         lines = []
         for i, t in enumerate(self.tasks):
             for side, style in (("mtl", "-"), ("stl", "--")):
                 histories = [(run.mtl if side == "mtl" else run.stl[t]).history for run in self.runs]
-                y = mean_history(histories, lambda h, t=t: h["val"][t][METRIC])
-                lines.append(plots.Line(f"{t} ({side})", epochs[: len(y)], y, style, f"C{i % 10}"))
+                epochs, y = mean_history(histories, lambda h, t=t: h["val"][t][METRIC])
+                lines.append(plots.Line(f"{t} ({side})", epochs, y, style, f"C{i % 10}"))
         curves = plots.curves(
             os.path.join(directory, "curves.png"), lines, xlabel="epoch", ylabel=f"validation {METRIC}"
         )
         mtl_histories = [run.mtl.history for run in self.runs]
         weight_lines = [
-            plots.Line(t, epochs, mean_history(mtl_histories, lambda h, t=t: h["task_weights"][t]), marker="o")
+            plots.Line(t, *mean_history(mtl_histories, lambda h, t=t: h["task_weights"][t]), marker="o")
             for t in self.tasks
         ]
         weights = plots.curves(
@@ -238,10 +256,13 @@ def compare(
     storage_path: str | None = None,
     focus: str | None = None,
     seeds: int = 1,
+    stl_epochs: int | None = None,
+    stl_patience: int = STL_PATIENCE,
     track: bool = False,
 ) -> CompareResult:
     """Train the multi-task model and one single-task network per task, `seeds` times; see the module
-    docstring. `track` logs the comparison as an MLflow run of its own (`tracking.log_result_run`)."""
+    docstring (`stl_epochs` default: the multi-task run's epochs). `track` logs the comparison as an
+    MLflow run of its own (`tracking.log_result_run`)."""
     cfg = config or TrainConfig()
     if control not in (None, "shuffle"):
         raise UserError(f"--control {control!r}: expected 'shuffle'")
@@ -265,7 +286,12 @@ def compare(
     for k in range(seeds):
         run_cfg = cfg.model_copy(update={"seed": cfg.seed + k})
         single_cfg = run_cfg.model_copy(
-            update={"weighting": WeightingConfig(name="equal"), "epoch_rows": report.rows_in("train")}
+            update={
+                "weighting": WeightingConfig(name="equal"),
+                "epoch_rows": report.rows_in("train"),
+                "epochs": stl_epochs or run_cfg.epochs,
+                "patience": stl_patience,
+            }
         )
         prefix = f"compare-{stamp}-s{run_cfg.seed}"
         common = dict(val=val, storage_path=storage_path)
@@ -292,6 +318,7 @@ def compare(
                 result.to_json(),
                 result.render(),
                 params={"data": data, "val": val, "seeds": seeds, "control": control, "focus": focus}
+                | {"stl_epochs": stl_epochs or cfg.epochs, "stl_patience": stl_patience}
                 | cfg.model_dump(),
                 artifacts=result.plots or result.write_plots(d),
             )

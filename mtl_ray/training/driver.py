@@ -24,6 +24,7 @@ from mtl_ray.data.images import show_size
 from mtl_ray.errors import UserError
 from mtl_ray.model import checkpoint
 from mtl_ray.model.backbones import build
+from mtl_ray.model.metrics import best_epoch
 from mtl_ray.progress import RunProgress
 from mtl_ray.result import Result, number, plural, table
 from mtl_ray.training import dataset, device_decode
@@ -71,6 +72,17 @@ class TrainResult(Result):
     restarts: int = 0
     """Times this command's worker group was started again from a checkpoint (a lost worker or node)."""
 
+    @property
+    def best(self) -> dict:
+        """The epoch with the best validation mean AUROC ({"epoch", "mean_auroc", "val"}), the last when
+        none has one: what early stopping (`TrainConfig.patience`) looks for, and what `compare`
+        reports of a single-task network."""
+        best = best_epoch(self.history) or {"epoch": self.epochs, "mean_auroc": self.mean_auroc, "val": self.val}
+        return {k: best[k] for k in ("epoch", "mean_auroc", "val")}
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "best": self.best}
+
     def render(self) -> str:
         head = ["task", "auroc", "accuracy", "f1", "n_labeled"]
         rows = [
@@ -85,6 +97,11 @@ class TrainResult(Result):
                 f"images {show_size(self.image['size'])} (HxW), {self.image['why']}, {self.image['resize']}",
                 *table(head, rows),
                 f"mean_auroc {number(self.mean_auroc)}",
+                *(
+                    [f"best epoch {self.best['epoch']}: mean_auroc {number(self.best['mean_auroc'])}"]
+                    if self.best["epoch"] != self.epochs
+                    else []
+                ),
                 *(
                     [f"skipped {self.skipped_images} unreadable image(s) in every epoch (--strict makes them an error)"]
                     if self.skipped_images

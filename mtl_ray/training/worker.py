@@ -24,7 +24,7 @@ from mtl_ray.data.shards import ShardFormat
 from mtl_ray.errors import UserError
 from mtl_ray.model import checkpoint
 from mtl_ray.model.backbones import build, unwrap
-from mtl_ray.model.metrics import evaluate, mean_auroc
+from mtl_ray.model.metrics import evaluate, mean_auroc, patience_spent
 from mtl_ray.model.step import (
     all_reduce_sum,
     diverged,
@@ -143,6 +143,15 @@ class WorkerLoop:
                 self.history.append(metrics)
                 self.spec.inbox.report.remote({k: metrics[k] for k in progress.EPOCH_KEYS})
             self.save(epoch + 1, metrics)
+            if self.stopping():
+                break
+
+    def stopping(self) -> bool:
+        """Early stopping (`TrainConfig.patience`), decided by rank 0, which holds the validation
+        metrics, and taken by every rank."""
+        if self.cfg.patience is None:
+            return False
+        return all_reduce_sum([float(self.rank == 0 and patience_spent(self.history, self.cfg.patience))])[0] > 0
 
     def restore(self) -> bool:
         """Take up the last checkpoint of a resumed run; True when that run had already finished (a
@@ -162,7 +171,7 @@ class WorkerLoop:
         self.first_epoch = self.start_epoch + 1
         self.resumes.append({"epoch": self.start_epoch + 1, "step": meta.get("step", 0)})
         self._report_start(self.start_epoch, meta.get("step", 0))
-        if self.start_epoch >= self.cfg.epochs:
+        if self.start_epoch >= self.cfg.epochs or patience_spent(self.history, self.cfg.patience):
             ray.train.report(meta["metrics"], checkpoint=resumed if self.rank == 0 else None)
             return True
         return False

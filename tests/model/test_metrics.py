@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mtl_ray.model.metrics import evaluate, mean_auroc, task_metrics
+from mtl_ray.model.metrics import best_epoch, evaluate, mean_auroc, patience_spent, task_metrics
 
 NAN = np.nan
 
@@ -127,3 +127,12 @@ def test_every_metric_equals_scikit_learn_on_the_known_entries():
         assert result[task]["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
         assert result[task]["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5), abs=1e-12)
         assert result[task]["f1"] == pytest.approx(f1_score(y, p >= 0.5), abs=1e-12)
+
+
+def test_best_epoch_is_the_earliest_highest_and_patience_counts_epochs_since_it():
+    history = [{"epoch": e, "mean_auroc": a} for e, a in enumerate([0.6, None, 0.8, 0.7, 0.8, 0.75], start=1)]
+    assert best_epoch(history)["epoch"] == 3
+    assert best_epoch([{"epoch": 1, "mean_auroc": None}]) is None
+    assert not patience_spent(history[:4], 2) and patience_spent(history[:5], 2)
+    assert patience_spent(history, 3) and not patience_spent(history, 4)
+    assert not patience_spent(history, None)

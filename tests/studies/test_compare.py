@@ -58,6 +58,10 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
         job_config,
         "--epochs",
         1,
+        "--stl-epochs",
+        3,
+        "--stl-patience",
+        1,
         "--control",
         "shuffle",
         "--plots",
@@ -105,7 +109,11 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
     for line in ("compare multi-task: car, traffic_light", "compare single-task 2/2: traffic_light"):
         assert line in res.err, res.err[-3000:]
     assert "compare shuffle control: car labels shuffled" in res.err
-    assert len(re.findall(r"compare-\S+: epoch 1/1  loss ", res.err)) == 4  # mtl, 2 stl, control
+    assert len(re.findall(r"compare-\S+: epoch 1/1  loss ", res.err)) == 2  # mtl, control
+    for task, (seed,) in out["stl_epochs"].items():  # early stopping: 1 epoch without gain ends a run
+        assert 1 <= seed["best"] <= seed["trained"] <= 3
+        assert seed["trained"] == 3 or seed["trained"] == seed["best"] + 1
+        assert len(re.findall(rf"compare-\S+-stl-{task}: epoch \d/3  loss ", res.err)) == seed["trained"], task
     assert " INFO " not in res.err
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
@@ -138,17 +146,25 @@ def test_compare_rejects_unknown_focus(cli, tmp_path):
     assert res.code == 2 and "--focus 'bicycle'" in res.err
 
 
-def _result(name: str, aurocs: dict[str, float], seconds: float = 10.0) -> TrainResult:
-    val = {t: {"auroc": a, "accuracy": a, "f1": a, "n_labeled": 100} for t, a in aurocs.items()}
-    history = [{"epoch": 1, "val": val, "task_weights": {t: 1.0 for t in aurocs}}]
+def _val(aurocs: dict[str, float]) -> dict[str, dict]:
+    return {t: {"auroc": a, "accuracy": a, "f1": a, "n_labeled": 100} for t, a in aurocs.items()}
+
+
+def _result(name: str, aurocs: dict[str, float], seconds: float = 10.0, earlier: list[float] = ()) -> TrainResult:
+    """A run whose last epoch has `aurocs`, after epochs with `earlier` AUROCs on every task."""
+    epochs = [{t: a for t in aurocs} for a in earlier] + [aurocs]
+    history = [
+        {"epoch": e, "val": _val(v), "mean_auroc": float(np.mean([*v.values()])), "task_weights": dict.fromkeys(v, 1.0)}
+        for e, v in enumerate(epochs, start=1)
+    ]
     return TrainResult(
         name=name,
         tasks=list(aurocs),
         params=1000,
-        epochs=1,
+        epochs=len(epochs),
         first_epoch=1,
-        val=val,
-        mean_auroc=None,
+        val=_val(aurocs),
+        mean_auroc=history[-1]["mean_auroc"],
         checkpoint=f"/ckpt/{name}",
         train_images_per_s=1.0,
         seconds=seconds,
@@ -189,3 +205,14 @@ def test_one_seed_has_no_std_keys():
     out = CompareResult(tasks=["a", "b"], runs=[CompareRun(0, _result("m", {"a": 0.9, "b": 0.7}), stl)]).to_json()
     assert "auroc_std" not in out["mtl"]["a"] and "delta_m_pct_std" not in out and "control" not in out
     assert out["delta_m_pct"] == pytest.approx((0.1 / 0.8 * 100 + 0) / 2)
+
+
+def test_single_task_networks_count_at_their_best_epoch_and_the_multi_task_model_at_its_last():
+    stl = {"a": _result("sa", {"a": 0.70}, earlier=[0.60, 0.80, 0.75]), "b": _result("sb", {"b": 0.70})}
+    mtl = _result("m", {"a": 0.84, "b": 0.77}, earlier=[0.9])
+    result = CompareResult(tasks=["a", "b"], runs=[CompareRun(0, mtl, stl)])
+    out = result.to_json()
+    assert out["stl"]["a"]["auroc"] == pytest.approx(0.80) and out["mtl"]["a"]["auroc"] == pytest.approx(0.84)
+    assert out["stl_epochs"] == {"a": [{"best": 2, "trained": 4}], "b": [{"best": 1, "trained": 1}]}
+    assert out["delta_pct"]["a"] == pytest.approx(5.0) and out["delta_pct"]["b"] == pytest.approx(10.0)
+    assert "single-task best epoch of trained: a 2 of 4, b 1 of 1" in result.render()
