@@ -76,16 +76,17 @@ def write(out: str, n: int, *, seed: int = 0, starve: dict[str, float] | None = 
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(writer=write, description: str = __doc__, what: str = "digit scenes") -> int:
+    """The command line of a world's writer: OUT [--n N] [--starve TASK=RATE] [--seed S]."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("out")
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--starve", default="has_3=0.05", metavar="TASK=RATE")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     task, _, rate = args.starve.partition("=")
-    write(args.out, args.n, seed=args.seed, starve={task: float(rate)})
-    print(f"wrote {args.n} digit scenes to {args.out} ({task} labeled on {float(rate):.0%} of training rows)")
+    writer(args.out, args.n, seed=args.seed, starve={task: float(rate)})
+    print(f"wrote {args.n} {what} to {args.out} ({task} labeled on {float(rate):.0%} of training rows)")
     return 0
 
 

@@ -12,14 +12,13 @@ shards, with its defaults.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
 import tempfile
 
+import digit_scenes
 import numpy as np
-from digit_scenes import scenes
 
 from mtl_ray.data.convert.pipeline import convert
 
@@ -37,7 +36,7 @@ def export(root: str, n: int, *, seed: int = 0, starve: dict[str, float] | None 
     n_val = n // 5
     features = datasets.Features({"image": datasets.Image(), **{t: datasets.Value("int8") for t in TASKS}})
     for split, count in (("train", n - n_val), ("validation", n_val)):
-        images, labels = scenes(count, seed, "train" if split == "train" else "val", len(TASKS), DIGITS)
+        images, labels = digit_scenes.scenes(count, seed, "train" if split == "train" else "val", len(TASKS), DIGITS)
         columns: dict[str, list] = {"image": []}
         for pixels in images:
             buf = io.BytesIO()
@@ -60,16 +59,7 @@ def write(out: str, n: int, *, seed: int = 0, starve: dict[str, float] | None = 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out")
-    parser.add_argument("--n", type=int, default=4000)
-    parser.add_argument("--starve", default="has_3=0.05", metavar="TASK=RATE")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    task, _, rate = args.starve.partition("=")
-    write(args.out, args.n, seed=args.seed, starve={task: float(rate)})
-    print(f"wrote {args.n} scenes to {args.out} via a Hugging Face export ({task} labeled on {float(rate):.0%})")
-    return 0
+    return digit_scenes.main(write, __doc__, "scenes via a Hugging Face export")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Does multi-task learning pay off with the defaults? The label-starved task in two worlds, over seeds.
+"""Does multi-task learning pay off with the defaults? The label-starved task in three worlds, over seeds.
 
 For each world and seed, fresh data (data seed = seed) and `mtl_ray.studies.compare.compare` with the default
 `TrainConfig` (training seed = seed) and Caruana's shuffle control. Printed: the starved task's
@@ -18,6 +18,7 @@ network's, and, per task, mtl-ray's single-task network minus the plain single-t
 
     python benchmarks/mtl_quality.py [--worlds synthetic,digits,hf] [--seeds 3] [--first-seed 0] [--n 4000]
         [--no-plain] [--json FILE]
+    python benchmarks/mtl_quality.py --merge FILE... [--json FILE]   # the table of runs made in pieces
 
 About 10 to 13 minutes per world and seed on 2 CPU cores, and as long again for the plain loops.
 """
@@ -67,6 +68,8 @@ def row(world: str, seed: int, result, seconds: float) -> dict:
         "control_loss": aurocs["mtl"] - aurocs["control"],
         "delta_m_pct": out["delta_m_pct"],
         "worst_ratio": min(out["mtl"][t]["auroc"] / out["stl"][t]["auroc"] for t in out["tasks"]),
+        "worst_task": min(out["tasks"], key=lambda t: out["mtl"][t]["auroc"] / out["stl"][t]["auroc"]),
+        "per_task": {t: {"mtl": out["mtl"][t]["auroc"], "stl": out["stl"][t]["auroc"]} for t in out["tasks"]},
         "stl_best_epochs": {t: e[0]["best"] for t, e in out["stl_epochs"].items()},
         "seconds": round(seconds),
     }
@@ -103,31 +106,36 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", default="synthetic,digits,hf")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
-    parser.add_argument("--n", type=int, default=4000)
-    parser.add_argument("--no-plain", action="store_true", help="leave out the plain PyTorch loops")
-    parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args()
-    worlds = args.worlds.split(",")
-    results: dict[str, dict] = {}
+def run(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Each world's rows, one per seed, printed as they come."""
+    rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for world in worlds:
-            rows = []
+        for world in args.worlds.split(","):
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 data = make(world, os.path.join(tmp, f"{world}-{seed}"), args.n, seed)
                 started = time.perf_counter()
                 result = compare(
                     data, config=TrainConfig(seed=seed), control="shuffle", storage_path=os.path.join(tmp, "runs")
                 )
-                rows.append(row(world, seed, result, time.perf_counter() - started))
+                found = row(world, seed, result, time.perf_counter() - started)
                 if not args.no_plain:
-                    rows[-1].update(plain(world, data, result, seed))
-                print(json.dumps(rows[-1]), flush=True)
-            results[world] = {"rows": rows, "mean": summary(rows)}
+                    found.update(plain(world, data, result, seed))
+                rows.setdefault(world, []).append(found)
+                print(json.dumps(found), flush=True)
+    return rows
+
+
+def merged(files: list[str]) -> dict[str, list[dict]]:
+    """Each world's rows from earlier --json files, by seed."""
+    rows: dict[str, list[dict]] = {}
+    for path in files:
+        with open(path) as f:
+            for world, found in json.load(f).items():
+                rows.setdefault(world, []).extend(found["rows"])
+    return {world: sorted(found, key=lambda r: r["seed"]) for world, found in rows.items()}
+
+
+def print_table(results: dict[str, dict]) -> None:
     print(
         f"{'world':<10} {'task':<14} {'multi-task':>14} {'single-task':>14} {'gain':>15} {'control':>14} "
         f"{'Δm %':>12} {'worst task ×':>14}"
@@ -151,6 +159,21 @@ def main() -> int:
                 f"{'':<10} plain loop: multi-task mean AUROC {cell('plain_mtl_mean')}; mtl-ray minus plain, "
                 f"multi-task {cell('mtl_minus_plain', '+.3f')}, single-task {cell('stl_minus_plain', '+.3f')}"
             )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", default="synthetic,digits,hf")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--no-plain", action="store_true", help="leave out the plain PyTorch loops")
+    parser.add_argument("--merge", nargs="+", metavar="FILE", help="instead of running: the table of --json files")
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args()
+    rows = merged(args.merge) if args.merge else run(args)
+    results = {world: {"rows": found, "mean": summary(found)} for world, found in rows.items()}
+    print_table(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
