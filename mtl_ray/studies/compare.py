@@ -264,6 +264,7 @@ def compare(
     docstring (`stl_epochs` default: the multi-task run's epochs). `track` logs the comparison as an
     MLflow run of its own (`tracking.log_result_run`)."""
     cfg = config or TrainConfig()
+    stl_epochs = stl_epochs or cfg.epochs
     if control not in (None, "shuffle"):
         raise UserError(f"--control {control!r}: expected 'shuffle'")
     if seeds < 1:
@@ -289,7 +290,7 @@ def compare(
             update={
                 "weighting": WeightingConfig(name="equal"),
                 "epoch_rows": report.rows_in("train"),
-                "epochs": stl_epochs or run_cfg.epochs,
+                "epochs": stl_epochs,
                 "patience": stl_patience,
             }
         )
@@ -318,7 +319,7 @@ def compare(
                 result.to_json(),
                 result.render(),
                 params={"data": data, "val": val, "seeds": seeds, "control": control, "focus": focus}
-                | {"stl_epochs": stl_epochs or cfg.epochs, "stl_patience": stl_patience}
+                | {"stl_epochs": stl_epochs, "stl_patience": stl_patience}
                 | cfg.model_dump(),
                 artifacts=result.plots or result.write_plots(d),
             )
