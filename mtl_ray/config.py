@@ -40,7 +40,10 @@ class WeightingConfig(BaseModel):
 
     name: str = Field(
         "gradnorm",
-        description="task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad (parameters via --config)",
+        description=(
+            "task weighting: equal, static, uncertainty, gradnorm, dwa, pcgrad, famo, imtl, cagrad, aligned, "
+            "mgda_ub (parameters via --config)"
+        ),
     )
 
     def params(self) -> dict[str, Any]:

@@ -54,6 +54,10 @@ class MultiTaskNet(nn.Module):
 
     `heads` is one Linear(feature_dim, T): row j is task j's own linear head (no parameters are
     shared between rows), computed in one matmul instead of T small ones.
+
+    With `keep_features` set, a forward with gradients keeps the trunk's output, in the autograd
+    graph, as `features` for weighting methods that work on the gradients of the shared representation
+    (MGDA-UB, IMTL-G); they take it and set it back to None.
     """
 
     def __init__(self, trunk: nn.Module, feature_dim: int, num_tasks: int) -> None:
@@ -62,9 +66,14 @@ class MultiTaskNet(nn.Module):
         self.feature_dim = feature_dim
         self.num_tasks = num_tasks
         self.heads = nn.Linear(feature_dim, num_tasks)
+        self.keep_features = False
+        self.features: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.trunk(x))
+        features = self.trunk(x)
+        if self.keep_features and torch.is_grad_enabled():
+            self.features = features
+        return self.heads(features)
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters every task's loss flows through (the trunk)."""

@@ -7,6 +7,7 @@ from mtl_ray.config import TrainConfig
 from mtl_ray.data.images import show_size
 from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import available, min_image_side
+from mtl_ray.model.weighting import METHODS
 from mtl_ray.model.weighting import get as get_weighting
 
 
@@ -28,9 +29,8 @@ def check_model_config(cfg: TrainConfig, num_tasks: int, size: tuple[int, int] |
     if cfg.trunk == "freeze" and cfg.init is None:
         raise UserError("trunk: freeze keeps the weights an init gave the trunk: set --init too")
     if cfg.trunk == "freeze" and method.manipulates_gradients:
+        usable = [name for name, cls in METHODS.items() if not cls.manipulates_gradients]
         raise UserError(
             f"trunk: freeze leaves weighting {cfg.weighting.name!r} no shared gradients to work on: "
-            "use equal, static, uncertainty or dwa"
+            f"use {', '.join(usable[:-1])} or {usable[-1]}"
         )
-
-

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from mtl_ray.config import TrainConfig
-from mtl_ray.model.backbones import to_input
-from mtl_ray.model.losses import batch_losses, known_tasks, task_terms
+from mtl_ray.model.backbones import to_input, unwrap
+from mtl_ray.model.losses import BatchLosses, batch_losses, known_tasks, task_terms
 
 if TYPE_CHECKING:
     from mtl_ray.model.weighting import Weighting
@@ -106,21 +106,40 @@ def train_step(
     x = to_input(images.to(device, non_blocking=True), channels_last=True)
     labels = labels.to(device, non_blocking=True)
     by_hand = weighting.manipulates_gradients and isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    if weighting.uses_features:
+        unwrap(model).keep_features = True
     optimizer.zero_grad(set_to_none=True)
     with model.no_sync() if by_hand else contextlib.nullcontext():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x)
         terms = task_terms(logits, labels, reduction)
-        loss = weighting.backward(terms, known_tasks(labels), model, batch_losses(logits, labels))
+        known = known_tasks(labels)
+        loss = weighting.backward(terms, known, model, batch_losses(logits, labels))
     if by_hand:
         _average_gradients(model)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
     if finite:
         optimizer.step()
+        if weighting.needs_losses_after_step:
+            weighting.after_step(losses_after_step(model, x, labels, device), known)
     else:
         optimizer.zero_grad(set_to_none=True)
     return loss, terms.detach(), finite
+
+
+def losses_after_step(
+    model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> BatchLosses:
+    """The batch's losses under the parameters just stepped (FAMO's second look at the batch), in
+    training mode as the step saw it, with the model's buffers (batch-norm statistics) left as they were."""
+    saved = [b.clone() for b in model.buffers()]
+    with torch.no_grad():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+        for buffer, value in zip(model.buffers(), saved, strict=True):
+            buffer.copy_(value)
+    return batch_losses(logits, labels)
 
 
 def diverged(cfg: TrainConfig, epoch: int, step: int) -> str:

@@ -20,6 +20,11 @@ CONFIGS = {
     "gradnorm": {"alpha": 1.5},
     "dwa": {"temperature": 2.0},
     "pcgrad": {},
+    "famo": {},
+    "imtl": {},
+    "cagrad": {"c": 0.4},
+    "aligned": {},
+    "mgda_ub": {},
 }
 
 
@@ -42,6 +47,7 @@ def toy_batch(
 
 
 def step(method: weighting.Weighting, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    model.keep_features = method.uses_features
     model.zero_grad(set_to_none=True)
     method.zero_grad(set_to_none=True)
     logits = model(x)
@@ -77,14 +83,21 @@ def test_task_terms_bad_reduction():
 
 
 def test_available_and_get_every_method():
-    assert weighting.available() == ["equal", "static", "uncertainty", "gradnorm", "dwa", "pcgrad"]
+    assert weighting.available() == list(CONFIGS)
     for name, params in CONFIGS.items():
         method = weighting.get(name, num_tasks=2, **params)
         assert isinstance(method, weighting.Weighting) and method.name == name
         assert method.weights() == pytest.approx(
             {"static": [0.5, 2.0], "uncertainty": [0.5, 0.5]}.get(name, [1.0, 1.0])
         )
-    assert [n for n in CONFIGS if weighting.METHODS[n].manipulates_gradients] == ["gradnorm", "pcgrad"]
+    assert [n for n in CONFIGS if weighting.METHODS[n].manipulates_gradients] == [
+        "gradnorm",
+        "pcgrad",
+        "imtl",
+        "cagrad",
+        "aligned",
+        "mgda_ub",
+    ]
 
 
 def test_get_from_config_dict():
@@ -95,7 +108,19 @@ def test_get_from_config_dict():
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("softmax", {}, "unknown weighting 'softmax': available are equal, static, uncertainty, gradnorm, dwa, pcgrad"),
+        (
+            "softmax",
+            {},
+            "unknown weighting 'softmax': available are equal, static, uncertainty, gradnorm, dwa, pcgrad, famo, "
+            "imtl, cagrad, aligned, mgda_ub",
+        ),
+        ("famo", {"lr": 0}, "weighting 'famo': parameter 'lr' must be a number > 0, got 0"),
+        ("cagrad", {"c": -1}, "weighting 'cagrad': parameter 'c' must be a number >= 0, got -1"),
+        (
+            "mgda_ub",
+            {"normalization": "max"},
+            "weighting 'mgda_ub': parameter 'normalization' must be one of none, l2, loss, loss+, got 'max'",
+        ),
         ("dwa", {"alpha": 1.5}, "weighting 'dwa': unknown parameter 'alpha'; valid: temperature"),
         ("gradnorm", {"temp": 1}, "weighting 'gradnorm': unknown parameter 'temp'; valid: alpha, lr, initial_batches"),
         ("equal", {"weights": [1, 1]}, "weighting 'equal': unknown parameter 'weights'; valid: none"),
@@ -280,6 +305,8 @@ def test_gradnorm_starts_each_task_from_its_first_batches_with_labels():
     assert method.initial_losses[1] == pytest.approx((0.9 + 0.6 * 3 + 0.3 * 4) / 8)
     slow, fast = method.weights()
     assert slow > 1.0 > fast  # task 0 has not come down from its start (0.7 / 0.7), task 1 has (0.3 / 0.49)
+
+
 # ---- dwa -------------------------------------------------------------------------------------
 
 

@@ -11,12 +11,17 @@ from typing import Any
 from mtl_ray.errors import UserError
 from mtl_ray.model.weighting.base import ReduceMean, Weighting
 from mtl_ray.model.weighting.classic import DWA, Equal, Static, Uncertainty
+from mtl_ray.model.weighting.famo import FAMO
+from mtl_ray.model.weighting.gradient import IMTLG, MGDAUB, AlignedMTL, CAGrad
 from mtl_ray.model.weighting.gradnorm import GradNorm
 from mtl_ray.model.weighting.pcgrad import PCGrad, project_conflicting
 
 __all__ = ["METHODS", "Weighting", "available", "get", "project_conflicting"]
 
-METHODS: dict[str, type[Weighting]] = {cls.name: cls for cls in (Equal, Static, Uncertainty, GradNorm, DWA, PCGrad)}
+METHODS: dict[str, type[Weighting]] = {
+    cls.name: cls
+    for cls in (Equal, Static, Uncertainty, GradNorm, DWA, PCGrad, FAMO, IMTLG, CAGrad, AlignedMTL, MGDAUB)
+}
 
 
 def available() -> list[str]:
@@ -39,4 +44,3 @@ def get(name: str, num_tasks: int, reduce_mean: ReduceMean | None = None, **para
         if key not in valid:
             raise UserError(f"weighting {name!r}: unknown parameter {key!r}; valid: {', '.join(valid) or 'none'}")
     return cls(num_tasks, reduce_mean, **params)
-

@@ -56,6 +56,25 @@ def flat_grads(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
     )
 
 
+def task_grads(terms: torch.Tensor, known: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Each known task's gradient of its term on `inputs` (parameters, or a representation in the
+    graph), flattened → [T, P]; rows of tasks without a known label stay 0."""
+    grads = torch.zeros(terms.shape[0], sum(t.numel() for t in inputs), device=terms.device)
+    for k in known.nonzero().flatten().tolist():
+        grads[k] = flat_grads(terms[k], inputs)
+    return grads
+
+
+def add_grads(params: list[nn.Parameter], flat: torch.Tensor) -> None:
+    """Add the flat gradient `flat` [P] to `.grad` of `params`, in their order and dtypes."""
+    for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        g = g.view(p.shape).to(p.dtype)
+        if p.grad is None:
+            p.grad = torch.empty_like(p).copy_(g)
+        else:
+            p.grad.add_(g)
+
+
 class Weighting(nn.Module):
     """Base class: combines per-task loss terms [T] into gradients. Subclasses set `name` and
     override `current_weights` (plus `loss` when the objective is more than a weighted sum of
@@ -63,6 +82,12 @@ class Weighting(nn.Module):
 
     name: ClassVar[str]
     manipulates_gradients: ClassVar[bool] = False
+    uses_features: ClassVar[bool] = False
+    """Whether `backward` reads the trunk's output of the batch (`MultiTaskNet.features`), which the
+    train step then asks the model to keep."""
+    needs_losses_after_step: ClassVar[bool] = False
+    """Whether the train step, after the optimizer's step, evaluates the batch again and passes its
+    losses to `after_step`."""
 
     def __init__(self, num_tasks: int, reduce_mean: ReduceMean | None = None) -> None:
         super().__init__()
@@ -89,9 +114,7 @@ class Weighting(nn.Module):
         """The scalar objective over the known tasks."""
         return (self.current_weights().to(terms.device) * known_only(terms, known)).sum()
 
-    def backward(
-        self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses
-    ) -> torch.Tensor:
+    def backward(self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses) -> torch.Tensor:
         """Back-propagate the objective into `.grad` of `model`'s and this module's parameters.
 
         `terms` [T] from `losses.task_terms`, `known` bool [T] from `losses.known_tasks`, `losses` from
@@ -101,6 +124,9 @@ class Weighting(nn.Module):
         total.backward()
         self._reduce_parameter_grads()
         return total.detach()
+
+    def after_step(self, losses: BatchLosses, known: torch.Tensor) -> None:
+        """With `needs_losses_after_step`: the batch's losses under the updated parameters; no-op by default."""
 
     def epoch_end(self, mean_terms: torch.Tensor) -> None:
         """Per-epoch hook with the epoch's mean task terms [T] on this worker; no-op by default."""

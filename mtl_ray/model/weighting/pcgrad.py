@@ -8,7 +8,7 @@ from torch import nn
 
 from mtl_ray.model.backbones import unwrap
 from mtl_ray.model.losses import BatchLosses
-from mtl_ray.model.weighting.base import ReduceMean, Weighting, flat_grads, integer, known_only, trainable
+from mtl_ray.model.weighting.base import ReduceMean, Weighting, add_grads, integer, known_only, task_grads, trainable
 
 
 def project_conflicting(grads: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -45,24 +45,13 @@ class PCGrad(Weighting):
         super().__init__(num_tasks, reduce_mean)
         self.generator = torch.Generator().manual_seed(integer(self.name, "seed", seed))
 
-    def backward(
-        self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses
-    ) -> torch.Tensor:
+    def backward(self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses) -> torch.Tensor:
         net = unwrap(model)
         shared = trainable(net.shared_parameters())
         heads = trainable(net.task_parameters())
         masked = known_only(terms, known)
-        grads = torch.zeros(self.num_tasks, sum(p.numel() for p in shared), device=terms.device)
-        for k in known.nonzero().flatten().tolist():
-            grads[k] = flat_grads(masked[k], shared)
+        grads = task_grads(masked, known, shared)
         total = masked.sum()
         total.backward(inputs=heads)
-        combined = project_conflicting(self.reduce_mean(grads), self.generator).sum(dim=0)
-        for p, g in zip(shared, combined.split([p.numel() for p in shared]), strict=True):
-            g = g.view(p.shape).to(p.dtype)
-            if p.grad is None:
-                p.grad = torch.empty_like(p).copy_(g)
-            else:
-                p.grad.add_(g)
+        add_grads(shared, project_conflicting(self.reduce_mean(grads), self.generator).sum(dim=0))
         return total.detach()
-
