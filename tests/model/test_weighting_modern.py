@@ -261,3 +261,48 @@ def test_train_step_gives_famo_the_losses_after_the_step_without_touching_batch_
     for a, b in zip(stats["equal"], stats["famo"], strict=True):
         torch.testing.assert_close(a, b)
     assert method.logits.abs().sum() > 0 and torch.isnan(method.before).all()
+
+
+# ---- DDP -------------------------------------------------------------------------------------
+
+NEW_METHODS = ["famo", "imtl", "cagrad", "aligned", "mgda_ub"]
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from mtl_ray.model.step import mean_over_workers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    images = torch.randint(0, 256, (3, 8, 24, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(rank))
+    labels = torch.randint(0, 2, (3, 8, 3), generator=torch.Generator().manual_seed(10 + rank)).float()
+    if rank == 1:
+        labels[:, :, 2] = NAN  # the third task is known on rank 0 only
+    result = {}
+    for name in NEW_METHODS:
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(build("xs", 3, channels_last=True))
+        method = weighting.get(name, num_tasks=3, reduce_mean=mean_over_workers)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for i in range(3):
+            train_step(model, optimizer, method, images[i], labels[i], torch.device("cpu"), "sqrt")
+        result[name] = (torch.cat([p.detach().reshape(-1) for p in model.parameters()]), method.weights())
+    torch.save(result, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_every_ddp_worker_ends_with_the_same_model_and_weights(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name in NEW_METHODS:
+        (params0, weights0), (params1, weights1) = ranks[0][name], ranks[1][name]
+        torch.testing.assert_close(params0, params1, msg=name)
+        assert weights0 == pytest.approx(weights1), name
+        assert weights0 != [1.0, 1.0, 1.0], name
