@@ -39,4 +39,3 @@ def user_error_in(exc: BaseException) -> UserError | None:
         failures = getattr(current, "worker_failures", None) or {}
         pending += [getattr(current, "cause", None), current.__cause__, current.__context__, *failures.values()]
     return None
-

@@ -41,6 +41,7 @@ class QuickstartResult(Result):
     tune: TuneResult
     predictions: PredictResult
     seconds: float
+
     @property
     def model_uri(self) -> str:
         reg = self.tune.registered

@@ -83,5 +83,3 @@ def fresh_predict(model_uri: str, paths: list[str], env: dict, cwd) -> dict:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-

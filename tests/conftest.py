@@ -22,6 +22,7 @@ from mtl_ray.cluster.runtime import free_port
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The checkout: docs/, infra/, jobs/ and tests/fixtures/ are read from here."""
 
+
 def pytest_collection_modifyitems(config, items):
     """A test that starts Ray, a Tune job or the local stack is an end-to-end run: it must be marked slow."""
     for item in items:

@@ -6,7 +6,7 @@ import argparse
 
 from mtl_ray.cli.flags import add_command, from_api, positive_int
 from mtl_ray.cli.train import train_config, training_flags
-from mtl_ray.config import STL_PATIENCE
+from mtl_ray.config import AFFINITY_STEPS, STL_PATIENCE
 from mtl_ray.result import Result
 
 
@@ -46,7 +46,15 @@ def transfer(args: argparse.Namespace) -> Result:
 def advise(args: argparse.Namespace) -> Result:
     from mtl_ray.studies.advise import advise
 
-    return advise(args.data, rows=args.rows, steps=args.steps, track=not args.no_track)
+    return advise(
+        args.data,
+        rows=args.rows,
+        steps=args.steps,
+        track=not args.no_track,
+        groups=args.groups,
+        max_groups=args.max_groups,
+        affinity_steps=args.affinity_steps,
+    )
 
 
 def no_track_flag(p: argparse.ArgumentParser) -> None:
@@ -123,4 +131,21 @@ def add(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="shards (train rows are probed, val rows evaluated)")
     p.add_argument("--rows", type=positive_int, default=1024, help="rows sampled for the probes (default 1024)")
     p.add_argument("--steps", type=positive_int, default=60, help="training steps per probe (default 60)")
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="also recommend which tasks share a network, from inter-task affinity in one short joint run (TAG)",
+    )
+    p.add_argument(
+        "--max-groups",
+        type=positive_int,
+        metavar="K",
+        help="with --groups: at most K networks (default: one per task)",
+    )
+    p.add_argument(
+        "--affinity-steps",
+        type=positive_int,
+        default=AFFINITY_STEPS,
+        help=f"with --groups: steps of the joint run (default {AFFINITY_STEPS})",
+    )
     no_track_flag(p)

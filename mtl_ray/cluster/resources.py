@@ -152,4 +152,3 @@ def holds(plan: ResourcePlan, nodes: list[dict[str, float]]) -> bool:
             fits = min(fits, int(float(node.get("memory", 0)) // plan.memory_per_worker))
         room += max(0, fits)
     return room >= need
-

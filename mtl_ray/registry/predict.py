@@ -97,4 +97,3 @@ def predict(
     return PredictResult(
         model=model_uri, tasks=tasks, ids=ids, probabilities=out[tasks].to_numpy(dtype=np.float64), errors=errors
     )
-

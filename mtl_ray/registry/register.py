@@ -72,7 +72,6 @@ class RegisterResult(Result):
         )
 
 
-
 def _serving_copy(src: str, dest: str) -> dict:
     """The model weights and meta alone (no optimizer state) in `dest`; returns the meta."""
     state, meta = checkpoint.load(src)
@@ -283,4 +282,3 @@ def register(
             f"--run {run}: the run has no {tracking.CHECKPOINT_TAG} tag (no epoch finished); use --checkpoint URI"
         )
     return register_checkpoint(ckpt, name=name, alias=alias, run_id=run, tracking_uri=uri_used)
-

@@ -13,6 +13,9 @@
    the multi-task minus single-task AUROC gap in short probes with a small and a bigger
    backbone. "yes" means size matters here (the gap grows with the bigger backbone).
 
+With `groups`, also which tasks should share a network: inter-task affinity from one short joint
+run and the partition it recommends (`mtl_ray.studies.groups`).
+
 The probes train in this process on a sample of the shards (no Ray): they are a quick reading,
 not a verdict; `mtl-ray compare` is the full measurement.
 """
@@ -25,10 +28,12 @@ import numpy as np
 import torch
 
 from mtl_ray import progress
+from mtl_ray.config import AFFINITY_STEPS
 from mtl_ray.data.validate import validate
 from mtl_ray.errors import UserError
 from mtl_ray.registry import tracking
 from mtl_ray.result import Result, number
+from mtl_ray.studies.groups import LOOKAHEAD_LR, best_partition, partition_score, show, task_affinity
 from mtl_ray.studies.probes import auroc_of, gradient_cosines, linear_probe, load_sample, probe_fit
 
 PROBE_ROWS = 2048
@@ -39,7 +44,6 @@ MANY_MORE = 5.0
 """Other tasks' labels per own label from which the data-amount condition holds."""
 PROBE_MARGIN = 0.01
 """AUROC by which the probe must beat the single-task network for a "yes" ("weak" within 0.02 below)."""
-
 
 
 def data_amounts(labeled: dict[str, int]) -> dict[str, dict]:
@@ -57,11 +61,21 @@ class Advice(Result):
 
     conditions: dict[str, dict]
     recommendation: str
+    groups: dict | None = None
+    """With `--groups`: {"partition": [[TASK, ...], ...], "affinity": {TASK: {TASK: Z}}, ...}, where
+    affinity[a][b] is the share of b's loss that a step on a's gradient removed."""
     tracking: dict[str, str] | None = None
     """This advice's own MLflow run ({"run_id", "uri"}), or {"error"} when logging it failed."""
 
     def render(self) -> str:
         lines = [f"{name:<16} {c['verdict']:<4} {c['summary']}" for name, c in self.conditions.items()]
+        if self.groups:
+            g = self.groups
+            lines.append(
+                f"{'groups':<16} {len(g['partition'])}    {show(g['partition'])}: within-group affinity score "
+                f"{g['score']:+.4f}, one network for all {g['score_all']:+.4f} (mtl-ray compare --groups "
+                f"'{show(g['partition'])}' measures it)"
+            )
         return "\n".join([*lines, f"recommendation: {self.recommendation}", *tracking.result_line(self.tracking)])
 
 
@@ -170,9 +184,13 @@ def advise(
     steps: int = PROBE_STEPS,
     size: tuple[int, int] | None = None,
     track: bool = False,
+    groups: bool = False,
+    max_groups: int | None = None,
+    affinity_steps: int = AFFINITY_STEPS,
 ) -> Advice:
-    """Measure the three conditions on the shards at `data` (see the module docstring); `track` logs
-    the advice as an MLflow run of its own (`tracking.log_result_run`)."""
+    """Measure the three conditions on the shards at `data` (see the module docstring); `groups` also
+    recommends which tasks share a network (at most `max_groups` networks, default one per task);
+    `track` logs the advice as an MLflow run of its own (`tracking.log_result_run`)."""
     report = validate(data)
     report.raise_if_unusable()
     tasks = list(report.fmt.tasks)
@@ -195,6 +213,8 @@ def advise(
     conditions = {"shared_features": shared, "data_amounts": amounts, "capacity": _capacity(sample, steps, multi)}
     verdicts = [c["verdict"] for c in conditions.values()]
     advice = Advice(conditions, _recommend(*verdicts, focus))
+    if groups:
+        advice.groups = _groups(sample, max_groups, affinity_steps)
     if track:
         advice.tracking = tracking.log_result_run(
             "advise",
@@ -206,9 +226,30 @@ def advise(
                 "steps": steps,
                 "focus": focus,
                 **{f"{name}.verdict": c["verdict"] for name, c in conditions.items()},
+                **({"groups": show(advice.groups["partition"])} if advice.groups else {}),
             },
         )
     return advice
+
+
+def _groups(sample: _Sample, max_groups: int | None, steps: int) -> dict:
+    progress.say(f"advise groups: inter-task affinity over a {steps}-step joint run ({PROBE_BACKBONE})")
+    affinity = task_affinity(sample.images, sample.labels, backbone=PROBE_BACKBONE, steps=steps)
+    partition = best_partition(affinity, max_groups)
+    names = sample.tasks
+    return {
+        "partition": [[names[i] for i in g] for g in partition],
+        "affinity": {
+            a: {b: None if np.isnan(affinity[i, j]) else float(affinity[i, j]) for j, b in enumerate(names)}
+            for i, a in enumerate(names)
+        },
+        "score": partition_score(affinity, partition),
+        "score_all": partition_score(affinity, [list(range(len(names)))]),
+        "max_groups": max_groups or len(names),
+        "steps": steps,
+        "lookahead_lr": LOOKAHEAD_LR,
+        "backbone": PROBE_BACKBONE,
+    }
 
 
 def _recommend(shared: str, amounts: str, capacity: str, focus: str) -> str:
@@ -226,4 +267,3 @@ def _recommend(shared: str, amounts: str, capacity: str, focus: str) -> str:
     if capacity == "yes":
         advice += f" and prefer a backbone of at least {BIG}"
     return advice
-

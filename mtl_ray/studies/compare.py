@@ -77,6 +77,7 @@ class CompareResult(Result):
     plots: list[str] = field(default_factory=list)
     tracking: dict[str, str] | None = None
     """This comparison's own MLflow run ({"run_id", "uri"}), or {"error"} when logging it failed."""
+
     @property
     def several(self) -> bool:
         return len(self.runs) > 1

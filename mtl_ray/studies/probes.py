@@ -147,4 +147,3 @@ def linear_probe(
     fitted = LogisticRegression(C=0.1, max_iter=3000).fit(scaler.transform(stage_features(model, images[known])), y)
     scores = fitted.predict_proba(scaler.transform(stage_features(model, val_images)))[:, 1]
     return task_metrics(scores, val_labels.numpy().astype(np.float64))["auroc"]
-

@@ -123,6 +123,7 @@ class TransferResult(Result):
     checks: dict
     seconds: float
     plots: list[str] = field(default_factory=list)
+
     def to_json(self) -> dict:
         several = self.seeds > 1
         return {

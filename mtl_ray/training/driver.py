@@ -34,6 +34,7 @@ from mtl_ray.training.worker import InitWeights, WorkerSpec, worker_loop
 if TYPE_CHECKING:
     from mtl_ray.registry.sources import InitSource
 
+
 @dataclass
 class Run:
     """A `TorchTrainer` and the `Inbox` its workers report to."""
@@ -119,7 +120,6 @@ class TrainResult(Result):
                 f"checkpoint {self.checkpoint}",
             ]
         )
-
 
 
 def build_trainer(

@@ -111,5 +111,3 @@ def prepare(
     for profile in profiles.values():
         profile["tasks"] = {t: profile["tasks"][t] for t in train_src.fmt.tasks}
     return Inputs(data, train_src, val_src, size, reason, rows, profiles)
-
-

@@ -28,7 +28,6 @@ NOT_SEARCHABLE = (
 )
 
 
-
 def _normalise(key: str, value: Any) -> Any:
     return {"name": value} if key == "weighting" and isinstance(value, str) else value
 
@@ -118,7 +117,6 @@ def init_sources(cfg: TuneConfig, where: str) -> dict[str, InitSource]:
     return {v: resolve_init(v, cfg.train.backbone) for v in starts}
 
 
-
 def search_algorithm(name: str):
     if name != "optuna":
         return None
@@ -128,4 +126,3 @@ def search_algorithm(name: str):
         return OptunaSearch()
     except (ImportError, AssertionError):
         raise UserError("search_alg optuna needs the optuna package: pip install 'mtl-ray[optuna]'") from None
-

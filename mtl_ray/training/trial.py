@@ -72,5 +72,3 @@ def train_driver(
         source=source,
     )
     trainer.fit()  # a Run: a user error in a worker fails this trial with its one line
-
-

@@ -228,5 +228,3 @@ def trial_error(error: BaseException) -> str:
     """A failed trial's one line: the user's mistake it hit (a bad image, say), else the exception's."""
     found = user_error_in(error)
     return str(found) if found else describe(error)
-
-

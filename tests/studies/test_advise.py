@@ -7,6 +7,7 @@ import pyarrow.compute as pc
 import pytest
 from mlflow import MlflowClient
 
+from mtl_ray.data.synth import families
 from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.model.backbones import build
 from mtl_ray.studies.advise import data_amounts
@@ -100,3 +101,26 @@ def test_advise_counts_unassigned_rows_as_training_rows(cli, tmp_path):
     focus = res.json()["conditions"]["data_amounts"]["evidence"]["tasks"]["traffic_light"]
     assert focus["labeled"] == pc.sum(labeled.cast(pa.int64())).as_py()  # train and unassigned rows together
     assert 0 < len(unassigned) < len(train_rows)
+
+
+@pytest.mark.slow
+def test_advise_groups_recovers_the_two_families(cli, tmp_path):
+    """A world of two task families that share nothing (`mtl_ray.data.synth.families`): --groups
+    recommends one network per family, and says so in the JSON, the summary and the MLflow run."""
+    data = families.write(str(tmp_path / "families"), 1280, seed=0)
+    res = cli("advise", "--data", data, "--rows", 1024, "--steps", 4, "--groups", "--json", "-")
+    assert res.code == 0, res.err
+    groups = res.json()["groups"]
+    assert groups["partition"] == [list(f) for f in families.FAMILIES]
+    assert set(groups["affinity"]) == set(families.TASKS) and groups["score"] > groups["score_all"]
+    within = [groups["affinity"][a][b] for a, b in (families.FAMILIES[0], families.FAMILIES[1])]
+    assert all(isinstance(v, float) for v in within)
+    assert "groups           2    shape_big,shape_huge|red_strong,red_max" in res.err
+    assert "advise groups: inter-task affinity" in res.err
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(res.json()["tracking"]["run_id"])
+    assert run.data.params["groups"] == "shape_big,shape_huge|red_strong,red_max"
+
+
+def test_advise_max_groups_must_be_positive(cli, tmp_path):
+    res = cli("advise", "--data", tmp_path, "--groups", "--max-groups", 0)
+    assert res.code == 2 and "--max-groups" in res.err

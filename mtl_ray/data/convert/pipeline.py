@@ -138,7 +138,6 @@ def _grouped(title: str, meanings: dict[str, str]) -> list[str]:
     return lines
 
 
-
 @dataclass
 class _Scan:
     """What the first pass learned: the rows to leave out, and the sizes and encodings of the rest."""
@@ -410,4 +409,3 @@ def _write_report(path: str, skips: list[dict]) -> None:
         fs.create_dir(posixpath.dirname(inner), recursive=True)
     with fs.open_output_stream(inner) as f:
         f.write("".join(json.dumps(record) + "\n" for record in skips).encode())
-

@@ -218,5 +218,3 @@ def _refuse_stale_shards(fs: pafs.FileSystem, root: str, out: str, names: set[st
             f"{out}: already holds {len(stale)} other Parquet file(s) (e.g. {stale[0][len(root) :].lstrip('/')}); "
             "remove them or choose another OUT"
         )
-
-

@@ -80,7 +80,6 @@ UNLIT = (48, 48, 46)
 WHITE = (238, 238, 235)
 
 
-
 class Placed(NamedTuple):
     """A batch's objects in drawing order (scene, then far to near), with their palette entries."""
 
@@ -96,5 +95,3 @@ class Placed(NamedTuple):
     keys: list[tuple]
     lit_count: np.ndarray
     lit_spots: np.ndarray
-
-

@@ -55,7 +55,6 @@ def _render_batch(rng: np.random.Generator, out: np.ndarray, size: int) -> np.nd
     return task_labels(*seen, placed, count, size)
 
 
-
 def _background(rng: np.random.Generator, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-scene road geometry [count, 8] and a float32 palette [count, PALETTE, 3] with the background set."""
     r = rng.random((count, 16))
@@ -86,7 +85,6 @@ def _background(rng: np.random.Generator, count: int, size: int) -> tuple[np.nda
     return road, palette
 
 
-
 def _zones(road: np.ndarray, size: int) -> np.ndarray:
     """Background canvas [count, size, size] of entries: sky bands, ground, sidewalk, road, lane."""
     rows = np.arange(size, dtype=np.float64) + 0.5
@@ -106,7 +104,6 @@ def _zones(road: np.ndarray, size: int) -> np.ndarray:
     canvas -= (x >= bounds[3]).view(np.uint8)
     canvas += ((x >= bounds[4]) & (x < bounds[5])).view(np.uint8)
     return canvas
-
 
 
 def _paint(
@@ -159,5 +156,3 @@ def _scatter(canvas: np.ndarray, scene: np.ndarray, y: np.ndarray, x: np.ndarray
     size = canvas.shape[1]
     inside = (y >= 0) & (y < size) & (x >= 0) & (x < size)
     np.maximum.at(canvas.reshape(-1), ((scene * size + y) * size + x)[inside], entry[inside].astype(np.uint8))
-
-

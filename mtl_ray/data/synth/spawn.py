@@ -49,8 +49,6 @@ def road_at(road: np.ndarray, y: np.ndarray | float, size: int):
     return t, far_x + (near_x - far_x) * t, far_half + (near_half - far_half) * t
 
 
-
-
 class _Site(NamedTuple):
     """Where a batch of objects of one kind stand: their depth, size factor and the road there."""
 
@@ -71,8 +69,6 @@ class _Spawned(NamedTuple):
     code: np.ndarray  # car: colour index; traffic light: lit lamp; pedestrian: on the road; building: lit windows
     lit_count: np.ndarray | None = None  # buildings: how many windows are lit (0-4)
     lit_spots: np.ndarray | None = None  # buildings: [m, 4, 2] window (row, column) as fractions of the grid
-
-
 
 
 def _choose(table: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -252,7 +248,6 @@ _SPAWNS: tuple[
 _DRAWS = 20  # uniforms per object; the building spawner uses the most
 
 
-
 def place_objects(rng: np.random.Generator, road: np.ndarray, size: int) -> Placed:
     """Draw every scene's objects, kind by kind for the whole batch, and order them for painting."""
     count = len(road)
@@ -310,5 +305,3 @@ def place_objects(rng: np.random.Generator, road: np.ndarray, size: int) -> Plac
         lit_count=arrays["lit_count"],
         lit_spots=arrays["lit_spots"],
     )
-
-

@@ -256,4 +256,3 @@ SPRITES: dict[int, Callable[..., Sprite]] = {
     TRAILER: _trailer_sprite,
     SIGNAL_BOX: _signal_box_sprite,
 }
-

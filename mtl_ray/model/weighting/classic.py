@@ -68,8 +68,6 @@ class Uncertainty(Weighting):
         return known_only(per_task, known).sum()
 
 
-
-
 class DWA(Weighting):
     """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019): wₖ = T·softmax(rₖ / temperature)
     with rₖ = Lₖ(t−1) / Lₖ(t−2), each task's mean loss ratio over the last two epochs, so a task
@@ -97,4 +95,3 @@ class DWA(Weighting):
         defined = (before > 0) & (last > 0)
         ratio = torch.where(defined, last / before.clamp_min(1e-12), torch.ones_like(last))
         self.task_weights.copy_(self.num_tasks * torch.softmax(ratio / self.temperature, dim=0))
-

@@ -56,9 +56,7 @@ class GradNorm(Weighting):
     def current_weights(self) -> torch.Tensor:
         return self.task_weights
 
-    def backward(
-        self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses
-    ) -> torch.Tensor:
+    def backward(self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses) -> torch.Tensor:
         layer = trainable(unwrap(model).last_shared_layer().parameters())
         norms = torch.zeros(self.num_tasks, device=terms.device)
         for k in known.nonzero().flatten().tolist():
