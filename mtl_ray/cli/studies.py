@@ -24,6 +24,8 @@ def compare(args: argparse.Namespace) -> Result:
         seeds=args.seeds,
         stl_epochs=args.stl_epochs,
         stl_patience=args.stl_patience,
+        groups=args.groups,
+        max_groups=args.max_groups,
         track=not args.no_track,
     )
 
@@ -54,6 +56,12 @@ def advise(args: argparse.Namespace) -> Result:
         groups=args.groups,
         max_groups=args.max_groups,
         affinity_steps=args.affinity_steps,
+    )
+
+
+def max_groups_flag(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument(
+        "--max-groups", type=positive_int, metavar="K", help=f"{when}: at most K networks (default: one per task)"
     )
 
 
@@ -103,6 +111,13 @@ def add(commands: argparse._SubParsersAction) -> None:
         help=f"a single-task network stops after N epochs without a better validation AUROC and reports its best "
         f"epoch (default {STL_PATIENCE})",
     )
+    p.add_argument(
+        "--groups",
+        metavar="a,b|c",
+        help="also train this partition of the tasks, one network per group, or 'auto' for the one "
+        "`mtl-ray advise --groups` recommends",
+    )
+    max_groups_flag(p, "with --groups auto")
     no_track_flag(p)
 
     p = add_command(
@@ -136,12 +151,7 @@ def add(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also recommend which tasks share a network, from inter-task affinity in one short joint run (TAG)",
     )
-    p.add_argument(
-        "--max-groups",
-        type=positive_int,
-        metavar="K",
-        help="with --groups: at most K networks (default: one per task)",
-    )
+    max_groups_flag(p, "with --groups")
     p.add_argument(
         "--affinity-steps",
         type=positive_int,

@@ -33,7 +33,7 @@ from mtl_ray.data.validate import validate
 from mtl_ray.errors import UserError
 from mtl_ray.registry import tracking
 from mtl_ray.result import Result, number
-from mtl_ray.studies.groups import LOOKAHEAD_LR, best_partition, partition_score, show, task_affinity
+from mtl_ray.studies.groups import AFFINITY_BACKBONE, recommend, show
 from mtl_ray.studies.probes import auroc_of, gradient_cosines, linear_probe, load_sample, probe_fit
 
 PROBE_ROWS = 2048
@@ -214,7 +214,15 @@ def advise(
     verdicts = [c["verdict"] for c in conditions.values()]
     advice = Advice(conditions, _recommend(*verdicts, focus))
     if groups:
-        advice.groups = _groups(sample, max_groups, affinity_steps)
+        progress.say(f"advise groups: inter-task affinity over a {affinity_steps}-step joint run ({AFFINITY_BACKBONE})")
+        advice.groups = recommend(
+            sample.images,
+            sample.labels,
+            tasks,
+            backbone=AFFINITY_BACKBONE,
+            steps=affinity_steps,
+            max_groups=max_groups,
+        )
     if track:
         advice.tracking = tracking.log_result_run(
             "advise",
@@ -230,26 +238,6 @@ def advise(
             },
         )
     return advice
-
-
-def _groups(sample: _Sample, max_groups: int | None, steps: int) -> dict:
-    progress.say(f"advise groups: inter-task affinity over a {steps}-step joint run ({PROBE_BACKBONE})")
-    affinity = task_affinity(sample.images, sample.labels, backbone=PROBE_BACKBONE, steps=steps)
-    partition = best_partition(affinity, max_groups)
-    names = sample.tasks
-    return {
-        "partition": [[names[i] for i in g] for g in partition],
-        "affinity": {
-            a: {b: None if np.isnan(affinity[i, j]) else float(affinity[i, j]) for j, b in enumerate(names)}
-            for i, a in enumerate(names)
-        },
-        "score": partition_score(affinity, partition),
-        "score_all": partition_score(affinity, [list(range(len(names)))]),
-        "max_groups": max_groups or len(names),
-        "steps": steps,
-        "lookahead_lr": LOOKAHEAD_LR,
-        "backbone": PROBE_BACKBONE,
-    }
 
 
 def _recommend(shared: str, amounts: str, capacity: str, focus: str) -> str:

@@ -20,6 +20,13 @@ training labels except one focus task permuted across rows (same label rates, no
 gain that came from the other tasks should vanish. `seeds=N` runs every side N times (training
 seeds seed … seed+N−1) and reports the mean and standard deviation of each number, so that a gain
 can be told from seed noise.
+
+`groups` adds a third arm, a partition of the tasks into networks (`a,b|c`, or `auto`: the one
+`mtl-ray advise --groups` recommends from inter-task affinity). Each group of two or more tasks is a
+multi-task network of its own, trained on the rows where one of its tasks is known with as many
+steps per epoch and epochs as the all-task network, judged at its last epoch; a task alone is its
+single-task network. The arm's Δm is against the single-task networks, as the all-task network's,
+so the two arms and the separate networks compare on one scale, with each arm's wall time.
 """
 
 from __future__ import annotations
@@ -32,12 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mtl_ray import progress
-from mtl_ray.config import STL_PATIENCE, TrainConfig, WeightingConfig
-from mtl_ray.data.validate import validate
+from mtl_ray.config import AFFINITY_STEPS, STL_PATIENCE, TrainConfig, WeightingConfig
+from mtl_ray.data.validate import ValidationReport, validate
 from mtl_ray.errors import UserError
 from mtl_ray.model.metrics import METRIC
 from mtl_ray.registry import tracking
 from mtl_ray.result import Result, number, table
+from mtl_ray.studies.groups import AFFINITY_BACKBONE, AFFINITY_ROWS, parse, recommend, show
 from mtl_ray.studies.stats import delta_m, mean_std
 from mtl_ray.training.driver import TrainResult, fit
 
@@ -52,6 +60,8 @@ class CompareRun:
     mtl: TrainResult
     stl: dict[str, TrainResult]
     control: TrainResult | None = None
+    grouped: dict[str, TrainResult] = field(default_factory=dict)
+    """The networks of the groups of two or more tasks, by their tasks joined with ','."""
 
     @property
     def stl_val(self) -> dict[str, dict]:
@@ -65,6 +75,18 @@ class CompareRun:
     def delta_pct(self, task: str) -> float | None:
         return delta_m({task: self.mtl.val[task]}, {task: self.stl_val[task]})
 
+    def grouped_val(self, partition: list[list[str]]) -> dict[str, dict]:
+        """Each task's metrics from its group's network at its last epoch (a task alone: its
+        single-task network at its best)."""
+        out = {}
+        for group in partition:
+            for t in group:
+                out[t] = self.grouped[",".join(group)].val[t] if len(group) > 1 else self.stl_val[t]
+        return out
+
+    def grouped_seconds(self, partition: list[list[str]]) -> float:
+        return sum(self.grouped[",".join(g)].seconds if len(g) > 1 else self.stl[g[0]].seconds for g in partition)
+
 
 @dataclass
 class CompareResult(Result):
@@ -74,6 +96,8 @@ class CompareResult(Result):
     tasks: list[str]
     runs: list[CompareRun]
     focus: str | None = None
+    groups: dict | None = None
+    """With `groups`: {"partition", "source": "given" | "auto"} (and, for auto, advise's affinity)."""
     plots: list[str] = field(default_factory=list)
     tracking: dict[str, str] | None = None
     """This comparison's own MLflow run ({"run_id", "uri"}), or {"error"} when logging it failed."""
@@ -142,6 +166,15 @@ class CompareResult(Result):
         }
         if self.several:
             out["delta_pct_std"] = {t: self._stat(lambda run, t=t: run.delta_pct(t))[1] for t in self.tasks}
+        if self.groups is not None:
+            partition = self.groups["partition"]
+            out["groups"] = {
+                **self.groups,
+                "grouped": self._side(lambda run: run.grouped_val(partition)),
+                **self._with_std("delta_m_pct", lambda run: delta_m(run.grouped_val(partition), run.stl_val)),
+                **self._with_std("seconds", lambda run: run.grouped_seconds(partition)),
+                "networks": len(partition),
+            }
         if self.control is not None:
             focus = {}
             for side, get in (
@@ -191,6 +224,15 @@ class CompareResult(Result):
             f"single-task: {len(first.stl)} networks, {stl_params:,} parameters, {stl_seconds:.0f} s"
             + (" (per seed)" if self.several else "")
         )
+        if self.groups is not None:
+            partition = self.groups["partition"]
+            seconds = statistics.fmean(run.grouped_seconds(partition) for run in self.runs)
+            lines.append(
+                f"groups {show(partition)} ({self.groups['source']}): {len(partition)} networks, {seconds:.0f} s, "
+                f"Δm {self._cell(lambda run: delta_m(run.grouped_val(partition), run.stl_val), '+.1f')} % "
+                f"against the single-task networks (one network for all: "
+                f"Δm {self._cell(lambda run: run.delta_m_pct, '+.1f')} %, {mtl_seconds:.0f} s)"
+            )
         lines.append(
             "single-task best epoch of trained: "
             + ", ".join(
@@ -259,11 +301,14 @@ def compare(
     seeds: int = 1,
     stl_epochs: int | None = None,
     stl_patience: int = STL_PATIENCE,
+    groups: str | None = None,
+    max_groups: int | None = None,
     track: bool = False,
 ) -> CompareResult:
     """Train the multi-task model and one single-task network per task, `seeds` times; see the module
-    docstring (`stl_epochs` default: the multi-task run's epochs). `track` logs the comparison as an
-    MLflow run of its own (`tracking.log_result_run`)."""
+    docstring (`stl_epochs` default: the multi-task run's epochs; `groups` a partition `a,b|c` or
+    `auto`, with at most `max_groups` networks). `track` logs the comparison as an MLflow run of its
+    own (`tracking.log_result_run`)."""
     cfg = config or TrainConfig()
     stl_epochs = stl_epochs or cfg.epochs
     if control not in (None, "shuffle"):
@@ -283,6 +328,7 @@ def compare(
     if focus is not None and focus not in tasks:
         raise UserError(f"--focus {focus!r}: tasks are {', '.join(tasks)}")
     focus = focus or min(train_counts, key=train_counts.get) if control else None
+    chosen = _partition(groups, report, tasks, cfg, max_groups) if groups else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = []
     for k in range(seeds):
@@ -309,8 +355,19 @@ def compare(
             others = [t for t in tasks if t != focus]
             progress.say(f"compare {of}shuffle control: {', '.join(others)} labels shuffled")
             shuffled = fit(data, name=f"{prefix}-shuffle", shuffle_labels=others, config=run_cfg, **common)
-        runs.append(CompareRun(run_cfg.seed, mtl, stl, shuffled))
-    result = CompareResult(tasks=tasks, runs=runs, focus=focus)
+        grouped = {}
+        for group in [g for g in (chosen or {}).get("partition", []) if len(g) > 1]:
+            progress.say(f"compare {of}group: {', '.join(group)}")
+            grouped[",".join(group)] = fit(
+                data,
+                name=f"{prefix}-group-{'-'.join(group)}",
+                tasks=group,
+                labeled_only=True,
+                config=run_cfg.model_copy(update={"epoch_rows": report.rows_in("train")}),
+                **common,
+            )
+        runs.append(CompareRun(run_cfg.seed, mtl, stl, shuffled, grouped))
+    result = CompareResult(tasks=tasks, runs=runs, focus=focus, groups=chosen)
     if plots:
         result.plots = result.write_plots(plots)
     if track:
@@ -321,7 +378,26 @@ def compare(
                 result.render(),
                 params={"data": data, "val": val, "seeds": seeds, "control": control, "focus": focus}
                 | {"stl_epochs": stl_epochs, "stl_patience": stl_patience}
+                | ({"groups": show(chosen["partition"]), "groups_source": chosen["source"]} if chosen else {})
                 | cfg.model_dump(),
                 artifacts=result.plots or result.write_plots(d),
             )
     return result
+
+
+def _partition(
+    groups: str, report: ValidationReport, tasks: list[str], cfg: TrainConfig, max_groups: int | None
+) -> dict:
+    """The partition `--groups` asks for: given (`a,b|c`), or `auto`, the one affinity recommends
+    (`mtl-ray advise --groups` on a sample of the training rows)."""
+    if groups != "auto":
+        if max_groups is not None:
+            raise UserError("--max-groups goes with --groups auto: a given partition has its own number of groups")
+        return {"partition": parse(groups, tasks), "source": "given"}
+    from mtl_ray.studies.probes import load_sample
+
+    progress.say(f"compare groups auto: inter-task affinity over a {AFFINITY_STEPS}-step joint run")
+    size = cfg.size() or report.training_size()[0]
+    images, labels = load_sample(report, "train", AFFINITY_ROWS, size)
+    found = recommend(images, labels, tasks, backbone=AFFINITY_BACKBONE, steps=AFFINITY_STEPS, max_groups=max_groups)
+    return {**found, "source": "auto"}

@@ -24,6 +24,7 @@ import torch
 from torch.func import functional_call
 
 from mtl_ray.config import TrainConfig
+from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import build, to_input
 from mtl_ray.model.losses import task_terms
 from mtl_ray.model.step import train_step
@@ -34,6 +35,10 @@ LOOKAHEAD_LR = 0.01
 (`mtl_ray.data.synth.families`, backbone s, 100 steps, 3 seeds) 0.1 overshoots (every affinity, a
 task's own included, negative), 0.03 and 0.01 find the families on all 3 seeds, 0.01 with no negative
 within-family affinity; 0.003 too, at a third of the signal."""
+AFFINITY_BACKBONE = "s"
+"""Backbone of the joint run (as `mtl-ray advise`'s probes)."""
+AFFINITY_ROWS = 1024
+"""Training rows sampled for the joint run (as `mtl-ray advise --rows`' default)."""
 EXHAUSTIVE = 9
 """Up to this many tasks every partition is scored (21,147 for 9); beyond, groups merge greedily."""
 
@@ -154,3 +159,42 @@ def best_partition(affinity: np.ndarray, max_groups: int | None = None) -> list[
 def show(groups: list[list[str]]) -> str:
     """A partition as the `--groups` flag writes it: `a,b|c`."""
     return "|".join(",".join(g) for g in groups)
+
+
+def parse(text: str, tasks: list[str]) -> list[list[str]]:
+    """`a,b|c` → [["a", "b"], ["c"]]: every task of `tasks` in exactly one group, or a UserError naming
+    the task that is unknown, repeated or left out."""
+    groups = [[t.strip() for t in part.split(",") if t.strip()] for part in text.split("|")]
+    seen: list[str] = []
+    for t in (t for g in groups for t in g):
+        if t not in tasks:
+            raise UserError(f"--groups {text!r}: unknown task {t!r}; tasks are {', '.join(tasks)}")
+        if t in seen:
+            raise UserError(f"--groups {text!r}: task {t!r} is in two groups; each task belongs to exactly one")
+        seen.append(t)
+    missing = [t for t in tasks if t not in seen]
+    if missing:
+        raise UserError(f"--groups {text!r}: task {missing[0]!r} is in no group; give every task a group (a,b|c)")
+    return [g for g in groups if g]
+
+
+def recommend(
+    images: torch.Tensor, labels: torch.Tensor, tasks: list[str], *, backbone: str, steps: int, max_groups: int | None
+) -> dict:
+    """Affinity from a `steps`-step joint run on a sample and the partition it recommends, as the JSON
+    of `advise --groups` (and `compare --groups auto`) gives them."""
+    affinity = task_affinity(images, labels, backbone=backbone, steps=steps)
+    partition = best_partition(affinity, max_groups)
+    return {
+        "partition": [[tasks[i] for i in g] for g in partition],
+        "affinity": {
+            a: {b: None if np.isnan(affinity[i, j]) else float(affinity[i, j]) for j, b in enumerate(tasks)}
+            for i, a in enumerate(tasks)
+        },
+        "score": partition_score(affinity, partition),
+        "score_all": partition_score(affinity, [list(range(len(tasks)))]),
+        "max_groups": max_groups or len(tasks),
+        "steps": steps,
+        "lookahead_lr": LOOKAHEAD_LR,
+        "backbone": backbone,
+    }

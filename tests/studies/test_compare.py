@@ -64,6 +64,8 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
         1,
         "--control",
         "shuffle",
+        "--groups",
+        "car,traffic_light",
         "--plots",
         plots,
         "--storage",
@@ -115,6 +117,12 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
         assert seed["trained"] == 3 or seed["trained"] == seed["best"] + 1
         assert len(re.findall(rf"compare-\S+-stl-{task}: epoch \d/3  loss ", res.err)) == seed["trained"], task
     assert " INFO " not in res.err
+    groups = out["groups"]
+    assert groups["partition"] == [["car", "traffic_light"]] and groups["source"] == "given"
+    assert set(groups["grouped"]) == {"car", "traffic_light"} and groups["networks"] == 1 and groups["seconds"] > 0
+    assert "compare group: car, traffic_light" in res.err
+    assert len(re.findall(r"compare-\S+-group-car-traffic_light: epoch 1/1  loss ", res.err)) == 1
+    assert "groups car,traffic_light (given): 1 networks" in res.err
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(out["tracking"]["run_id"])
@@ -122,6 +130,8 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
     assert run.data.metrics["delta_m_pct"] == pytest.approx(out["delta_m_pct"])
     assert run.data.metrics["stl.traffic_light.auroc"] == pytest.approx(out["stl"]["traffic_light"]["auroc"])
     assert run.data.params["control"] == "shuffle" and run.data.params["weighting.name"] == "static"
+    assert run.data.params["groups"] == "car,traffic_light"
+    assert run.data.metrics["groups.delta_m_pct"] == pytest.approx(groups["delta_m_pct"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"compare.json", "compare.txt", "plots"} <= artifacts
     text = open(client.download_artifacts(run.info.run_id, "compare.txt", str(tmp_path))).read()
@@ -137,6 +147,29 @@ def test_compare_refuses_a_task_without_known_labels(cli, tmp_path):
     res = cli("compare", "--data", data)
     assert res.code == 2
     assert "task 'car' has no known label in the training rows" in res.err
+
+
+def test_compare_rejects_a_bad_partition_before_training(cli, tmp_path):
+    data = tmp_path / "scenes"
+    synthesize(str(data), 60, tasks=["car", "pedestrian"], seed=6)
+    res = cli("compare", "--data", data, "--groups", "car|bicycle")
+    assert res.code == 2 and "--groups 'car|bicycle': unknown task 'bicycle'" in res.err
+    res = cli("compare", "--data", data, "--groups", "car|pedestrian", "--max-groups", 2)
+    assert res.code == 2 and "--max-groups goes with --groups auto" in res.err
+
+
+def test_groups_arm_takes_each_group_network_and_single_task_networks_for_tasks_alone():
+    stl = {t: _result(f"s{t}", {t: a}, seconds=5.0) for t, a in (("a", 0.80), ("b", 0.70), ("c", 0.60))}
+    grouped = {"a,b": _result("g", {"a": 0.88, "b": 0.77}, seconds=12.0)}
+    run = CompareRun(0, _result("m", {"a": 0.84, "b": 0.77, "c": 0.54}), stl, grouped=grouped)
+    result = CompareResult(
+        tasks=["a", "b", "c"], runs=[run], groups={"partition": [["a", "b"], ["c"]], "source": "given"}
+    )
+    out = result.to_json()["groups"]
+    assert out["grouped"]["a"]["auroc"] == pytest.approx(0.88) and out["grouped"]["c"]["auroc"] == pytest.approx(0.60)
+    assert out["delta_m_pct"] == pytest.approx((0.08 / 0.80 + 0.07 / 0.70 + 0) / 3 * 100)
+    assert out["seconds"] == pytest.approx(17.0) and out["networks"] == 2
+    assert "groups a,b|c (given): 2 networks, 17 s, Δm +6.7 %" in result.render()
 
 
 def test_compare_rejects_unknown_focus(cli, tmp_path):

@@ -6,16 +6,21 @@ import pytest
 import torch
 from torch import nn
 
-from mtl_ray.data.synth.families import FAMILIES, TASKS, scenes
+from mtl_ray.config import TrainConfig
+from mtl_ray.data.synth import families
+from mtl_ray.data.synth.families import FAMILIES, TASKS
+from mtl_ray.data.validate import validate
+from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import MultiTaskNet
+from mtl_ray.studies.compare import _partition
 from mtl_ray.studies.groups import (
     EXHAUSTIVE,
     _partitions,
     best_partition,
     lookahead,
+    parse,
     partition_score,
     show,
-    task_affinity,
 )
 
 
@@ -61,6 +66,20 @@ def test_best_partition_merges_greedily_beyond_the_exhaustive_search():
     assert len(best_partition(z, max_groups=2)) == 2
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a,b|x", "unknown task 'x'; tasks are a, b, c"),
+        ("a,b|b,c", "task 'b' is in two groups"),
+        ("a|b", "task 'c' is in no group"),
+    ],
+)
+def test_parse_names_the_task_at_fault(text, message):
+    assert parse(" a , b| c ", ["a", "b", "c"]) == [["a", "b"], ["c"]]
+    with pytest.raises(UserError, match=message):
+        parse(text, ["a", "b", "c"])
+
+
 def test_lookahead_of_identical_tasks_moves_both_alike():
     torch.manual_seed(0)
     model = MultiTaskNet(nn.Sequential(nn.Linear(5, 8), nn.Tanh()), 8, 3)
@@ -79,10 +98,10 @@ def test_lookahead_of_identical_tasks_moves_both_alike():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_affinity_recovers_the_two_families_at_other_seeds(seed):
-    """Seed 0 runs through the command line (test_advise_groups_recovers_the_two_families)."""
-    images, labels = scenes(1024, 0)
-    z = task_affinity(torch.from_numpy(images), torch.from_numpy(labels), backbone="s", steps=100, seed=seed)
-    partition = [[TASKS[i] for i in g] for g in best_partition(z)]
-    assert partition == [list(f) for f in FAMILIES]
+def test_compare_groups_auto_finds_the_two_families(tmp_path):
+    """`compare --groups auto` takes the partition advise recommends (seed 0 of the joint run;
+    benchmarks/task_groups.py checks more seeds)."""
+    data = families.write(str(tmp_path / "families"), 1280, seed=0)
+    chosen = _partition("auto", validate(data), list(TASKS), TrainConfig(), None)
+    assert chosen["source"] == "auto" and chosen["partition"] == [list(f) for f in FAMILIES]
+    assert chosen["score"] > chosen["score_all"]
