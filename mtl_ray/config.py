@@ -242,12 +242,22 @@ def _overridden(model: type[M], data: dict[str, Any], overrides: dict[str, Any] 
 
 
 class SchedulerConfig(Strict):
-    """ASHA early stopping (`asha`, the default) or none (`fifo`: every trial runs all epochs)."""
+    """ASHA early stopping (`asha`, the default), none (`fifo`: every trial runs all epochs), or
+    Population Based Training (`pbt`: every `perturbation_interval` epochs a trial in the bottom
+    `quantile_fraction` continues from a top trial's checkpoint, model and weighting state included,
+    with that trial's searched values perturbed; Ray Tune's `PopulationBasedTraining`)."""
 
-    name: Literal["asha", "fifo"] = "asha"
+    name: Literal["asha", "fifo", "pbt"] = "asha"
     grace_period: int = Field(1, ge=1, description="epochs every trial gets before ASHA may stop it")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps the top 1/reduction_factor at each rung")
     max_epochs: int | None = Field(None, ge=1, description="default: train.epochs")
+    perturbation_interval: int = Field(2, ge=1, description="PBT: epochs between exploit/explore decisions")
+    quantile_fraction: float = Field(
+        0.25, gt=0, le=0.5, description="PBT: the bottom share of trials that copies the top share"
+    )
+    resample_probability: float = Field(
+        0.25, ge=0, le=1, description="PBT: chance a value is drawn anew from the search space instead of perturbed"
+    )
 
 
 class TrackingConfig(Strict):

@@ -132,10 +132,11 @@ def build_trainer(
     storage_fs: object | None,
     callbacks: Sequence[object] = (),
     source: InitSource | None = None,
+    resume_from: object | None = None,
 ):
     """The `TorchTrainer` of one run (a `Run`): `worker_loop` on `plan`'s workers, checkpoints under
     storage/name, starting from `source`'s weights when given (its state goes to the workers through the
-    object store)."""
+    object store), or continuing from the Ray checkpoint `resume_from` when the run has none of its own."""
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -188,6 +189,7 @@ def build_trainer(
         dataset_config=ray.train.DataConfig(
             datasets_to_split=["train"], execution_options=ray.data.DataContext.get_current().execution_options
         ),
+        resume_from_checkpoint=resume_from,
     )
     return Run(trainer, inbox)
 

@@ -88,6 +88,35 @@ def check_search(
     return forms
 
 
+PBT_FIXED = ("backbone", "init", "trunk")
+"""Keys PBT cannot change in a running trial: its checkpoint holds a network of that shape and start."""
+
+
+def check_pbt(forms: dict[str, tuple[str, list[Any]]], source: str) -> None:
+    """With `scheduler: pbt`, every searched key must be one a trial can take over from another's
+    checkpoint: not the network's shape or start, and one weighting method (its state is checkpointed)."""
+    for key in PBT_FIXED:
+        if key in forms:
+            raise UserError(
+                f"{source}: search.{key} with scheduler pbt: a trial continues from another's checkpoint, "
+                f"so {key} cannot differ between trials; search lr, weight_decay or the weighting's parameters"
+            )
+    if "weighting" in forms:
+        names = {v["name"] for v in forms["weighting"][1]}
+        if len(names) > 1:
+            raise UserError(
+                f"{source}: search.weighting with scheduler pbt: one method's parameters can be searched "
+                f"(its state is in the checkpoints trials exchange), not several methods ({', '.join(sorted(names))})"
+            )
+
+
+def mutations(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
+    """PBT's `hyperparam_mutations`: a list's values (PBT moves to a neighbour or resamples), a
+    distribution as its Tune domain."""
+    space = param_space(forms)
+    return {key: values if form in ("grid", "choice") else space[key] for key, (form, values) in forms.items()}
+
+
 def param_space(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     """Tune domains: lists become grid axes (choices with Optuna), the rest Tune's distributions."""
     from ray import tune

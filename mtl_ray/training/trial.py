@@ -4,6 +4,8 @@ run named after the trial id so that a trial Tune restarts resumes from its last
 
 from __future__ import annotations
 
+import hashlib
+
 from mtl_ray.cluster.resources import ResourcePlan
 from mtl_ray.cluster.runtime import configure_data, run_storage
 from mtl_ray.config import TrainConfig
@@ -48,9 +50,14 @@ def train_driver(
     run_prefix: str,
     storage_path: str | None,
     sources: dict[str, InitSource],
+    from_tune_checkpoint: bool = False,
 ) -> None:
     """One Tune trial: fit a TorchTrainer on `base` updated with this trial's `config`, starting from
-    the weights of its `init` (resolved once by the tune job, in `sources`)."""
+    the weights of its `init` (resolved once by the tune job, in `sources`).
+
+    With `from_tune_checkpoint` (PBT), a trial Tune hands a checkpoint to (another trial's, which it
+    exploits, or its own on a restart) continues from it in a Train run named after the checkpoint:
+    a run under the trial's own name would resume its own last checkpoint instead."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -61,11 +68,16 @@ def train_driver(
         cfg = init_settings(cfg, source)
     storage_dir, storage_fs, _ = run_storage(storage_path)
     trial_id = ray.tune.get_context().get_trial_id()
+    start = ray.tune.get_checkpoint() if from_tune_checkpoint else None
+    name = f"{run_prefix}-{trial_id}"
+    if start is not None:
+        name += "-from-" + hashlib.sha1(start.path.encode()).hexdigest()[:8]
     trainer = build_trainer(
         inputs,
         cfg,
         plan,
-        name=f"{run_prefix}-{trial_id}",
+        name=name,
+        resume_from=start,
         storage_dir=storage_dir,
         storage_fs=storage_fs,
         callbacks=[TuneReportCallback()],

@@ -34,7 +34,15 @@ from mtl_ray.registry.sources import InitSource
 from mtl_ray.result import Result, number, table
 from mtl_ray.training.driver import when_ready_to_train
 from mtl_ray.training.inputs import Inputs, prepare
-from mtl_ray.training.search import REPORTED_METRICS, check_search, init_sources, param_space, search_algorithm
+from mtl_ray.training.search import (
+    REPORTED_METRICS,
+    check_pbt,
+    check_search,
+    init_sources,
+    mutations,
+    param_space,
+    search_algorithm,
+)
 from mtl_ray.training.trial import DRIVER_CPUS, concurrent_trials, train_driver, trial_bundles, trial_limiter
 from mtl_ray.training.trial_callbacks import FollowCluster, TrialLogger, TrialProgress, short, trial_error
 
@@ -153,6 +161,8 @@ def plan_job(
     sources = init_sources(cfg, source)
     inputs = prepare(data, cfg.train, val=val)
     forms = check_search(cfg, len(inputs.train.fmt.tasks), source, inputs.size)
+    if cfg.scheduler.name == "pbt":
+        check_pbt(forms, source)
     for init, found in sources.items():
         trained = found.size or inputs.size
         if tuple(trained) != tuple(inputs.size):
@@ -217,7 +227,7 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
     """Start or join Ray, size the trials, and run (or restore) the Tuner; its `ResultGrid`."""
     import ray
     import ray.tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     cfg = job.cfg
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune prints no tables of its own
@@ -235,21 +245,30 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
             run_prefix=job.name,
             storage_path=job.storage_path,
             sources=job.sources,
+            from_tune_checkpoint=cfg.scheduler.name == "pbt",
         ),
         here(DRIVER_CPUS),  # trial drivers, and their Train controllers, stay on this node
     )
     if job.resume:  # the restored run config keeps the first run's callbacks: a TrialLogger on the same parent run
         return _restored(job, trainable).fit()
-    scheduler = (
-        ASHAScheduler(
+    chosen = cfg.scheduler
+    if chosen.name == "asha":
+        scheduler = ASHAScheduler(
             time_attr="epoch",
             max_t=job.max_epochs,
-            grace_period=min(cfg.scheduler.grace_period, job.max_epochs),
-            reduction_factor=cfg.scheduler.reduction_factor,
+            grace_period=min(chosen.grace_period, job.max_epochs),
+            reduction_factor=chosen.reduction_factor,
         )
-        if cfg.scheduler.name == "asha"
-        else FIFOScheduler()
-    )
+    elif chosen.name == "pbt":
+        scheduler = PopulationBasedTraining(
+            time_attr="epoch",
+            perturbation_interval=chosen.perturbation_interval,
+            hyperparam_mutations=mutations(job.forms),
+            quantile_fraction=chosen.quantile_fraction,
+            resample_probability=chosen.resample_probability,
+        )
+    else:
+        scheduler = FIFOScheduler()
     following = []
     search_alg = job.search_alg
     if cfg.max_concurrent_trials is None:

@@ -9,7 +9,7 @@ from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.errors import UserError
 from mtl_ray.registry.register import check_name
 from mtl_ray.registry.tracking import epoch_metrics, flat_params, tracking_uri
-from mtl_ray.training.search import check_search, param_space
+from mtl_ray.training.search import check_pbt, check_search, mutations, param_space
 from mtl_ray.training.tune import concurrent_trials
 
 
@@ -66,6 +66,33 @@ def test_static_weight_vectors_are_searchable_and_checked_against_the_task_count
 def test_bad_search_space_names_the_key(search, message):
     with pytest.raises(UserError, match=message):
         check_search(_config(search=search), 4, "t.yaml")
+
+
+def test_pbt_mutates_lists_as_lists_and_distributions_as_domains():
+    static = [{"name": "static", "weights": w} for w in ([1, 1, 1, 1], [1, 1, 1, 4])]
+    cfg = _config(
+        search={"weighting": static, "lr": {"loguniform": [1e-4, 1e-2]}},
+        scheduler={"name": "pbt", "perturbation_interval": 1},
+    )
+    forms = check_search(cfg, 4, "t.yaml")
+    check_pbt(forms, "t.yaml")
+    space = mutations(forms)
+    assert space["weighting"] == static
+    assert isinstance(space["lr"], ray_tune.search.sample.Float) and space["lr"].lower == 1e-4
+    assert cfg.scheduler.quantile_fraction == 0.25 and cfg.scheduler.resample_probability == 0.25
+
+
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        ({"backbone": ["xs", "s"]}, "t.yaml: search.backbone with scheduler pbt: .* cannot differ between trials"),
+        ({"weighting": ["equal", "dwa"]}, "one method's parameters can be searched .* \\(dwa, equal\\)"),
+    ],
+)
+def test_pbt_refuses_what_a_checkpoint_cannot_carry_over(search, message):
+    forms = check_search(_config(search=search, scheduler={"name": "pbt"}), 4, "t.yaml")
+    with pytest.raises(UserError, match=message):
+        check_pbt(forms, "t.yaml")
 
 
 def test_metric_no_trial_reports_is_refused():
