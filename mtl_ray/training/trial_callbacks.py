@@ -16,7 +16,6 @@ from mtl_ray.cluster.capacity import ask_autoscaler
 from mtl_ray.cluster.runtime import alive_nodes
 from mtl_ray.errors import describe, user_error_in
 from mtl_ray.registry import tracking
-from mtl_ray.result import number
 from mtl_ray.training.worker import STEP_KEY
 
 log = logging.getLogger(__name__)
@@ -221,7 +220,7 @@ class FollowCluster(Callback):
 def short(value: Any) -> str:
     if isinstance(value, dict):
         return ",".join(f"{v}" if k == "name" else f"{k}={v}" for k, v in value.items())
-    return number(value) if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def trial_error(error: BaseException) -> str:

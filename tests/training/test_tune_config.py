@@ -246,3 +246,13 @@ def test_tune_and_quickstart_bad_input_through_the_cli_is_one_line(cli, tmp_path
         assert res.code == 2, (args, res.err)
         assert expected in res.err, (args, res.err)
         assert len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_trial_start_lines_show_small_learning_rates():
+    from mtl_ray.training.trial_callbacks import short
+
+    assert [short(1e-6), short(0.003), short({"name": "static", "weights": [1, 4]})] == [
+        "1e-06",
+        "0.003",
+        "static,weights=[1, 4]",
+    ]
