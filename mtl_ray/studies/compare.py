@@ -311,23 +311,8 @@ def compare(
     own (`tracking.log_result_run`)."""
     cfg = config or TrainConfig()
     stl_epochs = stl_epochs or cfg.epochs
-    if control not in (None, "shuffle"):
-        raise UserError(f"--control {control!r}: expected 'shuffle'")
-    if seeds < 1:
-        raise UserError(f"--seeds {seeds}: expected a positive integer")
-    report = validate(data)
-    report.raise_if_unusable()
+    report, focus = _checked(data, control, seeds, focus)
     tasks = list(report.fmt.tasks)
-    train_counts = report.labeled_in("train")
-    empty = [t for t, n in train_counts.items() if n == 0]
-    if empty:
-        raise UserError(
-            f"{data}: task {empty[0]!r} has no known label in the training rows; "
-            "a single-task network cannot be trained for it"
-        )
-    if focus is not None and focus not in tasks:
-        raise UserError(f"--focus {focus!r}: tasks are {', '.join(tasks)}")
-    focus = focus or min(train_counts, key=train_counts.get) if control else None
     chosen = _partition(groups, report, tasks, cfg, max_groups) if groups else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = []
@@ -355,17 +340,7 @@ def compare(
             others = [t for t in tasks if t != focus]
             progress.say(f"compare {of}shuffle control: {', '.join(others)} labels shuffled")
             shuffled = fit(data, name=f"{prefix}-shuffle", shuffle_labels=others, config=run_cfg, **common)
-        grouped = {}
-        for group in [g for g in (chosen or {}).get("partition", []) if len(g) > 1]:
-            progress.say(f"compare {of}group: {', '.join(group)}")
-            grouped[",".join(group)] = fit(
-                data,
-                name=f"{prefix}-group-{'-'.join(group)}",
-                tasks=group,
-                labeled_only=True,
-                config=run_cfg.model_copy(update={"epoch_rows": report.rows_in("train")}),
-                **common,
-            )
+        grouped = _fit_groups(chosen, data, report, run_cfg, prefix, of, common) if chosen else {}
         runs.append(CompareRun(run_cfg.seed, mtl, stl, shuffled, grouped))
     result = CompareResult(tasks=tasks, runs=runs, focus=focus, groups=chosen)
     if plots:
@@ -383,6 +358,46 @@ def compare(
                 artifacts=result.plots or result.write_plots(d),
             )
     return result
+
+
+def _checked(data: str, control: str | None, seeds: int, focus: str | None) -> tuple[ValidationReport, str | None]:
+    """The shards' validation report and the shuffle control's focus task, or a UserError for what
+    cannot be compared."""
+    if control not in (None, "shuffle"):
+        raise UserError(f"--control {control!r}: expected 'shuffle'")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected a positive integer")
+    report = validate(data)
+    report.raise_if_unusable()
+    tasks = list(report.fmt.tasks)
+    train_counts = report.labeled_in("train")
+    empty = [t for t, n in train_counts.items() if n == 0]
+    if empty:
+        raise UserError(
+            f"{data}: task {empty[0]!r} has no known label in the training rows; "
+            "a single-task network cannot be trained for it"
+        )
+    if focus is not None and focus not in tasks:
+        raise UserError(f"--focus {focus!r}: tasks are {', '.join(tasks)}")
+    return report, (focus or min(train_counts, key=train_counts.get) if control else None)
+
+
+def _fit_groups(
+    chosen: dict, data: str, report: ValidationReport, cfg: TrainConfig, prefix: str, of: str, common: dict
+) -> dict[str, TrainResult]:
+    """One network per group of two or more tasks, with the all-task network's steps per epoch."""
+    grouped = {}
+    for group in [g for g in chosen["partition"] if len(g) > 1]:
+        progress.say(f"compare {of}group: {', '.join(group)}")
+        grouped[",".join(group)] = fit(
+            data,
+            name=f"{prefix}-group-{'-'.join(group)}",
+            tasks=group,
+            labeled_only=True,
+            config=cfg.model_copy(update={"epoch_rows": report.rows_in("train")}),
+            **common,
+        )
+    return grouped
 
 
 def _partition(

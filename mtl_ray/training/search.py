@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtl_ray.config import TrainConfig, TuneConfig, parse
+from mtl_ray.config import SchedulerConfig, TrainConfig, TuneConfig, parse
 from mtl_ray.errors import UserError
 from mtl_ray.model.checks import check_model_config
 from mtl_ray.registry.sources import InitSource, resolve_init
@@ -115,6 +115,28 @@ def mutations(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     distribution as its Tune domain."""
     space = param_space(forms)
     return {key: values if form in ("grid", "choice") else space[key] for key, (form, values) in forms.items()}
+
+
+def build_scheduler(chosen: SchedulerConfig, max_epochs: int, forms: dict[str, tuple[str, list[Any]]]):
+    """Tune's trial scheduler for `scheduler:`: ASHA on epochs, FIFO, or PBT over the searched keys."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if chosen.name == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_epochs,
+            grace_period=min(chosen.grace_period, max_epochs),
+            reduction_factor=chosen.reduction_factor,
+        )
+    if chosen.name == "pbt":
+        return PopulationBasedTraining(
+            time_attr="epoch",
+            perturbation_interval=chosen.perturbation_interval,
+            hyperparam_mutations=mutations(forms),
+            quantile_fraction=chosen.quantile_fraction,
+            resample_probability=chosen.resample_probability,
+        )
+    return FIFOScheduler()
 
 
 def param_space(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:

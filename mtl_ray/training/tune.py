@@ -36,10 +36,10 @@ from mtl_ray.training.driver import when_ready_to_train
 from mtl_ray.training.inputs import Inputs, prepare
 from mtl_ray.training.search import (
     REPORTED_METRICS,
+    build_scheduler,
     check_pbt,
     check_search,
     init_sources,
-    mutations,
     param_space,
     search_algorithm,
 )
@@ -227,7 +227,6 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
     """Start or join Ray, size the trials, and run (or restore) the Tuner; its `ResultGrid`."""
     import ray
     import ray.tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     cfg = job.cfg
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune prints no tables of its own
@@ -251,24 +250,7 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
     )
     if job.resume:  # the restored run config keeps the first run's callbacks: a TrialLogger on the same parent run
         return _restored(job, trainable).fit()
-    chosen = cfg.scheduler
-    if chosen.name == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="epoch",
-            max_t=job.max_epochs,
-            grace_period=min(chosen.grace_period, job.max_epochs),
-            reduction_factor=chosen.reduction_factor,
-        )
-    elif chosen.name == "pbt":
-        scheduler = PopulationBasedTraining(
-            time_attr="epoch",
-            perturbation_interval=chosen.perturbation_interval,
-            hyperparam_mutations=mutations(job.forms),
-            quantile_fraction=chosen.quantile_fraction,
-            resample_probability=chosen.resample_probability,
-        )
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = build_scheduler(cfg.scheduler, job.max_epochs, job.forms)
     following = []
     search_alg = job.search_alg
     if cfg.max_concurrent_trials is None:
