@@ -111,7 +111,7 @@ def test_compare_writes_every_key_and_the_plots(ray_session, cli, tmp_path):
     for line in ("compare multi-task: car, traffic_light", "compare single-task 2/2: traffic_light"):
         assert line in res.err, res.err[-3000:]
     assert "compare shuffle control: car labels shuffled" in res.err
-    assert len(re.findall(r"compare-\S+: epoch 1/1  loss ", res.err)) == 2  # mtl, control
+    assert len(re.findall(r"compare-\S+: epoch 1/1  loss ", res.err)) == 3  # mtl, control, the group
     for task, (seed,) in out["stl_epochs"].items():  # early stopping: 1 epoch without gain ends a run
         assert 1 <= seed["best"] <= seed["trained"] <= 3
         assert seed["trained"] == 3 or seed["trained"] == seed["best"] + 1
