@@ -11,6 +11,7 @@ sum's means the same thing under every method.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -119,7 +120,7 @@ def aligned_weights(gram: torch.Tensor) -> torch.Tensor:
     return b.sum(dim=0)
 
 
-class GradientWeights(Weighting):
+class GradientWeights(Weighting, ABC):
     """Base of the methods that choose task weights from the Gram matrix of the known tasks' gradients.
 
     On the shared parameters (CAGrad, Aligned-MTL), each known task's gradient is computed by its own
@@ -145,9 +146,9 @@ class GradientWeights(Weighting):
     def current_weights(self) -> torch.Tensor:
         return self.task_weights
 
+    @abstractmethod
     def solve(self, gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """The paper's weights [K] for the known tasks' Gram matrix [K, K] and mean losses [K]."""
-        raise NotImplementedError
 
     def backward(self, terms: torch.Tensor, known: torch.Tensor, model: nn.Module, losses: BatchLosses) -> torch.Tensor:
         net = unwrap(model)
