@@ -26,6 +26,7 @@ def compare(args: argparse.Namespace) -> Result:
         stl_patience=args.stl_patience,
         groups=args.groups,
         max_groups=args.max_groups,
+        affinity_steps=args.affinity_steps,
         track=not args.no_track,
     )
 
@@ -62,6 +63,16 @@ def advise(args: argparse.Namespace) -> Result:
 def max_groups_flag(p: argparse.ArgumentParser, when: str) -> None:
     p.add_argument(
         "--max-groups", type=positive_int, metavar="K", help=f"{when}: at most K networks (default: one per task)"
+    )
+
+
+def affinity_steps_flag(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument(
+        "--affinity-steps",
+        type=positive_int,
+        default=AFFINITY_STEPS,
+        metavar="N",
+        help=f"{when}: steps of the joint run that measures inter-task affinity (default {AFFINITY_STEPS})",
     )
 
 
@@ -118,6 +129,7 @@ def add(commands: argparse._SubParsersAction) -> None:
         "`mtl-ray advise --groups` recommends",
     )
     max_groups_flag(p, "with --groups auto")
+    affinity_steps_flag(p, "with --groups auto")
     no_track_flag(p)
 
     p = add_command(
@@ -152,10 +164,5 @@ def add(commands: argparse._SubParsersAction) -> None:
         help="also recommend which tasks share a network, from inter-task affinity in one short joint run (TAG)",
     )
     max_groups_flag(p, "with --groups")
-    p.add_argument(
-        "--affinity-steps",
-        type=positive_int,
-        default=AFFINITY_STEPS,
-        help=f"with --groups: steps of the joint run (default {AFFINITY_STEPS})",
-    )
+    affinity_steps_flag(p, "with --groups")
     no_track_flag(p)

@@ -303,17 +303,18 @@ def compare(
     stl_patience: int = STL_PATIENCE,
     groups: str | None = None,
     max_groups: int | None = None,
+    affinity_steps: int = AFFINITY_STEPS,
     track: bool = False,
 ) -> CompareResult:
     """Train the multi-task model and one single-task network per task, `seeds` times; see the module
     docstring (`stl_epochs` default: the multi-task run's epochs; `groups` a partition `a,b|c` or
-    `auto`, with at most `max_groups` networks). `track` logs the comparison as an MLflow run of its
-    own (`tracking.log_result_run`)."""
+    `auto`, with at most `max_groups` networks, from an `affinity_steps`-step joint run). `track`
+    logs the comparison as an MLflow run of its own (`tracking.log_result_run`)."""
     cfg = config or TrainConfig()
     stl_epochs = stl_epochs or cfg.epochs
     report, focus = _checked(data, control, seeds, focus)
     tasks = list(report.fmt.tasks)
-    chosen = _partition(groups, report, tasks, cfg, max_groups) if groups else None
+    chosen = _partition(groups, report, tasks, cfg, max_groups, affinity_steps) if groups else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = []
     for k in range(seeds):
@@ -401,7 +402,12 @@ def _fit_groups(
 
 
 def _partition(
-    groups: str, report: ValidationReport, tasks: list[str], cfg: TrainConfig, max_groups: int | None
+    groups: str,
+    report: ValidationReport,
+    tasks: list[str],
+    cfg: TrainConfig,
+    max_groups: int | None,
+    steps: int = AFFINITY_STEPS,
 ) -> dict:
     """The partition `--groups` asks for: given (`a,b|c`), or `auto`, the one affinity recommends
     (`mtl-ray advise --groups` on a sample of the training rows)."""
@@ -411,8 +417,8 @@ def _partition(
         return {"partition": parse(groups, tasks), "source": "given"}
     from mtl_ray.studies.probes import load_sample
 
-    progress.say(f"compare groups auto: inter-task affinity over a {AFFINITY_STEPS}-step joint run")
+    progress.say(f"compare groups auto: inter-task affinity over a {steps}-step joint run")
     size = cfg.size() or report.training_size()[0]
     images, labels = load_sample(report, "train", AFFINITY_ROWS, size)
-    found = recommend(images, labels, tasks, backbone=AFFINITY_BACKBONE, steps=AFFINITY_STEPS, max_groups=max_groups)
+    found = recommend(images, labels, tasks, backbone=AFFINITY_BACKBONE, steps=steps, max_groups=max_groups)
     return {**found, "source": "auto"}

@@ -108,7 +108,9 @@ def test_advise_groups_recovers_the_two_families(cli, tmp_path):
     """A world of two task families that share nothing (`mtl_ray.data.synth.families`): --groups
     recommends one network per family, and says so in the JSON, the summary and the MLflow run."""
     data = families.write(str(tmp_path / "families"), 1280, seed=0)
-    res = cli("advise", "--data", data, "--rows", 1024, "--steps", 4, "--groups", "--json", "-")
+    res = cli(
+        "advise", "--data", data, "--rows", 1024, "--steps", 4, "--groups", "--affinity-steps", 100, "--json", "-"
+    )
     assert res.code == 0, res.err
     groups = res.json()["groups"]
     assert groups["partition"] == [list(f) for f in families.FAMILIES]

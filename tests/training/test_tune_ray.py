@@ -219,4 +219,3 @@ def test_resuming_a_search_saved_by_the_flat_layout_is_refused_in_one_line(
     assert len(out.err.strip().splitlines()) == 1, out.err
     assert "--resume before-the-move: the search was started by another version of mtl-ray" in out.err
     assert "No module named 'mtl_ray.tune'" in out.err
-
