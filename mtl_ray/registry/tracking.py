@@ -133,6 +133,31 @@ def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+MAX_PARAM_LENGTH = 6000
+"""MLflow's limit on a param value's length."""
+
+
+def log_params(client, run_id: str, params: Mapping[str, str]) -> None:
+    """Log `params` in one `log_batch` (MLflow splits it into requests of its size), not a round trip
+    per param; a value over MLflow's length limit is cut there and ends with "…" so that the cut shows."""
+    from mlflow.entities import Param
+
+    client.log_batch(
+        run_id,
+        params=[
+            Param(k, v if len(v) <= MAX_PARAM_LENGTH else v[: MAX_PARAM_LENGTH - 1] + "…") for k, v in params.items()
+        ],
+    )
+
+
+def log_numbers(client, run_id: str, numbers: Mapping[str, float], step: int = 0) -> None:
+    """Log `numbers` as metrics at `step` in one `log_batch` (for 100 tasks, ~500 per epoch)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
+
+
 def log_datasets(client, run_id: str, profiles: Mapping[str, Mapping[str, Any]]) -> None:
     """Record the data a run used as MLflow dataset inputs, one per context ("training",
     "validation"): source URI, digest, and the `ValidationReport.profile` (rows, per-task labeled and
@@ -221,21 +246,14 @@ def log_result_run(
     use: its parameters, every number of `summary` as a metric, the summary as JSON, `text` (the table
     and verdicts as printed) and the `artifacts` (plots). Returns {"run_id", "uri"}, or {"error"}
     when the tracker fails: the result itself is printed either way."""
-    from mlflow.entities import Metric, Param
-
     uri = tracking_uri()
     try:
         client = connect(uri)
         run = client.create_run(experiment_id(client, experiment), run_name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_id = run.info.run_id
-        now = int(time.time() * 1000)
         client.set_tag(run_id, "mtl_ray.kind", kind)
-        metrics = [Metric(k, v, now, 0) for k, v in numbers_of(summary).items()]
-        for i in range(0, len(metrics), 1000):  # MLflow's limits per batch
-            client.log_batch(run_id, metrics=metrics[i : i + 1000])
-        logged = [Param(k, v[:6000]) for k, v in flat_params(params).items()]
-        for i in range(0, len(logged), 100):
-            client.log_batch(run_id, params=logged[i : i + 100])
+        log_numbers(client, run_id, numbers_of(summary))
+        log_params(client, run_id, flat_params(params))
         client.log_dict(run_id, dict(summary), f"{kind}.json")
         client.log_text(run_id, text, f"{kind}.txt")
         for path in artifacts:

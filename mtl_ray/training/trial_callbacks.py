@@ -80,8 +80,7 @@ class TrialLogger(Callback):
             tags={tracking.PARENT_TAG: self.parent_run_id, tracking.TRIAL_TAG: trial.trial_id},
         )
         self.run_ids[trial.trial_id] = run.info.run_id
-        for key, value in tracking.flat_params(trial.config).items():
-            client.log_param(run.info.run_id, key, value)
+        tracking.log_params(client, run.info.run_id, tracking.flat_params(trial.config))
         if self.profiles:
             tracking.log_datasets(client, run.info.run_id, self.profiles)
 
@@ -100,13 +99,10 @@ class TrialLogger(Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None or STEP_KEY in result:
             return
-        from mlflow.entities import Metric
-
         epoch = int(result.get("epoch", 0))
         self.epochs[trial.trial_id] = epoch
-        now = int(time.time() * 1000)
         client = self._client()
-        client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in tracking.epoch_metrics(result).items()])
+        tracking.log_numbers(client, run_id, tracking.epoch_metrics(result), epoch)
         if result.get("checkpoint_path"):
             client.set_tag(run_id, tracking.CHECKPOINT_TAG, self.checkpoint_prefix + result["checkpoint_path"])
 

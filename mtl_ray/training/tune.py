@@ -209,7 +209,7 @@ def open_parent_run(job: TuneJob, client) -> tuple[str, str]:
     parent_id = client.create_run(
         experiment, run_name=job.name, tags={"mtl_ray.data": job.data, "mtl_ray.kind": "tune"}
     ).info.run_id
-    for key, value in {
+    params = {
         "search": json.dumps(cfg.search),
         "search_alg": cfg.search_alg,
         "metric": cfg.metric,
@@ -218,8 +218,8 @@ def open_parent_run(job: TuneJob, client) -> tuple[str, str]:
         "max_epochs": str(job.max_epochs),
         "num_samples": str(cfg.num_samples),
         **tracking.flat_params(cfg.train.model_dump(), "train."),
-    }.items():
-        client.log_param(parent_id, key, value)
+    }
+    tracking.log_params(client, parent_id, params)
     return experiment, parent_id
 
 

@@ -8,7 +8,15 @@ from mtl_ray.config import TuneConfig, load
 from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.errors import UserError
 from mtl_ray.registry.register import check_name
-from mtl_ray.registry.tracking import epoch_metrics, flat_params, tracking_uri
+from mtl_ray.registry.tracking import (
+    connect,
+    epoch_metrics,
+    experiment_id,
+    flat_params,
+    log_numbers,
+    log_params,
+    tracking_uri,
+)
 from mtl_ray.training.search import check_pbt, check_search, mutations, param_space
 from mtl_ray.training.tune import concurrent_trials
 
@@ -187,6 +195,28 @@ def test_params_and_epoch_metrics_are_flat():
         "val.car.n_labeled": 10.0,
         "weight.car": 1.0,
     }
+
+
+def test_an_epoch_of_250_tasks_and_a_long_param_reach_a_tracking_server_whole(mlflow_server):
+    """Over the 1,000 metrics per request a tracking server takes: every per-task metric arrives, at
+    the epoch's step, and a param over its length limit is cut visibly instead of refused."""
+    tasks = [f"task_{i:03d}" for i in range(250)]
+    report = {
+        "epoch": 3,
+        "train_loss": 0.5,
+        "val": {t: {"auroc": 0.5 + i / 1000, "accuracy": 0.5, "f1": 0.1, "n_labeled": 7} for i, t in enumerate(tasks)},
+        "task_weights": dict.fromkeys(tasks, 1.0),
+    }
+    client = connect(mlflow_server.uri)
+    run_id = client.create_run(experiment_id(client, "wide")).info.run_id
+    log_numbers(client, run_id, epoch_metrics(report), step=3)
+    log_params(client, run_id, {"tasks": ",".join(tasks) * 4, "backbone": "m"})
+    data = client.get_run(run_id).data
+    assert len(data.metrics) == 1 + 250 * 5
+    assert data.metrics["val.task_249.auroc"] == pytest.approx(0.749)
+    assert [m.step for m in client.get_metric_history(run_id, "val.task_249.auroc")] == [3]
+    assert len(data.params["tasks"]) == 6000 and data.params["tasks"].endswith("…")
+    assert data.params["backbone"] == "m"
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "team:model", "mtl@champion"])
