@@ -28,4 +28,4 @@ test: lint
 	$(BIN)/pytest; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$(( rc == 5 ? 1 : rc ))
 
 test-fast: lint
-	$(BIN)/pytest -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$(( rc == 5 ? 1 : rc ))
+	$(BIN)/pytest -m "not slow" -n 2; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$(( rc == 5 ? 1 : rc ))

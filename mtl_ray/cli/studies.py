@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mtl_ray.cli.flags import add_command, from_api, positive_int
+from mtl_ray.cli.flags import add_command, from_api, positive_int, task_list
 from mtl_ray.cli.train import train_config, training_flags
 from mtl_ray.config import AFFINITY_STEPS, STL_PATIENCE
 from mtl_ray.result import Result
@@ -24,6 +24,7 @@ def compare(args: argparse.Namespace) -> Result:
         seeds=args.seeds,
         stl_epochs=args.stl_epochs,
         stl_patience=args.stl_patience,
+        stl_tasks=args.stl_tasks,
         groups=args.groups,
         max_groups=args.max_groups,
         affinity_steps=args.affinity_steps,
@@ -121,6 +122,12 @@ def add(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"a single-task network stops after N epochs without a better validation AUROC and reports its best "
         f"epoch (default {STL_PATIENCE})",
+    )
+    p.add_argument(
+        "--stl-tasks",
+        type=task_list,
+        metavar="a,b,c",
+        help="single-task networks for these tasks only, Δm over them (default: every task; with 100 tasks, a sample)",
     )
     p.add_argument(
         "--groups",

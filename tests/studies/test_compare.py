@@ -249,3 +249,29 @@ def test_single_task_networks_count_at_their_best_epoch_and_the_multi_task_model
     assert out["stl_epochs"] == {"a": [{"best": 2, "trained": 4}], "b": [{"best": 1, "trained": 1}]}
     assert out["delta_pct"]["a"] == pytest.approx(5.0) and out["delta_pct"]["b"] == pytest.approx(10.0)
     assert "single-task best epoch of trained: a 2 of 4, b 1 of 1" in result.render()
+
+
+def test_a_sample_of_single_task_networks_scores_the_sampled_tasks_and_says_so(tmp_path):
+    stl = {"b": _result("sb", {"b": 0.60}), "d": _result("sd", {"d": 0.80})}
+    mtl = _result("m", {"a": 0.9, "b": 0.66, "c": 0.7, "d": 0.76})
+    result = CompareResult(tasks=["a", "b", "c", "d"], runs=[CompareRun(0, mtl, stl)])
+    out = result.to_json()
+    assert out["stl_tasks"] == ["b", "d"] and set(out["stl"]) == {"b", "d"} and set(out["delta_pct"]) == {"b", "d"}
+    assert set(out["mtl"]) == {"a", "b", "c", "d"}
+    assert out["delta_m_pct"] == pytest.approx((10.0 - 5.0) / 2)
+    text = result.render()
+    assert "Δm +2.5 % over the 2 of 4 tasks with a single-task network" in text
+    assert "single-task: 2 networks" in text and "best epoch of trained: b 1 of 1, d 1 of 1" in text
+    assert [line.split()[:3] for line in text.splitlines() if line.startswith("c ")] == [["c", "0.700", "-"]]
+    assert len(result.write_plots(str(tmp_path))) == 3
+
+
+def test_stl_tasks_must_name_tasks_and_cover_a_task_alone_in_its_group(cli, tmp_path):
+    data = tmp_path / "scenes"
+    synthesize(str(data), 60, tasks=["car", "pedestrian", "stop_sign"], seed=6)
+    res = cli("compare", "--data", data, "--stl-tasks", "car,bicycle")
+    assert res.code == 2 and "--stl-tasks: 'bicycle' is not a task of" in res.err
+    res = cli("compare", "--data", data, "--stl-tasks", "car", "--groups", "car,pedestrian|stop_sign")
+    assert (
+        res.code == 2 and "task 'stop_sign' is a group of its own" in res.err and "--stl-tasks leaves it out" in res.err
+    )
