@@ -48,6 +48,7 @@ def ensure_ray() -> None:
         return
     quiet = {"logging_level": "ERROR", "log_to_driver": False, "configure_logging": True}
     if address:
+        check_answers(address)
         ray.init(**quiet)
     else:
         port = free_port()
@@ -56,6 +57,25 @@ def ensure_ray() -> None:
             os.environ.setdefault(key, value)
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **quiet)
     configure_data()
+
+
+GCS_CONNECT_S = 5.0
+
+
+def check_answers(address: str) -> None:
+    """A UserError when nothing listens at RAY_ADDRESS=HOST:PORT: `ray.init` would retry for minutes,
+    printing only Ray's own warnings. `auto` and `ray://` addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=GCS_CONNECT_S).close()
+    except OSError as exc:
+        raise UserError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({exc.strerror or type(exc).__name__}); "
+            "start one (`ray start --head`), point RAY_ADDRESS at its head's GCS address, or unset RAY_ADDRESS "
+            "to use a local Ray"
+        ) from None
 
 
 def free_port() -> int:

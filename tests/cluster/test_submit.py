@@ -1,9 +1,12 @@
 """`mtl-ray submit` pieces that need no cluster: the entrypoint, the runtime env, address checks."""
 
+import time
+
 import pytest
 
 from mtl_ray.cli.app import cli_commands
 from mtl_ray.cluster.submit import CREDENTIAL_ENV, EXCLUDES, FORWARDED_ENV, entrypoint, runtime_env, submit
+from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.errors import UserError
 
 
@@ -83,3 +86,20 @@ def test_local_commands_refuse_a_jobs_url_in_ray_address(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     with pytest.raises(UserError, match="is a Ray Jobs URL: run this as a job with `mtl-ray submit"):
         ensure_ray()
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line_in_seconds(cli, monkeypatch, tmp_path):
+    """Ray itself would retry for minutes, printing only its own warnings."""
+    from mtl_ray.cluster.runtime import free_port
+
+    data = tmp_path / "scenes"
+    synthesize(str(data), 40, seed=1)
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    started = time.monotonic()
+    res = cli("train", "--data", data, "--epochs", 1, "--storage", tmp_path / "runs")
+    assert res.code == 2 and time.monotonic() - started < 30
+    assert res.err.strip().splitlines() == [
+        f"mtl-ray: error: RAY_ADDRESS={address}: no Ray cluster answers there (Connection refused); start one "
+        "(`ray start --head`), point RAY_ADDRESS at its head's GCS address, or unset RAY_ADDRESS to use a local Ray"
+    ]
