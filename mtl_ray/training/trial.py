@@ -25,6 +25,18 @@ def concurrent_trials(plan: ResourcePlan, nodes: list[dict[str, float]]) -> int:
     return fits
 
 
+def overcommitted(requested: int | None, fits: int, plan: ResourcePlan) -> str | None:
+    """The line to print when `max_concurrent_trials` asks for more trials than `fits`: the extra
+    trials' workers take the CPUs Ray Data needs, and a trial whose stream gets none waits without end."""
+    if requested is None or requested <= fits:
+        return None
+    return (
+        f"max_concurrent_trials {requested}: this cluster holds {fits} trial(s) side by side, each with "
+        f"{plan.workers} worker(s) and {plan.data_cpus:g} CPU(s) for Ray Data; the others take CPUs their Ray Data "
+        "streams need and may wait for them without end (seen on 2 cores: both trials stuck before epoch 1)"
+    )
+
+
 def trial_bundles(plan: ResourcePlan) -> list[dict[str, float]]:
     """One trial's resources as autoscaler bundles: each worker (with its GPU) and its Ray Data CPUs."""
     worker = {**plan.resources_per_worker, **({"GPU": 1.0} if plan.use_gpu else {})}

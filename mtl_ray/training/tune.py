@@ -24,6 +24,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from mtl_ray import progress
 from mtl_ray.cluster.runtime import alive_nodes, check_shared, ensure_ray, here, run_storage
 from mtl_ray.config import TuneConfig
 from mtl_ray.data.images import show_size
@@ -43,7 +44,14 @@ from mtl_ray.training.search import (
     param_space,
     search_algorithm,
 )
-from mtl_ray.training.trial import DRIVER_CPUS, concurrent_trials, train_driver, trial_bundles, trial_limiter
+from mtl_ray.training.trial import (
+    DRIVER_CPUS,
+    concurrent_trials,
+    overcommitted,
+    train_driver,
+    trial_bundles,
+    trial_limiter,
+)
 from mtl_ray.training.trial_callbacks import FollowCluster, TrialLogger, TrialProgress, short, trial_error
 
 # ---- 3. the tune job -------------------------------------------------------------------------
@@ -253,8 +261,11 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
     scheduler = build_scheduler(cfg.scheduler, job.max_epochs, job.forms)
     following = []
     search_alg = job.search_alg
+    fits = concurrent_trials(plan, alive_nodes())
+    if warning := overcommitted(cfg.max_concurrent_trials, fits, plan):
+        progress.say(warning)
     if cfg.max_concurrent_trials is None:
-        search_alg = trial_limiter(search_alg, concurrent_trials(plan, alive_nodes()))
+        search_alg = trial_limiter(search_alg, fits)
         grid = math.prod(len(values) for form, values in job.forms.values() if form == "grid")
         following = [
             FollowCluster(

@@ -18,6 +18,7 @@ from mtl_ray.registry.tracking import (
     tracking_uri,
 )
 from mtl_ray.training.search import check_pbt, check_search, mutations, param_space
+from mtl_ray.training.trial import overcommitted
 from mtl_ray.training.tune import concurrent_trials
 
 
@@ -122,6 +123,14 @@ def test_concurrent_trials_leave_each_trial_its_data_cpus():
     assert concurrent_trials(big, [{"CPU": 32.0}]) == 5
     gpu = ResourcePlan(workers=1, cpus_per_worker=4.0, use_gpu=True, torch_threads=4, data_cpus=4.0)
     assert concurrent_trials(gpu, [{"CPU": 64.0, "GPU": 2.0}]) == 2
+
+
+def test_more_concurrent_trials_than_fit_are_named_with_what_each_trial_holds():
+    two_cores = ResourcePlan(workers=2, cpus_per_worker=0.495, use_gpu=False, torch_threads=1, data_cpus=1.0)
+    assert overcommitted(None, 1, two_cores) is None and overcommitted(1, 1, two_cores) is None
+    line = overcommitted(2, 1, two_cores)
+    assert line.startswith("max_concurrent_trials 2: this cluster holds 1 trial(s) side by side, each with 2 worker(s)")
+    assert "1 CPU(s) for Ray Data" in line and "\n" not in line
 
 
 def test_follow_cluster_raises_the_limit_as_gpu_nodes_join_and_asks_the_autoscaler_for_the_rest(capsys):
