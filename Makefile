@@ -23,9 +23,12 @@ quickstart: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 
-# pytest exits 5 when it collected no tests: that is a failure too.
+# pytest exits 5 when it collected no tests: that is a failure too. The tests without Ray run in two
+# processes (pytest-xdist); the end-to-end runs in one, so that they share one local Ray.
+PYTEST = run() { "$$@"; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; return $$(( rc == 5 ? 1 : rc )); }
+
 test: lint
-	$(BIN)/pytest; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$(( rc == 5 ? 1 : rc ))
+	@$(PYTEST); run $(BIN)/pytest -m "not slow" -n 2 && run $(BIN)/pytest -m slow
 
 test-fast: lint
-	$(BIN)/pytest -m "not slow" -n 2; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$(( rc == 5 ? 1 : rc ))
+	@$(PYTEST); run $(BIN)/pytest -m "not slow" -n 2

@@ -1,20 +1,24 @@
 """Which task weighting serves every task? The weightings against the default on the quality worlds, over seeds.
 
 For each world and seed, the same data as benchmarks/mtl_quality.py (data seed = seed) and the
-multi-task model trained once per weighting with every other setting at its default (training seed
-= seed). Each is scored against the single-task networks of that world and seed, which do not depend
-on the weighting (they use `equal`): taken from an mtl_quality.py `--json` file given with
-`--baseline`, the default weighting's multi-task AUROCs with them, or, for a world and seed that file
-lacks per task, trained here by `mtl_ray.studies.compare.compare` with defaults (no control).
-Printed per weighting: the starved task's gain over its single-task network, Δm % over all tasks and
+multi-task model trained once per candidate with every other setting at its default (training seed
+= seed). A candidate is a weighting name (`imtl`) or a JSON object of `TrainConfig` keys
+(`'{"backbone": "l", "weighting": {"name": "mgda_ub"}}'`), for the other defaults one might change.
+Each is scored against the single-task networks of that world and seed (they use `equal`, so no
+weighting changes them): taken from an mtl_quality.py `--json` file given with `--baseline`, the
+default's multi-task AUROCs with them, or, for a world and seed that file lacks per task, trained
+here by `mtl_ray.studies.compare.compare` with defaults (no control). A candidate that changes what
+the single-task networks share with it (backbone, epochs, lr) is scored against the defaults'
+single-task networks all the same: a screen, not the fair comparison `compare` makes.
+Printed per candidate: the starved task's gain over its single-task network, Δm % over all tasks and
 the worst task's AUROC as a multiple of its own network's, per seed and as mean ± std, with the
 multi-task run's wall time.
 
-    python benchmarks/weighting_quality.py [--weightings imtl,famo,mgda_ub] [--worlds synthetic]
+    python benchmarks/weighting_quality.py [--candidates imtl famo mgda_ub] [--worlds synthetic]
         [--seeds 3] [--first-seed 0] [--n 4000] [--baseline FILE...] [--json FILE]
     python benchmarks/weighting_quality.py --merge FILE... [--json FILE]
 
-One multi-task run takes 5 to 12 minutes per world and seed on 2 CPU cores (`weighting_cost.py`
+One multi-task run takes 2 to 12 minutes per world and seed on 2 CPU cores (`weighting_cost.py`
 has each method's cost per step).
 """
 
@@ -71,6 +75,13 @@ def baseline(world: str, seed: int, data: str, known: dict, storage: str) -> tup
     return {t: out["mtl"][t]["auroc"] for t in out["tasks"]}, {t: out["stl"][t]["auroc"] for t in out["tasks"]}, seconds
 
 
+def config(candidate: str, seed: int) -> TrainConfig:
+    """The defaults with a candidate's change: a weighting name, or a JSON object of TrainConfig keys."""
+    if candidate.startswith("{"):
+        return TrainConfig(**{**json.loads(candidate), "seed": seed})
+    return TrainConfig(seed=seed, weighting=WeightingConfig(name=candidate))
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     known = {(r["world"], r["seed"]): r for found in merged(args.baseline or []).values() for r in found}
     rows = []
@@ -82,10 +93,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                 mtl, stl, seconds = baseline(world, seed, data, known, storage)
                 rows.append(scored(world, seed, DEFAULT, mtl, stl, seconds))
                 print(json.dumps(rows[-1]), flush=True)
-                for name in args.weightings.split(","):
-                    cfg = TrainConfig(seed=seed, weighting=WeightingConfig(name=name))
+                for k, name in enumerate(args.candidates):
+                    cfg = config(name, seed)
                     started = time.perf_counter()
-                    result = fit(data, name=f"{world}-s{seed}-{name}", config=cfg, storage_path=storage)
+                    result = fit(data, name=f"{world}-s{seed}-c{k}", config=cfg, storage_path=storage)
                     seconds = time.perf_counter() - started
                     mtl = {t: result.val[t]["auroc"] for t in stl}
                     rows.append(scored(world, seed, name, mtl, stl, seconds))
@@ -94,7 +105,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """Mean and std over seeds per (world, weighting), with the per-seed values."""
+    """Mean and std over seeds per (world, candidate), with the per-seed values."""
     cells: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         cells.setdefault((r["world"], r["weighting"]), []).append(r)
@@ -120,7 +131,7 @@ def print_table(cells: dict[tuple[str, str], dict]) -> None:
         return f"{entry[name]:{fmt}}" + (f" ± {std:{fmt.lstrip('+')}}" if std is not None else "") + f" ({each})"
 
     print(
-        "| world | weighting | seeds | starved-task gain | Δm % | worst task × its own network | mean AUROC | s/run |"
+        "| world | candidate | seeds | starved-task gain | Δm % | worst task × its own network | mean AUROC | s/run |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for (world, name), e in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != DEFAULT, kv[0][1])):
@@ -134,7 +145,7 @@ def print_table(cells: dict[tuple[str, str], dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weightings", default="imtl,famo,mgda_ub")
+    parser.add_argument("--candidates", nargs="+", default=["imtl", "famo", "mgda_ub"])
     parser.add_argument("--worlds", default="synthetic")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
