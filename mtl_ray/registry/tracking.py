@@ -241,18 +241,23 @@ def log_result_run(
     params: Mapping[str, Any],
     artifacts: Sequence[str] = (),
     experiment: str = DEFAULT_EXPERIMENT,
+    pairwise: Sequence[str] = (),
 ) -> dict[str, str]:
     """Log a command's result (`compare`, `advise`) as an MLflow run of its own in the tracking URI in
     use: its parameters, every number of `summary` as a metric, the summary as JSON, `text` (the table
-    and verdicts as printed) and the `artifacts` (plots). Returns {"run_id", "uri"}, or {"error"}
-    when the tracker fails: the result itself is printed either way."""
+    and verdicts as printed) and the `artifacts` (plots). `pairwise` names dotted keys of `summary` that
+    hold a value per pair of tasks, left out of the metrics (T² of them for 100 tasks; the JSON keeps
+    them). Returns {"run_id", "uri"}, or {"error"} when the tracker fails: the result itself is printed
+    either way."""
     uri = tracking_uri()
     try:
         client = connect(uri)
         run = client.create_run(experiment_id(client, experiment), run_name=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_id = run.info.run_id
         client.set_tag(run_id, "mtl_ray.kind", kind)
-        log_numbers(client, run_id, numbers_of(summary))
+        numbers = numbers_of(summary)
+        left_out = tuple(f"{key}." for key in pairwise)
+        log_numbers(client, run_id, {k: v for k, v in numbers.items() if not k.startswith(left_out)})
         log_params(client, run_id, flat_params(params))
         client.log_dict(run_id, dict(summary), f"{kind}.json")
         client.log_text(run_id, text, f"{kind}.txt")

@@ -236,6 +236,7 @@ def advise(
                 **{f"{name}.verdict": c["verdict"] for name, c in conditions.items()},
                 **({"groups": show(advice.groups["partition"])} if advice.groups else {}),
             },
+            pairwise=("conditions.shared_features.evidence.pairs", "groups.affinity"),
         )
     return advice
 

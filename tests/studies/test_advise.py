@@ -69,6 +69,7 @@ def test_advise_reports_three_conditions(cli, tmp_path):
     for name, condition in out["conditions"].items():
         assert run.data.params[f"{name}.verdict"] == condition["verdict"]
     assert run.data.metrics["conditions.shared_features.evidence.probe_auroc"] == pytest.approx(shared["probe_auroc"])
+    assert not [k for k in run.data.metrics if ".pairs." in k]  # per pair of tasks: in advise.json, not T² metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"advise.json", "advise.txt"}
 
 
@@ -121,6 +122,8 @@ def test_advise_groups_recovers_the_two_families(cli, tmp_path):
     assert "advise groups: inter-task affinity" in res.err
     run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(res.json()["tracking"]["run_id"])
     assert run.data.params["groups"] == "shape_big,shape_huge|red_strong,red_max"
+    assert run.data.metrics["groups.score"] == pytest.approx(groups["score"])
+    assert not [k for k in run.data.metrics if k.startswith("groups.affinity")]
 
 
 def test_advise_max_groups_must_be_positive(cli, tmp_path):
