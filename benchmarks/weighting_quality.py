@@ -63,16 +63,14 @@ def scored(world: str, seed: int, weighting: str, mtl: dict[str, float], stl: di
     }
 
 
-def baseline(world: str, seed: int, data: str, known: dict, storage: str) -> tuple[dict, dict, float | None]:
-    """(default multi-task AUROC per task, single-task AUROC per task, seconds of the default run)."""
+def baseline(world: str, seed: int, data: str, known: dict, storage: str) -> tuple[dict, dict]:
+    """(default multi-task AUROC per task, single-task AUROC per task)."""
     row = known.get((world, seed))
     if row and row.get("per_task"):
         per_task = row["per_task"]
-        return {t: v["mtl"] for t, v in per_task.items()}, {t: v["stl"] for t, v in per_task.items()}, None
-    started = time.perf_counter()
+        return {t: v["mtl"] for t, v in per_task.items()}, {t: v["stl"] for t, v in per_task.items()}
     out = compare(data, config=TrainConfig(seed=seed), storage_path=storage).to_json()
-    seconds = time.perf_counter() - started
-    return {t: out["mtl"][t]["auroc"] for t in out["tasks"]}, {t: out["stl"][t]["auroc"] for t in out["tasks"]}, seconds
+    return {t: out["mtl"][t]["auroc"] for t in out["tasks"]}, {t: out["stl"][t]["auroc"] for t in out["tasks"]}
 
 
 def config(candidate: str, seed: int) -> TrainConfig:
@@ -90,8 +88,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         for world in args.worlds.split(","):
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 data = make(world, os.path.join(tmp, f"{world}-{seed}"), args.n, seed)
-                mtl, stl, seconds = baseline(world, seed, data, known, storage)
-                rows.append(scored(world, seed, DEFAULT, mtl, stl, seconds))
+                mtl, stl = baseline(world, seed, data, known, storage)
+                rows.append(scored(world, seed, DEFAULT, mtl, stl, None))
                 print(json.dumps(rows[-1]), flush=True)
                 for k, name in enumerate(args.candidates):
                     cfg = config(name, seed)
