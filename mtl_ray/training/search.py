@@ -117,9 +117,14 @@ def mutations(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     return {key: values if form in ("grid", "choice") else space[key] for key, (form, values) in forms.items()}
 
 
-def build_scheduler(chosen: SchedulerConfig, max_epochs: int, forms: dict[str, tuple[str, list[Any]]]):
-    """Tune's trial scheduler for `scheduler:`: ASHA on epochs, FIFO, or PBT over the searched keys."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+def build_scheduler(
+    chosen: SchedulerConfig, max_epochs: int, forms: dict[str, tuple[str, list[Any]]], storage_filesystem=None
+):
+    """Tune's trial scheduler for `scheduler:`: ASHA on epochs, FIFO, or PBT over the searched keys
+    (`TrainPBT`: checkpoints on the Train runs' storage, `storage_filesystem` for s3://)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from mtl_ray.training.pbt import TrainPBT
 
     if chosen.name == "asha":
         return ASHAScheduler(
@@ -129,7 +134,8 @@ def build_scheduler(chosen: SchedulerConfig, max_epochs: int, forms: dict[str, t
             reduction_factor=chosen.reduction_factor,
         )
     if chosen.name == "pbt":
-        return PopulationBasedTraining(
+        return TrainPBT(
+            storage_filesystem=storage_filesystem,
             time_attr="epoch",
             perturbation_interval=chosen.perturbation_interval,
             hyperparam_mutations=mutations(forms),

@@ -2,9 +2,10 @@
 
 import pytest
 from ray import tune as ray_tune
+from ray.tune.experiment import Trial
 
 from mtl_ray.cluster.resources import ResourcePlan
-from mtl_ray.config import TuneConfig, load
+from mtl_ray.config import SchedulerConfig, TuneConfig, load
 from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.errors import UserError
 from mtl_ray.registry.register import check_name
@@ -17,7 +18,8 @@ from mtl_ray.registry.tracking import (
     log_params,
     tracking_uri,
 )
-from mtl_ray.training.search import check_pbt, check_search, mutations, param_space
+from mtl_ray.training.pbt import TrainPBT
+from mtl_ray.training.search import build_scheduler, check_pbt, check_search, mutations, param_space
 from mtl_ray.training.trial import overcommitted
 from mtl_ray.training.tune import concurrent_trials
 
@@ -295,3 +297,57 @@ def test_trial_start_lines_show_small_learning_rates():
         "0.003",
         "static,weights=[1, 4]",
     ]
+
+
+class _Controller:
+    """What PBT asks of Tune's controller: the trials, and pausing one to restart it from a checkpoint."""
+
+    search_alg = None
+
+    def __init__(self, trials):
+        self.trials, self.paused = trials, []
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        return self.trials
+
+    def pause_trial(self, trial, should_checkpoint=True):
+        self.paused.append(trial)
+        trial.set_status(Trial.PAUSED)
+
+    def _schedule_trial_save(self, trial, result=None):
+        raise AssertionError("a Train-run trial has no checkpoint for Tune to save")
+
+
+def test_pbt_hands_a_bottom_trial_the_checkpoint_a_top_trial_reported(tmp_path):
+    """Trials report only their Train checkpoint's path to Tune: TrainPBT offers that checkpoint, so the
+    worst trial restarts from the best one's, with the best one's (perturbed) config."""
+    lrs = [0.001, 0.002, 0.004, 0.008]
+    trials = [Trial("fn", config={"lr": lr}, stub=True, trial_id=f"t{i}") for i, lr in enumerate(lrs)]
+    pbt = build_scheduler(
+        SchedulerConfig(name="pbt", perturbation_interval=2, resample_probability=0.0), 4, {"lr": ("grid", lrs)}
+    )
+    assert isinstance(pbt, TrainPBT)
+    pbt.set_search_properties("mean_auroc", "max")
+    pbt._log_config = False  # its policy files go to the experiment's directory, which stub trials lack
+    controller = _Controller(trials)
+    for trial in trials:
+        trial.set_status(Trial.RUNNING)
+        pbt.on_trial_add(controller, trial)
+    for epoch in (1, 2, 3, 4):
+        for i, trial in enumerate(trials):
+            if trial.status == Trial.RUNNING:
+                path = str(tmp_path / trial.trial_id / f"checkpoint_{epoch}")
+                result = {
+                    "epoch": epoch,
+                    "mean_auroc": 0.5 + 0.1 * i,
+                    "training_iteration": epoch,
+                    "checkpoint_path": path,
+                }
+                pbt.on_trial_result(controller, trial, result)
+    assert controller.paused == [trials[0]]  # the worst, at epoch 4, after the best offered its epoch-2 checkpoint
+    handed = trials[0].run_metadata.checkpoint_manager._latest_checkpoint_result
+    assert handed.checkpoint.path == str(tmp_path / "t3" / "checkpoint_2") and handed.metrics["epoch"] == 2
+    assert trials[0].config["lr"] in (0.004, 0.008)  # the best's lr moved to a neighbouring value of its list
