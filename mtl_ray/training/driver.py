@@ -157,6 +157,7 @@ def build_trainer(
                 val_rows=inputs.val_rows(),
                 init=init,
                 inbox=inbox,
+                start=resume_from,
             )
         },
         scaling_config=ray.train.ScalingConfig(
@@ -189,7 +190,6 @@ def build_trainer(
         dataset_config=ray.train.DataConfig(
             datasets_to_split=["train"], execution_options=ray.data.DataContext.get_current().execution_options
         ),
-        resume_from_checkpoint=resume_from,
     )
     return Run(trainer, inbox)
 

@@ -67,6 +67,9 @@ class WorkerSpec:
     """Where the validation rows are ({"path", "split"}), kept in every checkpoint for the alias gate."""
     init: InitWeights | None
     inbox: ray.actor.ActorHandle
+    start: object | None = None
+    """A checkpoint of another run (a `ray.train.Checkpoint`) to continue from while this run has none of
+    its own: a PBT trial taking a top trial's. Train V2 refuses `resume_from_checkpoint`."""
 
 
 def worker_loop(config: dict) -> None:
@@ -154,11 +157,12 @@ class WorkerLoop:
         return all_reduce_sum([float(self.rank == 0 and patience_spent(self.history, self.cfg.patience))])[0] > 0
 
     def restore(self) -> bool:
-        """Take up the last checkpoint of a resumed run; True when that run had already finished (a
-        resumed Tune trial), whose result is then reported once more, for Tune."""
+        """Take up the last checkpoint of a resumed run, else the `start` checkpoint it was given; True
+        when that run had already finished (a resumed Tune trial), whose result is then reported once
+        more, for Tune."""
         import ray.train
 
-        resumed = ray.train.get_checkpoint()
+        resumed = ray.train.get_checkpoint() or self.spec.start
         if not resumed:
             self._report_start(0, 0)
             return False
