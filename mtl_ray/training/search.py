@@ -118,10 +118,14 @@ def mutations(forms: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
 
 
 def build_scheduler(
-    chosen: SchedulerConfig, max_epochs: int, forms: dict[str, tuple[str, list[Any]]], storage_filesystem=None
+    chosen: SchedulerConfig,
+    max_epochs: int,
+    forms: dict[str, tuple[str, list[Any]]],
+    snapshots: str = "",
+    storage_filesystem=None,
 ):
     """Tune's trial scheduler for `scheduler:`: ASHA on epochs, FIFO, or PBT over the searched keys
-    (`TrainPBT`: checkpoints on the Train runs' storage, `storage_filesystem` for s3://)."""
+    (`TrainPBT`: the checkpoints it hands over copied under `snapshots`, on `storage_filesystem`)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from mtl_ray.training.pbt import TrainPBT
@@ -135,6 +139,7 @@ def build_scheduler(
         )
     if chosen.name == "pbt":
         return TrainPBT(
+            snapshots=snapshots,
             storage_filesystem=storage_filesystem,
             time_attr="epoch",
             perturbation_interval=chosen.perturbation_interval,

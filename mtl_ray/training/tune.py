@@ -258,7 +258,8 @@ def run_search(job: TuneJob, logger: TrialLogger, callbacks: Sequence[Callback])
     )
     if job.resume:  # the restored run config keeps the first run's callbacks: a TrialLogger on the same parent run
         return _restored(job, trainable).fit()
-    scheduler = build_scheduler(cfg.scheduler, job.max_epochs, job.forms, job.storage_fs)
+    snapshots = f"{job.experiment_dir}-pbt-snapshots"
+    scheduler = build_scheduler(cfg.scheduler, job.max_epochs, job.forms, snapshots, job.storage_fs)
     following = []
     search_alg = job.search_alg
     fits = concurrent_trials(plan, alive_nodes())

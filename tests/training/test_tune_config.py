@@ -321,13 +321,18 @@ class _Controller:
         raise AssertionError("a Train-run trial has no checkpoint for Tune to save")
 
 
-def test_pbt_hands_a_bottom_trial_the_checkpoint_a_top_trial_reported(tmp_path):
-    """Trials report only their Train checkpoint's path to Tune: TrainPBT offers that checkpoint, so the
-    worst trial restarts from the best one's, with the best one's (perturbed) config."""
+def test_pbt_hands_a_bottom_trial_a_snapshot_of_the_checkpoint_a_top_trial_reported(tmp_path):
+    """Trials report only their Train checkpoint's path to Tune: TrainPBT copies that checkpoint (the
+    Train run may delete it before it is restored) and hands the copy over, so the worst trial restarts
+    from the best one's, with the best one's (perturbed) config; each trial keeps its last 2 copies."""
     lrs = [0.001, 0.002, 0.004, 0.008]
     trials = [Trial("fn", config={"lr": lr}, stub=True, trial_id=f"t{i}") for i, lr in enumerate(lrs)]
+    snapshots = tmp_path / "tune-pbt-snapshots"
     pbt = build_scheduler(
-        SchedulerConfig(name="pbt", perturbation_interval=2, resample_probability=0.0), 4, {"lr": ("grid", lrs)}
+        SchedulerConfig(name="pbt", perturbation_interval=2, resample_probability=0.0),
+        4,
+        {"lr": ("grid", lrs)},
+        str(snapshots),
     )
     assert isinstance(pbt, TrainPBT)
     pbt.set_search_properties("mean_auroc", "max")
@@ -336,18 +341,19 @@ def test_pbt_hands_a_bottom_trial_the_checkpoint_a_top_trial_reported(tmp_path):
     for trial in trials:
         trial.set_status(Trial.RUNNING)
         pbt.on_trial_add(controller, trial)
-    for epoch in (1, 2, 3, 4):
+    for epoch in range(1, 9):
         for i, trial in enumerate(trials):
             if trial.status == Trial.RUNNING:
-                path = str(tmp_path / trial.trial_id / f"checkpoint_{epoch}")
-                result = {
-                    "epoch": epoch,
-                    "mean_auroc": 0.5 + 0.1 * i,
-                    "training_iteration": epoch,
-                    "checkpoint_path": path,
-                }
-                pbt.on_trial_result(controller, trial, result)
+                path = tmp_path / "runs" / trial.trial_id / f"checkpoint_{epoch}"
+                path.mkdir(parents=True)
+                (path / "model.pt").write_text(f"{trial.trial_id} epoch {epoch}")
+                result = {"epoch": epoch, "mean_auroc": 0.5 + 0.1 * i, "training_iteration": epoch}
+                pbt.on_trial_result(controller, trial, result | {"checkpoint_path": str(path)})
     assert controller.paused == [trials[0]]  # the worst, at epoch 4, after the best offered its epoch-2 checkpoint
     handed = trials[0].run_metadata.checkpoint_manager._latest_checkpoint_result
-    assert handed.checkpoint.path == str(tmp_path / "t3" / "checkpoint_2") and handed.metrics["epoch"] == 2
+    assert handed.checkpoint.path == str(snapshots / "t3-epoch2") and handed.metrics["epoch"] == 2
     assert trials[0].config["lr"] in (0.004, 0.008)  # the best's lr moved to a neighbouring value of its list
+    kept = sorted(p.name for p in snapshots.iterdir())
+    assert [k for k in kept if k.startswith("t3-")] == ["t3-epoch6", "t3-epoch8"]  # epochs 2 and 4 pruned
+    assert all(sum(k.startswith(f"{t.trial_id}-") for k in kept) <= 2 for t in trials), kept
+    assert (snapshots / "t3-epoch8" / "model.pt").read_text() == "t3 epoch 8"
