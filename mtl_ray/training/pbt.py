@@ -19,7 +19,8 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import PopulationBasedTraining
 
 SNAPSHOTS_KEPT = 2
-"""Snapshots kept per trial: one handed over is restored long before its trial offers two more."""
+"""Snapshots a trial keeps of its own offers, besides any that a trial was handed: Tune restores a
+paused trial from the last checkpoint it was handed, so that one lives as long as the trial holds it."""
 
 
 class TrainPBT(PopulationBasedTraining):
@@ -31,7 +32,10 @@ class TrainPBT(PopulationBasedTraining):
         super().__init__(**kwargs)
         self.snapshots = snapshots.rstrip("/")
         self.storage_filesystem = storage_filesystem
-        self.kept: dict[str, list[str]] = {}
+        self.offered: dict[str, list[str]] = {}
+        """Each trial's snapshots of its own checkpoints, oldest first."""
+        self.held: dict[str, str] = {}
+        """The snapshot each trial was last handed (Tune restores it from there after a pause)."""
 
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile) -> None:
         if trial not in upper_quantile:
@@ -42,13 +46,27 @@ class TrainPBT(PopulationBasedTraining):
         state.last_checkpoint = self._snapshot(trial.trial_id, path, state.last_result["epoch"]) if path else None
         self._num_checkpoints += 1
 
+    def _exploit(self, tune_controller, trial, trial_to_clone) -> None:
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        self.held[trial.trial_id] = self._trial_state[trial_to_clone].last_checkpoint.path
+        self._prune()
+
     def _snapshot(self, trial_id: str, path: str, epoch: int) -> Checkpoint:
-        fs = self.storage_filesystem or pyarrow.fs.LocalFileSystem()
         copy = f"{self.snapshots}/{trial_id}-epoch{epoch}"
-        fs.create_dir(copy, recursive=True)
-        pyarrow.fs.copy_files(path, copy, source_filesystem=fs, destination_filesystem=fs)
-        kept = self.kept.setdefault(trial_id, [])
-        kept.append(copy)
-        while len(kept) > SNAPSHOTS_KEPT:
-            fs.delete_dir(kept.pop(0))
+        self._fs.create_dir(copy, recursive=True)
+        pyarrow.fs.copy_files(path, copy, source_filesystem=self._fs, destination_filesystem=self._fs)
+        self.offered.setdefault(trial_id, []).append(copy)
+        self._prune()
         return Checkpoint(copy, filesystem=self.storage_filesystem)
+
+    def _prune(self) -> None:
+        """Delete the snapshots no trial holds beyond each trial's newest `SNAPSHOTS_KEPT` offers."""
+        held = set(self.held.values())
+        for offers in self.offered.values():
+            for old in [o for o in offers[:-SNAPSHOTS_KEPT] if o not in held]:
+                self._fs.delete_dir(old)
+                offers.remove(old)
+
+    @property
+    def _fs(self) -> pyarrow.fs.FileSystem:
+        return self.storage_filesystem or pyarrow.fs.LocalFileSystem()

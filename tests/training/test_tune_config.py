@@ -324,7 +324,8 @@ class _Controller:
 def test_pbt_hands_a_bottom_trial_a_snapshot_of_the_checkpoint_a_top_trial_reported(tmp_path):
     """Trials report only their Train checkpoint's path to Tune: TrainPBT copies that checkpoint (the
     Train run may delete it before it is restored) and hands the copy over, so the worst trial restarts
-    from the best one's, with the best one's (perturbed) config; each trial keeps its last 2 copies."""
+    from the best one's, with the best one's (perturbed) config. A trial keeps its 2 newest copies and
+    any that another trial holds (Tune restores a paused trial from the checkpoint it was handed)."""
     lrs = [0.001, 0.002, 0.004, 0.008]
     trials = [Trial("fn", config={"lr": lr}, stub=True, trial_id=f"t{i}") for i, lr in enumerate(lrs)]
     snapshots = tmp_path / "tune-pbt-snapshots"
@@ -354,6 +355,10 @@ def test_pbt_hands_a_bottom_trial_a_snapshot_of_the_checkpoint_a_top_trial_repor
     assert handed.checkpoint.path == str(snapshots / "t3-epoch2") and handed.metrics["epoch"] == 2
     assert trials[0].config["lr"] in (0.004, 0.008)  # the best's lr moved to a neighbouring value of its list
     kept = sorted(p.name for p in snapshots.iterdir())
-    assert [k for k in kept if k.startswith("t3-")] == ["t3-epoch6", "t3-epoch8"]  # epochs 2 and 4 pruned
-    assert all(sum(k.startswith(f"{t.trial_id}-") for k in kept) <= 2 for t in trials), kept
+    held = {pbt.held[t] for t in pbt.held}
+    assert str(snapshots / "t3-epoch2") in held  # t0 restores from it after any pause: kept
+    assert [k for k in kept if k.startswith("t3-")] == ["t3-epoch2", "t3-epoch6", "t3-epoch8"]  # epoch 4 pruned
+    for t in trials:  # each trial's two newest offers, and what other trials hold
+        own = [k for k in kept if k.startswith(f"{t.trial_id}-")]
+        assert len([k for k in own if str(snapshots / k) not in held]) <= 2, kept
     assert (snapshots / "t3-epoch8" / "model.pt").read_text() == "t3 epoch 8"
