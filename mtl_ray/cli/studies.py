@@ -91,10 +91,8 @@ def _label_budgets(text: str) -> list[int | str]:
     return from_api(parse_labels)(text)
 
 
-def add(commands: argparse._SubParsersAction) -> None:
-    p = add_command(
-        commands, "compare", "multi-task model vs one single-task network per task, same backbone and epochs", compare
-    )
+def compare_flags(p: argparse.ArgumentParser) -> None:
+    """`mtl-ray compare`'s flags: the training flags, the control, seeds, the single-task side, groups."""
     training_flags(p)
     p.add_argument(
         "--control", choices=["shuffle"], help="also retrain the multi-task model with the other tasks' labels shuffled"
@@ -139,6 +137,16 @@ def add(commands: argparse._SubParsersAction) -> None:
     affinity_steps_flag(p, "with --groups auto")
     no_track_flag(p)
 
+
+def add(commands: argparse._SubParsersAction) -> None:
+    compare_flags(
+        add_command(
+            commands,
+            "compare",
+            "multi-task model vs one single-task network per task, same backbone and epochs",
+            compare,
+        )
+    )
     p = add_command(
         commands,
         "transfer",

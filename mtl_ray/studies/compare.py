@@ -49,7 +49,7 @@ from mtl_ray.errors import UserError
 from mtl_ray.model.metrics import METRIC
 from mtl_ray.registry import tracking
 from mtl_ray.result import Result, number, table
-from mtl_ray.studies.groups import AFFINITY_BACKBONE, AFFINITY_ROWS, parse, recommend, show
+from mtl_ray.studies.groups import requested, show
 from mtl_ray.studies.stats import delta_m, mean_std
 from mtl_ray.training.driver import TrainResult, fit
 
@@ -341,13 +341,7 @@ def compare(
     stl_epochs = stl_epochs or cfg.epochs
     report, focus, sampled = _checked(data, control, seeds, focus, stl_tasks)
     tasks = list(report.fmt.tasks)
-    chosen = _partition(groups, report, tasks, cfg, max_groups, affinity_steps) if groups else None
-    alone = [g[0] for g in (chosen["partition"] if chosen else []) if len(g) == 1 and g[0] not in sampled]
-    if alone:
-        raise UserError(
-            f"--groups {show(chosen['partition'])}: task {alone[0]!r} is a group of its own, which is its "
-            "single-task network, but --stl-tasks leaves it out"
-        )
+    chosen = requested(groups, report, cfg, max_groups, affinity_steps, sampled) if groups else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = []
     for k in range(seeds):
@@ -420,7 +414,12 @@ def _checked(
         )
     if focus is not None and focus not in tasks:
         raise UserError(f"--focus {focus!r}: tasks are {', '.join(tasks)}")
-    return report, (focus or min(train_counts, key=train_counts.get) if control else None), sampled
+    focus = focus or min(train_counts, key=train_counts.get) if control else None
+    if focus is not None and focus not in sampled:
+        raise UserError(
+            f"--control shuffle: its focus task {focus!r} needs a single-task network; add it to --stl-tasks"
+        )
+    return report, focus, sampled
 
 
 def _fit_groups(
@@ -439,26 +438,3 @@ def _fit_groups(
             **common,
         )
     return grouped
-
-
-def _partition(
-    groups: str,
-    report: ValidationReport,
-    tasks: list[str],
-    cfg: TrainConfig,
-    max_groups: int | None,
-    steps: int = AFFINITY_STEPS,
-) -> dict:
-    """The partition `--groups` asks for: given (`a,b|c`), or `auto`, the one affinity recommends
-    (`mtl-ray advise --groups` on a sample of the training rows)."""
-    if groups != "auto":
-        if max_groups is not None:
-            raise UserError("--max-groups goes with --groups auto: a given partition has its own number of groups")
-        return {"partition": parse(groups, tasks), "source": "given"}
-    from mtl_ray.studies.probes import load_sample
-
-    progress.say(f"compare groups auto: inter-task affinity over a {steps}-step joint run")
-    size = cfg.size() or report.training_size()[0]
-    images, labels = load_sample(report, "train", AFFINITY_ROWS, size)
-    found = recommend(images, labels, tasks, backbone=AFFINITY_BACKBONE, steps=steps, max_groups=max_groups)
-    return {**found, "source": "auto"}

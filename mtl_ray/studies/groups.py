@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from mtl_ray.config import TrainConfig
+from mtl_ray import progress
+from mtl_ray.config import AFFINITY_STEPS, TrainConfig
+from mtl_ray.data.validate import ValidationReport
 from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import build, to_input
 from mtl_ray.model.losses import task_terms
@@ -198,3 +200,35 @@ def recommend(
         "lookahead_lr": LOOKAHEAD_LR,
         "backbone": backbone,
     }
+
+
+def requested(
+    groups: str,
+    report: ValidationReport,
+    cfg: TrainConfig,
+    max_groups: int | None,
+    steps: int = AFFINITY_STEPS,
+    single: list[str] | None = None,
+) -> dict:
+    """The partition `compare --groups` asks for: given (`a,b|c`), or `auto`, the one affinity recommends
+    (`mtl-ray advise --groups` on a sample of the training rows). A task alone in its group is its
+    single-task network, so it must be one of `single` (the tasks that get one; default every task)."""
+    tasks = list(report.fmt.tasks)
+    if groups != "auto":
+        if max_groups is not None:
+            raise UserError("--max-groups goes with --groups auto: a given partition has its own number of groups")
+        found = {"partition": parse(groups, tasks), "source": "given"}
+    else:
+        from mtl_ray.studies.probes import load_sample
+
+        progress.say(f"compare groups auto: inter-task affinity over a {steps}-step joint run")
+        images, labels = load_sample(report, "train", AFFINITY_ROWS, cfg.size() or report.training_size()[0])
+        found = recommend(images, labels, tasks, backbone=AFFINITY_BACKBONE, steps=steps, max_groups=max_groups)
+        found["source"] = "auto"
+    alone = [g[0] for g in found["partition"] if len(g) == 1 and g[0] not in (single or tasks)]
+    if alone:
+        raise UserError(
+            f"--groups {show(found['partition'])}: task {alone[0]!r} is a group of its own, which is its "
+            "single-task network, but --stl-tasks leaves it out"
+        )
+    return found

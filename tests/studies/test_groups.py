@@ -12,7 +12,6 @@ from mtl_ray.data.synth.families import TASKS
 from mtl_ray.data.validate import validate
 from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import MultiTaskNet
-from mtl_ray.studies.compare import _partition
 from mtl_ray.studies.groups import (
     EXHAUSTIVE,
     _partitions,
@@ -20,6 +19,7 @@ from mtl_ray.studies.groups import (
     lookahead,
     parse,
     partition_score,
+    requested,
     show,
 )
 
@@ -101,7 +101,7 @@ def test_compare_groups_auto_takes_the_recommended_partition(tmp_path):
     """`compare --groups auto` takes the partition advise recommends (a short joint run here: that it
     finds the two families is test_advise_groups_recovers_the_two_families's claim)."""
     data = families.write(str(tmp_path / "families"), 300, seed=0)
-    chosen = _partition("auto", validate(data), list(TASKS), TrainConfig(), 2, steps=10)
+    chosen = requested("auto", validate(data), TrainConfig(), 2, steps=10)
     assert chosen["source"] == "auto" and chosen["steps"] == 10 and chosen["max_groups"] == 2
     assert 1 <= len(chosen["partition"]) <= 2 and sorted(t for g in chosen["partition"] for t in g) == sorted(TASKS)
     assert set(chosen["affinity"]) == set(TASKS)
