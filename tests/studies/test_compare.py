@@ -266,7 +266,7 @@ def test_a_sample_of_single_task_networks_scores_the_sampled_tasks_and_says_so(t
     assert len(result.write_plots(str(tmp_path))) == 3
 
 
-def test_stl_tasks_must_name_tasks_and_cover_a_task_alone_in_its_group(cli, tmp_path):
+def test_stl_tasks_must_name_tasks_and_cover_a_task_alone_and_the_control_focus(cli, tmp_path):
     data = tmp_path / "scenes"
     synthesize(str(data), 60, tasks=["car", "pedestrian", "stop_sign"], seed=6)
     res = cli("compare", "--data", data, "--stl-tasks", "car,bicycle")
@@ -275,3 +275,5 @@ def test_stl_tasks_must_name_tasks_and_cover_a_task_alone_in_its_group(cli, tmp_
     assert (
         res.code == 2 and "task 'stop_sign' is a group of its own" in res.err and "--stl-tasks leaves it out" in res.err
     )
+    res = cli("compare", "--data", data, "--stl-tasks", "car", "--control", "shuffle", "--focus", "pedestrian")
+    assert res.code == 2 and "its focus task 'pedestrian' needs a single-task network; add it to --stl-tasks" in res.err
