@@ -23,9 +23,9 @@ quickstart: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 
-# pytest exits 5 when it collected no tests: that is a failure too. The tests without Ray run in two
-# processes (pytest-xdist; 3 on 2 cores: a third overlaps the others' waits on servers starting), the end-to-end
-# runs in one, so that they share one local Ray.
+# pytest exits 5 when it collected no tests: that is a failure too. The tests without Ray run in three
+# processes (pytest-xdist; on 2 cores a third overlaps the others' waits on servers starting), the
+# end-to-end runs in one, so that they share one local Ray.
 PYTEST = run() { "$$@"; rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests: failing" >&2; return $$(( rc == 5 ? 1 : rc )); }
 
 test: lint

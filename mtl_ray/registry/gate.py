@@ -11,8 +11,9 @@ read here, falls back to the `mean_auroc` tags, and the reason says so.
   scored challenger: an alias must point at a model that loads.
 - An MLflow error while reading the alias is an error, never "no champion yet".
 - Two registrations at once: the alias is re-read before it is written and again after, and the
-  decision is taken again whenever another process moved it in between, so the alias ends on the
-  better model instead of on the last writer's.
+  decision is taken again whenever another process moved it in between, or created it in the same
+  instant (the database refuses the second writer), so the alias ends on the better model instead
+  of on the last writer's.
 
 Needs no Ray; loads models with MLflow and torch.
 """
@@ -37,6 +38,10 @@ ROUNDS = 5
 """Decisions taken again, at most, when other registrations keep moving the alias."""
 SETTLE_S = 1.0
 """Wait after writing the alias before reading it back (another writer's window)."""
+WRITE_RACE = ("unique constraint", "duplicate key")
+"""How the database refuses the second of two writers creating the same alias at once (PostgreSQL:
+`duplicate key value violates unique constraint "registered_model_alias_pk"`; SQLite: `UNIQUE
+constraint failed`)."""
 
 
 def champion(client, name: str, alias: str):
@@ -135,7 +140,12 @@ def settle(client, name: str, alias: str, version: str, meta: dict) -> Decision:
         now = champion(client, name, alias)
         if _version(now) != _version(current):
             continue  # moved while we scored: decide against the new one
-        client.set_registered_model_alias(name, alias, version)
+        try:
+            client.set_registered_model_alias(name, alias, version)
+        except Exception as exc:  # MLflow wraps the store's error in RestException or MlflowException
+            if not any(mark in str(exc).lower() for mark in WRITE_RACE):
+                raise
+            continue  # another registration wrote the first alias at the same moment: decide against it
         time.sleep(SETTLE_S)
         if _version(champion(client, name, alias)) == version:
             return decision
