@@ -269,7 +269,7 @@ def test_a_diverged_checkpoint_is_never_registered(cli, local_mlflow, tmp_path):
     assert "probabilities for car); it diverged" in res.err
     from mlflow import MlflowClient
 
-    assert MlflowClient().search_registered_models() == []
+    assert MlflowClient(local_mlflow).search_registered_models() == []
 
 
 def test_unreachable_tracking_server_is_one_line(cli, tmp_path, monkeypatch):
