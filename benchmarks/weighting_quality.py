@@ -36,7 +36,7 @@ from mtl_quality import WORLDS, make, merged
 
 from mtl_ray.config import TrainConfig, WeightingConfig
 from mtl_ray.studies.compare import compare
-from mtl_ray.studies.stats import delta_m
+from mtl_ray.studies.stats import delta_m, mean_std
 from mtl_ray.training.driver import fit
 
 DEFAULT = "default"
@@ -113,8 +113,7 @@ def summary(rows: list[dict]) -> dict[tuple[str, str], dict]:
         entry: dict = {"seeds": [r["seed"] for r in found], "worst_tasks": [r["worst_task"] for r in found]}
         for name in ("gain", "delta_m_pct", "worst_ratio", "mean_auroc"):
             values = [r[name] for r in found]
-            entry[name] = statistics.fmean(values)
-            entry[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else None
+            entry[name], entry[f"{name}_std"] = mean_std(values)
             entry[f"{name}_per_seed"] = values
         timed = [r["seconds"] for r in found if r["seconds"] is not None]
         entry["seconds"] = statistics.fmean(timed) if timed else None
