@@ -59,7 +59,8 @@ RULES = {
         "mtl_ray.cli",
         *PUBLISHED,
     ),
-    "sklearn": covered("mtl_ray.registry.pyfunc", "mtl_ray.pyfunc"),
+    # a served model's environment, and every Ray Train worker of every run (its import took 1.7 s)
+    "sklearn": covered("mtl_ray.registry.pyfunc", "mtl_ray.pyfunc", "mtl_ray.model", "mtl_ray.training"),
 }
 
 

@@ -18,6 +18,11 @@ SERVE_FAST_PATH = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 
+TRAIN_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+"""Ray Train's controller polls its workers every 2 s by default and moves on (workers started, the run
+done, a worker lost) only at a poll: on one machine, where runs of a few seconds are the rule (compare's
+single-task networks, a quickstart trial), every run waited seconds on it (benchmarks/train_fixed_cost.py)."""
+
 
 def ensure_ray() -> None:
     """Join the Ray cluster this process belongs to (`RAY_ADDRESS`, as in a Ray job), or start a
@@ -30,10 +35,11 @@ def ensure_ray() -> None:
     cannot find the API (no dashboard, or a second Ray instance on the machine makes the address
     ambiguous) those CPUs stay reserved and the next trial waits forever.
 
-    Its processes also inherit `SERVE_FAST_PATH`, Ray Serve's HAProxy ingress and direct data plane:
-    `mtl-ray serve` on 2 cores answered 3.2x the requests/s with it (benchmarks/serve.py). A cluster
-    sets them on its nodes (infra/). On one machine a removed replica drains for 2 s, not 30: no
-    load balancer elsewhere still routes to it.
+    Its processes also inherit `TRAIN_POLL` and `SERVE_FAST_PATH`, Ray Serve's HAProxy ingress and
+    direct data plane: `mtl-ray serve` on 2 cores answered 3.2x the requests/s with it
+    (benchmarks/serve.py). A cluster sets the Serve ones on its nodes (infra/) and keeps Ray Train's
+    2 s poll, a remote call to every worker. On one machine a removed replica drains for 2 s, not 30:
+    no load balancer elsewhere still routes to it.
     """
     import ray
 
@@ -53,7 +59,7 @@ def ensure_ray() -> None:
     else:
         port = free_port()
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        for key, value in SERVE_FAST_PATH.items():
+        for key, value in {**TRAIN_POLL, **SERVE_FAST_PATH}.items():
             os.environ.setdefault(key, value)
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **quiet)
     configure_data()

@@ -1,4 +1,8 @@
-"""Per-task validation metrics over known labels only, computed by scikit-learn.
+"""Per-task validation metrics over known labels only, in NumPy.
+
+The same values as scikit-learn's `roc_auc_score`, `accuracy_score` and `f1_score` (tests hold them
+to it), without importing scikit-learn: that import took 1.7 of the 4.3 s it took a Ray Train
+worker to import its loop, in every worker of every run.
 
 Every value is a plain Python float/int or None so results go straight into JSON. A task whose
 known labels hold a single class has no AUROC (None) — it is not an error, just undefined — and a
@@ -10,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 THRESHOLD = 0.5
 METRIC = "auroc"
@@ -34,13 +37,26 @@ def task_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
     if nonfinite:  # a diverged model: no score, and the count that says why
         return {"auroc": None, "accuracy": None, "f1": None, "n_labeled": n, "nonfinite": nonfinite}
     pred = (p >= THRESHOLD).astype(np.int64)
-    both_classes = 0 < int(y.sum()) < n
+    positives = int(y.sum())
+    hits = int((pred & y).sum())
+    predicted = int(pred.sum())
     return {
-        "auroc": float(roc_auc_score(y, p)) if both_classes else None,
-        "accuracy": float(accuracy_score(y, pred)),
-        "f1": float(f1_score(y, pred, zero_division=0)),
+        "auroc": auroc(y, p) if 0 < positives < n else None,
+        "accuracy": float((pred == y).mean()),
+        "f1": 2 * hits / (positives + predicted) if positives + predicted else 0.0,
         "n_labeled": n,
     }
+
+
+def auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """The area under the ROC curve of 0/1 labels `y` (both classes present) scored `p`: the
+    Mann-Whitney U of the positives' ranks, tied scores sharing their mean rank (a tie counts 1/2)."""
+    _, where, counts = np.unique(p, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[where]
+    positive = y == 1
+    n_pos = int(positive.sum())
+    n_neg = y.size - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def evaluate(probs: np.ndarray, targets: np.ndarray, tasks: Sequence[str]) -> dict[str, dict]:
