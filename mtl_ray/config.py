@@ -64,6 +64,11 @@ class TrainConfig(Strict):
     """
 
     backbone: str = Field("m", description="backbone name (see docs/models.md); with init, the init's")
+    heads: Literal["linear", "tower"] = Field(
+        "linear",
+        description="per task on the shared features: a linear head, or a tower (a hidden layer of the features' "
+        "width that only that task trains, then its linear head); with init, the init's",
+    )
     epochs: int = Field(10, ge=1, description="passes over the training rows")
     batch_size: int = Field(32, ge=1, description="per worker; small batches give more steps on small data")
     lr: float = Field(3e-3, gt=0)

@@ -12,7 +12,7 @@ import torch
 from mtl_ray.config import TrainConfig
 from mtl_ray.data.images import decode_image
 from mtl_ray.model import checkpoint
-from mtl_ray.model.backbones import build, to_input
+from mtl_ray.model.backbones import TowerHeads, build, to_input
 from mtl_ray.model.weighting import get as get_weighting
 
 TASKS = ["pedestrian", "car", "stop_sign", "traffic_light"]
@@ -39,6 +39,7 @@ def make_checkpoint(
         "first_epoch": 1,
         "tasks": tasks,
         "backbone": "xs",
+        **({"heads": "tower"} if isinstance(model.heads, TowerHeads) else {}),
         "config": TrainConfig(backbone="xs").model_dump(),
         "image": image or {"size": SIZE, "channels": 3},
         "metrics": {

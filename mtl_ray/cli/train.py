@@ -20,6 +20,7 @@ def training_flags(p: argparse.ArgumentParser, init_required: bool = False) -> N
         "flags override it",
     )
     config_flag(p, TrainConfig, "backbone")
+    config_flag(p, TrainConfig, "heads")
     config_flag(p, TrainConfig, "init", metavar="URI", required=init_required)
     config_flag(
         p, WeightingConfig, "name", key="weighting", flag="--weighting", metavar="NAME", to_value=lambda n: {"name": n}

@@ -1,9 +1,9 @@
-"""Multi-task networks: a shared trunk from a backbone registry plus one linear head per task.
+"""Multi-task networks: a shared trunk from a backbone registry plus one head per task.
 
 The registry maps a backbone name to a function that builds the trunk and returns it with its
-feature dimension; `build` adds the heads. The own CNN family `xs … xl` needs nothing beyond
-torch and trains on a laptop CPU at 64 px; `resnet18/34/50` come from torchvision, an optional
-extra, imported only when such a backbone is asked for. See docs/models.md.
+feature dimension; `build` adds the heads (`HEADS`: linear, or a tower per task). The own CNN family
+`xs … xl` needs nothing beyond torch and trains on a laptop CPU at 64 px; `resnet18/34/50` come from
+torchvision, an optional extra, imported only when such a backbone is asked for. See docs/models.md.
 """
 
 from __future__ import annotations
@@ -49,23 +49,48 @@ def to_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     return torch.addcmul(bias, x.float(), scale)
 
 
+class TowerHeads(nn.Module):
+    """A tower per task: task j's logit is w2[j] · relu(W1[j] features + b1[j]) + b2[j], a hidden layer
+    of `width` units that no other task's loss reaches, the T towers in one batched matmul. Private
+    capacity for a task whose gradients pull the shared features away from what the others need.
+    Every parameter has the task on its first dimension, as a Linear(feature_dim, T) head does."""
+
+    def __init__(self, feature_dim: int, num_tasks: int, width: int) -> None:
+        super().__init__()
+        first, second = nn.Linear(feature_dim, num_tasks * width), nn.Linear(width, num_tasks)
+        self.w1 = nn.Parameter(first.weight.detach().view(num_tasks, width, feature_dim).clone())
+        self.b1 = nn.Parameter(first.bias.detach().view(num_tasks, width).clone())
+        self.w2 = nn.Parameter(second.weight.detach().clone())
+        self.b2 = nn.Parameter(second.bias.detach().clone())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(torch.einsum("mf,thf->mth", features, self.w1) + self.b1)
+        return (hidden * self.w2).sum(-1) + self.b2
+
+
+HEADS = ("linear", "tower")
+
+
 class MultiTaskNet(nn.Module):
     """Shared trunk → features [m, feature_dim] → `heads` → logits [m, T].
 
-    `heads` is one Linear(feature_dim, T): row j is task j's own linear head (no parameters are
-    shared between rows), computed in one matmul instead of T small ones.
+    `heads` is one Linear(feature_dim, T) (`linear`): row j is task j's own linear head (no parameters
+    are shared between rows), computed in one matmul instead of T small ones; or `TowerHeads` with a
+    hidden layer of feature_dim units per task (`tower`).
 
     With `keep_features` set, a forward with gradients keeps the trunk's output, in the autograd
     graph, as `features` for weighting methods that work on the gradients of the shared representation
     (MGDA-UB, IMTL-G); they take it and set it back to None.
     """
 
-    def __init__(self, trunk: nn.Module, feature_dim: int, num_tasks: int) -> None:
+    def __init__(self, trunk: nn.Module, feature_dim: int, num_tasks: int, heads: str = "linear") -> None:
         super().__init__()
         self.trunk = trunk
         self.feature_dim = feature_dim
         self.num_tasks = num_tasks
-        self.heads = nn.Linear(feature_dim, num_tasks)
+        self.heads = (
+            TowerHeads(feature_dim, num_tasks, feature_dim) if heads == "tower" else nn.Linear(feature_dim, num_tasks)
+        )
         self.keep_features = False
         self.features: torch.Tensor | None = None
 
@@ -100,10 +125,13 @@ class MultiTaskNet(nn.Module):
                 f"the initial weights do not fit this trunk: missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
         kept = [t for t in tasks if t in source_tasks]
+        heads = dict(self.heads.named_parameters())
+        if kept and {f"heads.{k}" for k in heads} - set(state):
+            raise UserError("the initial weights have another kind of task heads than this model (linear or tower)")
         with torch.no_grad():
             for t in kept:
-                self.heads.weight[tasks.index(t)] = state["heads.weight"][source_tasks.index(t)]
-                self.heads.bias[tasks.index(t)] = state["heads.bias"][source_tasks.index(t)]
+                for key, param in heads.items():
+                    param[tasks.index(t)] = state[f"heads.{key}"][source_tasks.index(t)]
         return kept
 
     def last_shared_layer(self) -> nn.Module:
@@ -253,8 +281,8 @@ def available() -> list[str]:
     return [n for n in BACKBONES if n not in TORCHVISION_BACKBONES or torchvision_available()]
 
 
-def build(backbone: str, num_tasks: int, channels_last: bool = False, **kw) -> MultiTaskNet:
-    """A multi-task network: trunk `backbone` plus `num_tasks` linear heads, returning [m, T] logits.
+def build(backbone: str, num_tasks: int, channels_last: bool = False, heads: str = "linear", **kw) -> MultiTaskNet:
+    """A multi-task network: trunk `backbone` plus `num_tasks` heads (`HEADS`), returning [m, T] logits.
 
     `channels_last` stores conv weights NHWC; with `to_input(..., channels_last=True)` convolutions
     run faster on GPUs and, with oneDNN, on CPUs too. Other keywords go to the backbone's builder
@@ -269,8 +297,10 @@ def build(backbone: str, num_tasks: int, channels_last: bool = False, **kw) -> M
         raise UserError(f"unknown backbone {backbone!r}: available are {', '.join(available())}")
     if num_tasks < 1:
         raise UserError(f"a multi-task model needs at least one task, got {num_tasks}")
+    if heads not in HEADS:
+        raise UserError(f"unknown heads {heads!r}: expected one of {', '.join(HEADS)}")
     trunk, feature_dim = BACKBONES[backbone](**kw)
-    model = MultiTaskNet(trunk, feature_dim, num_tasks)
+    model = MultiTaskNet(trunk, feature_dim, num_tasks, heads)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

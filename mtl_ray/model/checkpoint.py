@@ -53,6 +53,14 @@ def input_spec(meta: dict) -> tuple[tuple[int, int], str]:
     return ((size, size) if isinstance(size, int) else tuple(size)), image.get("resize", "squash")
 
 
+def network(meta: dict) -> torch.nn.Module:
+    """The network a checkpoint's model state loads into: its backbone, and its kind of heads (`heads`
+    in meta only when not linear, so checkpoints from before towers read as they did), one per task."""
+    from mtl_ray.model.backbones import build
+
+    return build(meta["backbone"], len(meta["tasks"]), heads=meta.get("heads", "linear"))
+
+
 def load_meta(directory: str) -> dict:
     with open(os.path.join(directory, META_FILE)) as f:
         return json.load(f)

@@ -36,12 +36,11 @@ class MultiTaskModel(mlflow.pyfunc.PythonModel):
     def load(self, state: dict, meta: dict, device: str = "cpu") -> None:
         """The network of a checkpoint's `state` and `meta`, on `device` (score and serve put it on a GPU)."""
         from mtl_ray.model import checkpoint
-        from mtl_ray.model.backbones import build
 
         self.tasks = list(meta["tasks"])
         self.size, self.resize = checkpoint.input_spec(meta)
         self.device = torch.device(device)
-        self.model = build(meta["backbone"], len(self.tasks))
+        self.model = checkpoint.network(meta)
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
 

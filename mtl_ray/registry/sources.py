@@ -87,6 +87,7 @@ class InitSource:
     resize: str | None
     train_rows: int | None
     lineage: dict
+    heads: str = "linear"
 
 
 def resolve_init(uri: str, backbone: str, tracking_uri: str | None = None) -> InitSource:
@@ -103,7 +104,8 @@ def resolve_init(uri: str, backbone: str, tracking_uri: str | None = None) -> In
     tasks = list(meta["tasks"])
     rows = (meta.get("data") or {}).get("train_rows")
     lineage = {**trained.lineage, "tasks": tasks}
-    return InitSource(trained.state["model"], tasks, meta["backbone"], size, resize, rows, lineage)
+    heads = meta.get("heads", "linear")
+    return InitSource(trained.state["model"], tasks, meta["backbone"], size, resize, rows, lineage, heads)
 
 
 def _logged_checkpoint(uri: str, dest: str, what: str, tracking_uri: str | None) -> tuple[str, dict]:

@@ -233,7 +233,7 @@ def feature_overlap(report: ValidationReport, source, tasks: list[str]) -> dict:
     images, labels = load_sample(report, "train", PROBE_ROWS, size, labeled=task)
     val_split = "val" if report.rows_in("val") else "train"
     val_images, val_labels = load_sample(report, val_split, PROBE_ROWS // 2, size)
-    trained = build(source.backbone, max(1, len(source.tasks)), channels_last=True)
+    trained = build(source.backbone, max(1, len(source.tasks)), channels_last=True, heads=source.heads)
     trained.load_initial(source.state, source.tasks, source.tasks)
     torch.manual_seed(0)
     untrained = build(source.backbone, 1, channels_last=True)

@@ -23,7 +23,6 @@ from mtl_ray.config import DEFAULT_STORAGE, TrainConfig
 from mtl_ray.data.images import show_size
 from mtl_ray.errors import UserError
 from mtl_ray.model import checkpoint
-from mtl_ray.model.backbones import build
 from mtl_ray.model.metrics import best_epoch
 from mtl_ray.progress import RunProgress
 from mtl_ray.result import Result, number, plural, table
@@ -201,7 +200,7 @@ def result_from_checkpoint(
     meta = checkpoint.load_meta(directory)
     metrics = meta["metrics"]
     size, resize = checkpoint.input_spec(meta)
-    params = sum(p.numel() for p in build(meta["backbone"], len(meta["tasks"])).parameters())
+    params = sum(p.numel() for p in checkpoint.network(meta).parameters())
     return TrainResult(
         name=name,
         tasks=meta["tasks"],
@@ -238,7 +237,7 @@ def with_init(cfg: TrainConfig) -> tuple[TrainConfig, InitSource | None]:
 def init_settings(cfg: TrainConfig, source: InitSource) -> TrainConfig:
     """`cfg` with `source`'s backbone, image size and resize mode: a run that starts from another model
     takes them; one of them set explicitly to something else is an error naming both."""
-    taken: dict = {"backbone": source.backbone}
+    taken: dict = {"backbone": source.backbone, **({"heads": source.heads} if source.tasks else {})}
     if source.size is not None:
         taken.update(image_size=source.size, resize=source.resize)
     for key, value in taken.items():

@@ -101,7 +101,7 @@ class WorkerLoop:
         torch.manual_seed(cfg.seed)
         self.rank = ray.train.get_context().get_world_rank()
         self.device = ray.train.torch.get_device()
-        self.model = build(cfg.backbone, len(self.tasks), channels_last=True)
+        self.model = build(cfg.backbone, len(self.tasks), channels_last=True, heads=cfg.heads)
         self.lineage = None
         if spec.init is not None:
             kept = self.model.load_initial(ray.get(spec.init.state), spec.init.tasks, self.tasks)
@@ -280,6 +280,7 @@ class WorkerLoop:
             "first_epoch": self.first_epoch,
             "tasks": self.tasks,
             "backbone": cfg.backbone,
+            **({"heads": cfg.heads} if cfg.heads != "linear" else {}),
             "config": cfg.model_dump(),
             "image": {"size": list(spec.batch_format.shape[:2]), "channels": 3, "resize": cfg.resize},
             "data": {

@@ -180,3 +180,25 @@ def test_describe_covers_the_family():
 
 def test_docs_table_is_current():
     assert models.table() in DOCS.read_text()
+
+
+def test_tower_heads_give_each_task_a_hidden_layer_that_no_other_task_trains():
+    torch.manual_seed(0)
+    linear, tower = models.build("xs", 3), models.build("xs", 3, heads="tower")
+    width = tower.feature_dim
+    extra = sum(p.numel() for p in tower.parameters()) - sum(p.numel() for p in linear.parameters())
+    assert extra == 3 * width * width + 3 * width  # per task: width x width weights and width biases more
+    logits = tower(models.to_input(images(4)))
+    assert logits.shape == (4, 3)
+    logits[:, 1].sum().backward()  # task 1's loss alone
+    heads = dict(tower.heads.named_parameters())
+    for name, param in heads.items():
+        assert param.grad[1].abs().sum() > 0, name
+        assert param.grad[[0, 2]].abs().sum() == 0, name
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.trunk.parameters() if p.dim() > 1)
+    with torch.no_grad():  # task 1's logit is its tower on the trunk's features
+        features = tower.trunk(models.to_input(images(4)))
+        hidden = torch.relu(features @ heads["w1"][1].T + heads["b1"][1])
+        torch.testing.assert_close(tower.heads(features)[:, 1], hidden @ heads["w2"][1] + heads["b2"][1])
+    with pytest.raises(UserError, match="unknown heads 'mlp': expected one of linear, tower"):
+        models.build("xs", 3, heads="mlp")

@@ -20,7 +20,7 @@ from mtl_ray.cluster.runtime import free_port
 from mtl_ray.data.images import encode_image
 from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.model import checkpoint
-from mtl_ray.model.backbones import to_input
+from mtl_ray.model.backbones import build, to_input
 
 
 @pytest.fixture
@@ -145,8 +145,9 @@ def test_two_registrations_at_once_leave_the_alias_on_the_model_that_scores_best
     )
 
 
-def test_predictions_through_the_registry_equal_the_checkpoints_own(cli, local_mlflow, tmp_path, images):
-    model = make_checkpoint(tmp_path / "c", 0.7, seed=3)
+@pytest.mark.parametrize("heads", ["linear", "tower"])
+def test_predictions_through_the_registry_equal_the_checkpoints_own(cli, local_mlflow, tmp_path, images, heads):
+    model = make_checkpoint(tmp_path / "c", 0.7, seed=3, model=build("xs", len(TASKS), heads=heads))
     assert cli("register", "--checkpoint", tmp_path / "c").code == 0
     encoded, paths = images
     out = cli("predict", "--model", "models:/mtl-ray@champion", *paths, "--json", "-")

@@ -23,15 +23,18 @@ from mtl_ray.training.search import check_search, init_sources
 SOURCE_TASKS = ["pedestrian", "car", "stop_sign"]
 
 
-def source_checkpoint(directory, tasks=SOURCE_TASKS, backbone="xs", size=(32, 32), seed=0) -> torch.nn.Module:
+def source_checkpoint(
+    directory, tasks=SOURCE_TASKS, backbone="xs", size=(32, 32), seed=0, heads="linear"
+) -> torch.nn.Module:
     directory.mkdir(parents=True)
     torch.manual_seed(seed)
-    model = build = models.build(backbone, len(tasks))
+    model = build = models.build(backbone, len(tasks), heads=heads)
     meta = {
         "epoch": 1,
         "first_epoch": 1,
         "tasks": tasks,
         "backbone": backbone,
+        **({"heads": heads} if heads != "linear" else {}),
         "config": TrainConfig(backbone=backbone).model_dump(),
         "image": {"size": list(size), "channels": 3, "resize": "letterbox"},
         "data": {"train_rows": 5000},
@@ -72,6 +75,24 @@ def test_a_checkpoint_source_brings_its_trunk_and_the_heads_of_shared_tasks(tmp_
     torch.testing.assert_close(target.trunk.state_dict(), model.trunk.state_dict())
     torch.testing.assert_close(target.heads.weight[1], model.heads.weight[1])  # car's head came along
     assert not torch.equal(target.heads.weight[0], model.heads.weight[0])  # traffic_light's is fresh
+
+
+def test_a_source_with_tower_heads_brings_each_shared_tasks_tower_and_its_kind_of_heads(tmp_path):
+    model = source_checkpoint(tmp_path / "src", heads="tower")
+    source = resolve_init(str(tmp_path / "src"), "m")
+    assert source.heads == "tower"
+    cfg = init_settings(TrainConfig(init=str(tmp_path / "src")), source)
+    assert cfg.heads == "tower" and cfg.backbone == "xs"
+    target = models.build("xs", 2, heads="tower")
+    assert target.load_initial(source.state, source.tasks, ["traffic_light", "car"]) == ["car"]
+    car = SOURCE_TASKS.index("car")
+    for name, param in target.heads.named_parameters():
+        torch.testing.assert_close(param[1], dict(model.heads.named_parameters())[name][car])
+        assert not torch.equal(param[0], dict(model.heads.named_parameters())[name][0]), name
+    with pytest.raises(UserError, match="another kind of task heads"):
+        models.build("xs", 2).load_initial(source.state, source.tasks, ["car"])
+    with pytest.raises(UserError, match="heads 'linear' conflicts with --init"):
+        init_settings(TrainConfig(init=str(tmp_path / "src"), heads="linear"), source)
 
 
 def test_backbone_and_size_come_from_the_source_and_a_conflict_names_both(tmp_path):
