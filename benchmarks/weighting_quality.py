@@ -5,11 +5,12 @@ multi-task model trained once per candidate with every other setting at its defa
 = seed). A candidate is a weighting name (`imtl`) or a JSON object of `TrainConfig` keys
 (`'{"backbone": "l", "weighting": {"name": "mgda_ub"}}'`), for the other defaults one might change.
 Each is scored against the single-task networks of that world and seed (they use `equal`, so no
-weighting changes them): taken from an mtl_quality.py `--json` file given with `--baseline`, the
-default's multi-task AUROCs with them, or, for a world and seed that file lacks per task, trained
-here by `mtl_ray.studies.compare.compare` with defaults (no control). A candidate that changes what
-the single-task networks share with it (backbone, epochs, lr) is scored against the defaults'
-single-task networks all the same: a screen, not the fair comparison `compare` makes.
+weighting changes them): taken, with the default's multi-task AUROCs, from the `--baseline` files
+(mtl_quality.py `--json` files, or earlier `--json` files of this script), or, for a world and seed
+those lack per task, trained here by `mtl_ray.studies.compare.compare` with defaults (no control). A
+candidate that changes what the single-task networks share with it (backbone, epochs, lr, heads) is
+scored against the defaults' single-task networks all the same: a screen, not the fair comparison
+`compare` makes.
 Printed per candidate: the starved task's gain over its single-task network, Δm % over all tasks and
 the worst task's AUROC as a multiple of its own network's, per seed and as mean ± std, with the
 multi-task run's wall time.
@@ -63,12 +64,32 @@ def scored(world: str, seed: int, weighting: str, mtl: dict[str, float], stl: di
     }
 
 
+def known_baselines(paths: list[str]) -> dict[tuple[str, int], tuple[dict, dict]]:
+    """(default multi-task AUROC per task, single-task AUROC per task) by (world, seed), from
+    mtl_quality.py --json files and from the default's rows of earlier weighting_quality.py --json files."""
+    found = {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        if "rows" in data:
+            defaults = [r for r in data["rows"] if r["weighting"] == DEFAULT]
+            found |= {(r["world"], r["seed"]): (r["per_task"], r["stl"]) for r in defaults}
+            continue
+        for world, rows in merged([path]).items():
+            for r in rows:
+                if r.get("per_task"):
+                    per_task = r["per_task"]
+                    found[(world, r["seed"])] = (
+                        {t: v["mtl"] for t, v in per_task.items()},
+                        {t: v["stl"] for t, v in per_task.items()},
+                    )
+    return found
+
+
 def baseline(world: str, seed: int, data: str, known: dict, storage: str) -> tuple[dict, dict]:
-    """(default multi-task AUROC per task, single-task AUROC per task)."""
-    row = known.get((world, seed))
-    if row and row.get("per_task"):
-        per_task = row["per_task"]
-        return {t: v["mtl"] for t, v in per_task.items()}, {t: v["stl"] for t, v in per_task.items()}
+    """(default multi-task AUROC per task, single-task AUROC per task): known, or trained by `compare`."""
+    if (world, seed) in known:
+        return known[(world, seed)]
     out = compare(data, config=TrainConfig(seed=seed), storage_path=storage).to_json()
     return {t: out["mtl"][t]["auroc"] for t in out["tasks"]}, {t: out["stl"][t]["auroc"] for t in out["tasks"]}
 
@@ -81,7 +102,7 @@ def config(candidate: str, seed: int) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    known = {(r["world"], r["seed"]): r for found in merged(args.baseline or []).values() for r in found}
+    known = known_baselines(args.baseline or [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         storage = os.path.join(tmp, "runs")
@@ -147,7 +168,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
     parser.add_argument("--n", type=int, default=4000)
-    parser.add_argument("--baseline", nargs="+", metavar="FILE", help="mtl_quality.py --json files")
+    parser.add_argument(
+        "--baseline", nargs="+", metavar="FILE", help="mtl_quality.py --json files, or earlier --json files of this one"
+    )
     parser.add_argument("--merge", nargs="+", metavar="FILE", help="instead of running: the table of --json files")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
