@@ -174,8 +174,9 @@ def main() -> int:
     parser.add_argument("--merge", nargs="+", metavar="FILE", help="instead of running: the table of --json files")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    if args.merge:
-        rows = [r for path in args.merge for r in json.load(open(path))["rows"]]
+    if args.merge:  # a (world, seed, candidate) in several files (the default's row of each piece) counts once
+        found = {(r["world"], r["seed"], r["weighting"]): r for p in args.merge for r in json.load(open(p))["rows"]}
+        rows = list(found.values())
     else:
         rows = run(args)
     print_table(summary(rows))
