@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from mtl_quality import WORLDS, make, merged
+from mtl_quality import WORLDS, make
 
 from mtl_ray.config import TrainConfig, WeightingConfig
 from mtl_ray.studies.compare import compare
@@ -75,8 +75,8 @@ def known_baselines(paths: list[str]) -> dict[tuple[str, int], tuple[dict, dict]
             defaults = [r for r in data["rows"] if r["weighting"] == DEFAULT]
             found |= {(r["world"], r["seed"]): (r["per_task"], r["stl"]) for r in defaults}
             continue
-        for world, rows in merged([path]).items():
-            for r in rows:
+        for world, block in data.items():
+            for r in block["rows"]:
                 if r.get("per_task"):
                     per_task = r["per_task"]
                     found[(world, r["seed"])] = (
