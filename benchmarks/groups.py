@@ -27,8 +27,8 @@ import time
 from mtl_ray.config import TrainConfig
 from mtl_ray.data.synth import families
 from mtl_ray.data.synth.dataset import synthesize
+from mtl_ray.model.partition import show
 from mtl_ray.studies.compare import compare
-from mtl_ray.studies.groups import show
 
 KNOWN = {"families": "|".join(",".join(f) for f in families.FAMILIES)}
 

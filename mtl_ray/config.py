@@ -69,6 +69,11 @@ class TrainConfig(Strict):
         description="per task on the shared features: a linear head, or a tower (a hidden layer of the features' "
         "width that only that task trains, then its linear head); with init, the init's",
     )
+    groups: str | None = Field(
+        None,
+        description="tasks in groups, one network per group with nothing shared between groups: 'a,b|c' (what "
+        "`advise --groups` recommends); default: one network shares every task",
+    )
     epochs: int = Field(10, ge=1, description="passes over the training rows")
     batch_size: int = Field(32, ge=1, description="per worker; small batches give more steps on small data")
     lr: float = Field(3e-3, gt=0)

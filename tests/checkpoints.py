@@ -13,6 +13,7 @@ from mtl_ray.config import TrainConfig
 from mtl_ray.data.images import decode_image
 from mtl_ray.model import checkpoint
 from mtl_ray.model.backbones import TowerHeads, build, to_input
+from mtl_ray.model.partition import PartitionedNet
 from mtl_ray.model.weighting import get as get_weighting
 
 TASKS = ["pedestrian", "car", "stop_sign", "traffic_light"]
@@ -39,7 +40,8 @@ def make_checkpoint(
         "first_epoch": 1,
         "tasks": tasks,
         "backbone": "xs",
-        **({"heads": "tower"} if isinstance(model.heads, TowerHeads) else {}),
+        **({"heads": "tower"} if isinstance(getattr(model, "heads", None), TowerHeads) else {}),
+        **({"groups": [[tasks[i] for i in g] for g in model.groups]} if isinstance(model, PartitionedNet) else {}),
         "config": TrainConfig(backbone="xs").model_dump(),
         "image": image or {"size": SIZE, "channels": 3},
         "metrics": {

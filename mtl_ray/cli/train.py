@@ -64,4 +64,5 @@ def add(commands: argparse._SubParsersAction) -> None:
         commands, "train", "train one multi-task model with Ray Train (resumes a run of the same --name)", train
     )
     training_flags(p)
+    config_flag(p, TrainConfig, "groups", metavar="a,b|c")
     p.add_argument("--name", metavar="RUN", help="run name; rerunning a name resumes from its last checkpoint")

@@ -54,11 +54,12 @@ def input_spec(meta: dict) -> tuple[tuple[int, int], str]:
 
 
 def network(meta: dict) -> torch.nn.Module:
-    """The network a checkpoint's model state loads into: its backbone, and its kind of heads (`heads`
-    in meta only when not linear, so checkpoints from before towers read as they did), one per task."""
-    from mtl_ray.model.backbones import build
+    """The network a checkpoint's model state loads into: its backbone, its kind of heads, one per task,
+    and its task groups, one network each (`heads` and `groups` in meta only when not linear and not one
+    network, so checkpoints from before either read as they did)."""
+    from mtl_ray.model.partition import network
 
-    return build(meta["backbone"], len(meta["tasks"]), heads=meta.get("heads", "linear"))
+    return network(meta["backbone"], list(meta["tasks"]), meta.get("heads", "linear"), meta.get("groups"))
 
 
 def load_meta(directory: str) -> dict:

@@ -17,7 +17,7 @@ import torch
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.model.backbones import to_input, unwrap
-from mtl_ray.model.losses import BatchLosses, batch_losses, known_tasks, task_terms
+from mtl_ray.model.losses import BatchLosses, batch_losses, known_tasks
 
 if TYPE_CHECKING:
     from mtl_ray.model.weighting import Weighting
@@ -112,9 +112,7 @@ def train_step(
     with model.no_sync() if by_hand else contextlib.nullcontext():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x)
-        terms = task_terms(logits, labels, reduction)
-        known = known_tasks(labels)
-        loss = weighting.backward(terms, known, model, batch_losses(logits, labels))
+        loss, terms = weighting.backward_batch(model, logits, labels, reduction)
     if by_hand:
         _average_gradients(model)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -122,10 +120,10 @@ def train_step(
     if finite:
         optimizer.step()
         if weighting.needs_losses_after_step:
-            weighting.after_step(losses_after_step(model, x, labels, device), known)
+            weighting.after_step(losses_after_step(model, x, labels, device), known_tasks(labels))
     else:
         optimizer.zero_grad(set_to_none=True)
-    return loss, terms.detach(), finite
+    return loss, terms, finite
 
 
 def losses_after_step(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from mtl_ray.data import storage
 from mtl_ray.errors import UserError, describe, first_line
 from mtl_ray.model import checkpoint
+from mtl_ray.model.partition import show
 from mtl_ray.registry import tracking
 
 
@@ -100,6 +101,11 @@ def resolve_init(uri: str, backbone: str, tracking_uri: str | None = None) -> In
         return InitSource(state, [], backbone, None, None, None, {"uri": uri, "weights": IMAGENET_FILES[backbone]})
     trained = load_trained(uri, what="--init", tracking_uri=tracking_uri)
     meta = trained.meta
+    if meta.get("groups"):
+        raise UserError(
+            f"--init {uri}: that model is one network per task group ({show(meta['groups'])}); init starts from a "
+            "model of one shared network"
+        )
     size, resize = checkpoint.input_spec(meta)
     tasks = list(meta["tasks"])
     rows = (meta.get("data") or {}).get("train_rows")

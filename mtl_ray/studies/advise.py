@@ -31,9 +31,10 @@ from mtl_ray import progress
 from mtl_ray.config import AFFINITY_STEPS
 from mtl_ray.data.validate import validate
 from mtl_ray.errors import UserError
+from mtl_ray.model.partition import show
 from mtl_ray.registry import tracking
 from mtl_ray.result import Result, number
-from mtl_ray.studies.groups import AFFINITY_BACKBONE, recommend, show
+from mtl_ray.studies.groups import AFFINITY_BACKBONE, recommend
 from mtl_ray.studies.probes import auroc_of, gradient_cosines, linear_probe, load_sample, probe_fit
 
 PROBE_ROWS = 2048

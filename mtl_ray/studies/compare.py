@@ -47,9 +47,10 @@ from mtl_ray.config import AFFINITY_STEPS, STL_PATIENCE, TrainConfig, WeightingC
 from mtl_ray.data.validate import ValidationReport, validate
 from mtl_ray.errors import UserError
 from mtl_ray.model.metrics import METRIC
+from mtl_ray.model.partition import show
 from mtl_ray.registry import tracking
 from mtl_ray.result import Result, number, table
-from mtl_ray.studies.groups import requested, show
+from mtl_ray.studies.groups import requested
 from mtl_ray.studies.stats import delta_m, mean_std
 from mtl_ray.training.driver import TrainResult, fit
 
@@ -338,6 +339,11 @@ def compare(
     tasks that get a single-task network, default all). `track`
     logs the comparison as an MLflow run of its own (`tracking.log_result_run`)."""
     cfg = config or TrainConfig()
+    if cfg.groups is not None:
+        raise UserError(
+            f"compare: the config sets groups {cfg.groups!r}; compare's multi-task side is one shared network: "
+            "leave groups unset and pass the partition as --groups to train it beside"
+        )
     stl_epochs = stl_epochs or cfg.epochs
     report, focus, sampled = _checked(data, control, seeds, focus, stl_tasks)
     tasks = list(report.fmt.tasks)

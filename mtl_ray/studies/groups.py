@@ -29,6 +29,7 @@ from mtl_ray.data.validate import ValidationReport
 from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import build, to_input
 from mtl_ray.model.losses import task_terms
+from mtl_ray.model.partition import parse, show
 from mtl_ray.model.step import train_step
 from mtl_ray.model.weighting import get as get_weighting
 
@@ -156,28 +157,6 @@ def best_partition(affinity: np.ndarray, max_groups: int | None = None) -> list[
                 break
             best = [g for k, g in enumerate(best) if k not in (a, b)] + [best[a] + best[b]]
     return sorted(sorted(g) for g in best)
-
-
-def show(groups: list[list[str]]) -> str:
-    """A partition as the `--groups` flag writes it: `a,b|c`."""
-    return "|".join(",".join(g) for g in groups)
-
-
-def parse(text: str, tasks: list[str]) -> list[list[str]]:
-    """`a,b|c` → [["a", "b"], ["c"]]: every task of `tasks` in exactly one group, or a UserError naming
-    the task that is unknown, repeated or left out."""
-    groups = [[t.strip() for t in part.split(",") if t.strip()] for part in text.split("|")]
-    seen: list[str] = []
-    for t in (t for g in groups for t in g):
-        if t not in tasks:
-            raise UserError(f"--groups {text!r}: unknown task {t!r}; tasks are {', '.join(tasks)}")
-        if t in seen:
-            raise UserError(f"--groups {text!r}: task {t!r} is in two groups; each task belongs to exactly one")
-        seen.append(t)
-    missing = [t for t in tasks if t not in seen]
-    if missing:
-        raise UserError(f"--groups {text!r}: task {missing[0]!r} is in no group; give every task a group (a,b|c)")
-    return [g for g in groups if g]
 
 
 def recommend(

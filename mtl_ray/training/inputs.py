@@ -103,7 +103,7 @@ def prepare(
     )
     val_src = replace(val_src, strict=cfg.strict)
     size, reason = (cfg.size(), "configured") if cfg.image_size else report.training_size()
-    check_model_config(cfg, len(train_src.fmt.tasks), size)
+    check_model_config(cfg, list(train_src.fmt.tasks), size)
     labeled = report.labeled_in("train")
     rows = max(labeled[t] for t in train_src.fmt.tasks) if labeled_only else report.rows_in("train")
     rows = len(ids) if ids is not None else rows

@@ -58,9 +58,10 @@ def _candidates(key: str, value: Any, where: str) -> tuple[str, list[Any]]:
 
 
 def check_search(
-    cfg: TuneConfig, num_tasks: int, source: str, size: tuple[int, int] | None = None
+    cfg: TuneConfig, tasks: list[str], source: str, size: tuple[int, int] | None = None
 ) -> dict[str, tuple[str, list[Any]]]:
-    """Every search key and value checked as a TrainConfig would check it (at image `size`), before Ray starts."""
+    """Every search key and value checked as a TrainConfig would check it (for `tasks`, at image `size`),
+    before Ray starts."""
     if not cfg.search:
         raise UserError(f"{source}: search: empty search space; give at least one key, e.g. backbone: [xs, s]")
     searchable = [k for k in TrainConfig.model_fields if k not in NOT_SEARCHABLE]
@@ -81,14 +82,14 @@ def check_search(
             form = "choice"
         for v in values:
             try:
-                check_model_config(parse(TrainConfig, {**base, key: v}, where), num_tasks, size)
+                check_model_config(parse(TrainConfig, {**base, key: v}, where), tasks, size)
             except UserError as exc:
                 raise UserError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
         forms[key] = (form, values)
     return forms
 
 
-PBT_FIXED = ("backbone", "init", "trunk")
+PBT_FIXED = ("backbone", "heads", "groups", "init", "trunk")
 """Keys PBT cannot change in a running trial: its checkpoint holds a network of that shape and start."""
 
 

@@ -168,7 +168,7 @@ def plan_job(
     max_epochs = cfg.scheduler.max_epochs or cfg.train.epochs
     sources = init_sources(cfg, source)
     inputs = prepare(data, cfg.train, val=val)
-    forms = check_search(cfg, len(inputs.train.fmt.tasks), source, inputs.size)
+    forms = check_search(cfg, list(inputs.train.fmt.tasks), source, inputs.size)
     if cfg.scheduler.name == "pbt":
         check_pbt(forms, source)
     for init, found in sources.items():

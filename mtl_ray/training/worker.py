@@ -23,8 +23,9 @@ from mtl_ray.config import TrainConfig
 from mtl_ray.data.shards import ShardFormat
 from mtl_ray.errors import UserError
 from mtl_ray.model import checkpoint
-from mtl_ray.model.backbones import build, unwrap
+from mtl_ray.model.backbones import unwrap
 from mtl_ray.model.metrics import evaluate, mean_auroc, patience_spent
+from mtl_ray.model.partition import indices, network, partition_of
 from mtl_ray.model.step import (
     all_reduce_sum,
     diverged,
@@ -101,7 +102,8 @@ class WorkerLoop:
         torch.manual_seed(cfg.seed)
         self.rank = ray.train.get_context().get_world_rank()
         self.device = ray.train.torch.get_device()
-        self.model = build(cfg.backbone, len(self.tasks), channels_last=True, heads=cfg.heads)
+        self.groups = partition_of(cfg.groups, self.tasks)
+        self.model = network(cfg.backbone, self.tasks, cfg.heads, self.groups, channels_last=True)
         self.lineage = None
         if spec.init is not None:
             kept = self.model.load_initial(ray.get(spec.init.state), spec.init.tasks, self.tasks)
@@ -109,7 +111,11 @@ class WorkerLoop:
         if cfg.trunk == "freeze":
             self.model.trunk.requires_grad_(False)
         self.weighting = get_weighting(
-            cfg.weighting.name, len(self.tasks), mean_over_workers, **cfg.weighting.params()
+            cfg.weighting.name,
+            len(self.tasks),
+            mean_over_workers,
+            indices(self.groups, self.tasks) if self.groups else None,
+            **cfg.weighting.params(),
         ).to(self.device)
         self.optimizer = self._optimizer()
         self.start_epoch, self.first_epoch, self.history, self.resumes = 0, 1, [], []
@@ -117,14 +123,14 @@ class WorkerLoop:
         self.train_collate = dataset.ShardCollate(spec.encoded_format) if spec.encoded_format else self.collate
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the trunk (at `trunk_lr_scale` × lr when it came from an init), the heads, and the
-        weighting's own parameters (without weight decay, which would pull them toward 0)."""
+        """AdamW over the trunk (or the groups' trunks; at `trunk_lr_scale` × lr when it came from an init),
+        the heads, and the weighting's own parameters (without weight decay, which would pull them toward 0)."""
         groups = [
             {
-                "params": [p for p in self.model.trunk.parameters() if p.requires_grad],
+                "params": [p for p in self.model.shared_parameters() if p.requires_grad],
                 "lr_scale": self.cfg.trunk_lr_scale if self.spec.init is not None else 1.0,
             },
-            {"params": list(self.model.heads.parameters()), "lr_scale": 1.0},
+            {"params": list(self.model.task_parameters()), "lr_scale": 1.0},
         ]
         if list(self.weighting.parameters()):
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
@@ -281,6 +287,7 @@ class WorkerLoop:
             "tasks": self.tasks,
             "backbone": cfg.backbone,
             **({"heads": cfg.heads} if cfg.heads != "linear" else {}),
+            **({"groups": self.groups} if self.groups else {}),
             "config": cfg.model_dump(),
             "image": {"size": list(spec.batch_format.shape[:2]), "channels": 3, "resize": cfg.resize},
             "data": {

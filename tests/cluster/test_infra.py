@@ -8,6 +8,7 @@ import yaml
 from conftest import REPO
 
 from mtl_ray.config import TuneConfig, load, load_train
+from mtl_ray.data.synth.parts import SEED_TASKS
 from mtl_ray.model.checks import check_model_config
 from mtl_ray.model.weighting import get as get_weighting
 from mtl_ray.training.search import check_search
@@ -79,10 +80,10 @@ def test_job_configs_load_and_their_training_settings_check(name):
     cfg = load(TuneConfig, path)
     assert load_train(path) == cfg.train  # what `train`/`compare --config F` would use
     if cfg.search:
-        forms = check_search(cfg, 4, name)
+        forms = check_search(cfg, list(SEED_TASKS), name)
         assert set(forms) == set(cfg.search) and all(values for _, values in forms.values())
     else:  # a train or compare job: its one training config must fit the four driving tasks
-        check_model_config(cfg.train, 4)
+        check_model_config(cfg.train, list(SEED_TASKS))
         weighting = get_weighting(cfg.train.weighting.name, 4, **cfg.train.weighting.params())
         assert len(weighting.weights()) == 4
 

@@ -54,9 +54,9 @@ def test_image_size_below_the_backbones_minimum_is_one_line_before_ray():
     from mtl_ray.model.checks import check_model_config
 
     least = models.min_image_side("s")
-    check_model_config(TrainConfig(backbone="s"), 4, (least, 3 * least))
+    check_model_config(TrainConfig(backbone="s"), ["a", "b", "c", "d"], (least, 3 * least))
     with pytest.raises(UserError) as caught:
-        check_model_config(TrainConfig(backbone="s", image_size=[least - 1, 64]), 4)
+        check_model_config(TrainConfig(backbone="s", image_size=[least - 1, 64]), ["a", "b", "c", "d"])
     assert str(caught.value) == (
         f"image size {least - 1}x64 (HxW) is below backbone 's''s minimum of {least} px "
         f"per side: set image_size to at least {least}"

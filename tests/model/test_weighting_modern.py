@@ -13,6 +13,7 @@ from mtl_ray.config import TrainConfig
 from mtl_ray.model import weighting
 from mtl_ray.model.backbones import MultiTaskNet, build
 from mtl_ray.model.losses import batch_losses, known_tasks, task_terms
+from mtl_ray.model.partition import network
 from mtl_ray.model.step import train_step
 from mtl_ray.model.weighting.gradient import aligned_weights, cagrad_weights, imtl_weights, min_norm_weights
 
@@ -266,6 +267,7 @@ def test_train_step_gives_famo_the_losses_after_the_step_without_touching_batch_
 # ---- DDP -------------------------------------------------------------------------------------
 
 NEW_METHODS = ["famo", "imtl", "cagrad", "aligned", "mgda_ub"]
+GROUPED = "gradnorm per task group"
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:
@@ -279,10 +281,15 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     if rank == 1:
         labels[:, :, 2] = NAN  # the third task is known on rank 0 only
     result = {}
-    for name in NEW_METHODS:
+    for name in [*NEW_METHODS, GROUPED]:
         torch.manual_seed(0)
-        model = nn.parallel.DistributedDataParallel(build("xs", 3, channels_last=True))
-        method = weighting.get(name, num_tasks=3, reduce_mean=mean_over_workers)
+        if name == GROUPED:  # a network per group, each with its own GradNorm
+            net = network("xs", ["a", "b", "c"], groups=[["a", "c"], ["b"]], channels_last=True)
+            method = weighting.get("gradnorm", 3, mean_over_workers, groups=net.groups, initial_batches=1)
+        else:
+            net = build("xs", 3, channels_last=True)
+            method = weighting.get(name, num_tasks=3, reduce_mean=mean_over_workers)
+        model = nn.parallel.DistributedDataParallel(net)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
         for i in range(3):
             train_step(model, optimizer, method, images[i], labels[i], torch.device("cpu"), "sqrt")
@@ -301,7 +308,7 @@ def test_every_ddp_worker_ends_with_the_same_model_and_weights(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for name in NEW_METHODS:
+    for name in [*NEW_METHODS, GROUPED]:
         (params0, weights0), (params1, weights1) = ranks[0][name], ranks[1][name]
         torch.testing.assert_close(params0, params1, msg=name)
         assert weights0 == pytest.approx(weights1), name

@@ -20,7 +20,7 @@ from mtl_ray.cluster.runtime import free_port
 from mtl_ray.data.images import decode_image, encode_image
 from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.model import checkpoint
-from mtl_ray.model.backbones import build, to_input
+from mtl_ray.model.backbones import to_input
 
 
 @pytest.fixture
@@ -159,12 +159,18 @@ def test_predictions_through_the_registry_equal_the_checkpoints_own(cli, local_m
     np.testing.assert_allclose(probs, own_probabilities(model, encoded), atol=1e-5)
 
 
-def test_the_registered_model_class_loads_a_checkpoint_with_tower_heads(tmp_path, images):
-    """The registered model rebuilds its network from the checkpoint's meta (`checkpoint.network`):
-    a tower-head checkpoint predicts as the network that wrote it."""
+@pytest.mark.parametrize(
+    "kind",
+    [{"heads": "tower"}, {"groups": [["pedestrian", "traffic_light"], ["car", "stop_sign"]]}],
+    ids=["tower", "groups"],
+)
+def test_the_registered_model_class_loads_a_checkpoint_with_tower_heads_or_task_groups(tmp_path, images, kind):
+    """The registered model rebuilds its network from the checkpoint's meta (`checkpoint.network`): a
+    checkpoint of tower heads, or of one network per task group, predicts as the network that wrote it."""
+    from mtl_ray.model.partition import network
     from mtl_ray.registry.pyfunc import MultiTaskModel
 
-    model = make_checkpoint(tmp_path / "c", 0.7, seed=3, model=build("xs", len(TASKS), heads="tower"))
+    model = make_checkpoint(tmp_path / "c", 0.7, seed=3, model=network("xs", TASKS, **kind))
     registered = MultiTaskModel()
     registered.load(*checkpoint.load(str(tmp_path / "c")))
     encoded, _ = images

@@ -12,15 +12,14 @@ from mtl_ray.data.synth.families import TASKS
 from mtl_ray.data.validate import validate
 from mtl_ray.errors import UserError
 from mtl_ray.model.backbones import MultiTaskNet
+from mtl_ray.model.partition import parse, show
 from mtl_ray.studies.groups import (
     EXHAUSTIVE,
     _partitions,
     best_partition,
     lookahead,
-    parse,
     partition_score,
     requested,
-    show,
 )
 
 

@@ -137,7 +137,7 @@ def test_imagenet_weights_load_from_the_torch_cache_or_say_where_they_are_missin
 def test_tune_takes_init_as_a_setting_or_a_search_dimension(tmp_path):
     source_checkpoint(tmp_path / "src")
     cfg = TuneConfig.model_validate({"search": {"init": ["scratch", str(tmp_path / "src")]}})
-    forms = check_search(cfg, 4, "tune.yaml")
+    forms = check_search(cfg, ["a", "b", "c", "d"], "tune.yaml")
     assert forms["init"] == ("grid", ["scratch", str(tmp_path / "src")])
     assert list(init_sources(cfg, "tune.yaml")) == [str(tmp_path / "src")]
     both = TuneConfig.model_validate({"search": {"init": [str(tmp_path / "src")], "backbone": ["xs", "s"]}})

@@ -23,6 +23,8 @@ from mtl_ray.training.search import build_scheduler, check_pbt, check_search, mu
 from mtl_ray.training.trial import overcommitted
 from mtl_ray.training.tune import concurrent_trials
 
+TASKS4 = ["a", "b", "c", "d"]
+
 
 def _config(**kw) -> TuneConfig:
     return TuneConfig(**kw)
@@ -36,7 +38,7 @@ def test_search_space_lists_are_grid_axes_and_distributions_are_sampled():
             "lr": {"loguniform": [1e-4, 1e-2]},
         }
     )
-    space = param_space(check_search(cfg, 4, "t.yaml"))
+    space = param_space(check_search(cfg, TASKS4, "t.yaml"))
     assert space["backbone"] == {"grid_search": ["xs", "s"]}
     assert space["weighting"] == {"grid_search": [{"name": "equal"}, {"name": "gradnorm", "alpha": 1.5}]}
     assert isinstance(space["lr"], ray_tune.search.sample.Float)
@@ -45,17 +47,17 @@ def test_search_space_lists_are_grid_axes_and_distributions_are_sampled():
 
 def test_optuna_turns_grid_axes_into_choices():
     cfg = _config(search={"backbone": ["xs", "s"]}, search_alg="optuna")
-    space = param_space(check_search(cfg, 4, "t.yaml"))
+    space = param_space(check_search(cfg, TASKS4, "t.yaml"))
     assert isinstance(space["backbone"], ray_tune.search.sample.Categorical)
     assert space["backbone"].categories == ["xs", "s"]
 
 
 def test_static_weight_vectors_are_searchable_and_checked_against_the_task_count():
     ok = _config(search={"weighting": [{"name": "static", "weights": [1, 1, 1, 4]}]})
-    check_search(ok, 4, "t.yaml")
+    check_search(ok, TASKS4, "t.yaml")
     bad = _config(search={"weighting": [{"name": "static", "weights": [1, 2]}]})
     with pytest.raises(UserError, match="t.yaml: search.weighting: weighting .static.: expected 4 weights"):
-        check_search(bad, 4, "t.yaml")
+        check_search(bad, TASKS4, "t.yaml")
 
 
 @pytest.mark.parametrize(
@@ -76,7 +78,7 @@ def test_static_weight_vectors_are_searchable_and_checked_against_the_task_count
 )
 def test_bad_search_space_names_the_key(search, message):
     with pytest.raises(UserError, match=message):
-        check_search(_config(search=search), 4, "t.yaml")
+        check_search(_config(search=search), TASKS4, "t.yaml")
 
 
 def test_pbt_mutates_lists_as_lists_and_distributions_as_domains():
@@ -85,7 +87,7 @@ def test_pbt_mutates_lists_as_lists_and_distributions_as_domains():
         search={"weighting": static, "lr": {"loguniform": [1e-4, 1e-2]}},
         scheduler={"name": "pbt", "perturbation_interval": 1},
     )
-    forms = check_search(cfg, 4, "t.yaml")
+    forms = check_search(cfg, TASKS4, "t.yaml")
     check_pbt(forms, "t.yaml")
     space = mutations(forms)
     assert space["weighting"] == static
@@ -101,14 +103,14 @@ def test_pbt_mutates_lists_as_lists_and_distributions_as_domains():
     ],
 )
 def test_pbt_refuses_what_a_checkpoint_cannot_carry_over(search, message):
-    forms = check_search(_config(search=search, scheduler={"name": "pbt"}), 4, "t.yaml")
+    forms = check_search(_config(search=search, scheduler={"name": "pbt"}), TASKS4, "t.yaml")
     with pytest.raises(UserError, match=message):
         check_pbt(forms, "t.yaml")
 
 
 def test_metric_no_trial_reports_is_refused():
     with pytest.raises(UserError, match="metric 'accuracy': no trial reports it; trials report mean_auroc, train_loss"):
-        check_search(_config(search={"backbone": ["xs"]}, metric="accuracy"), 4, "t.yaml")
+        check_search(_config(search={"backbone": ["xs"]}, metric="accuracy"), TASKS4, "t.yaml")
 
 
 def test_unknown_tune_config_key_names_it(tmp_path):

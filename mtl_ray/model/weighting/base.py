@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mtl_ray.errors import UserError
-from mtl_ray.model.losses import BatchLosses
+from mtl_ray.model.losses import BatchLosses, batch_losses, known_tasks, task_terms
 
 ReduceMean = Callable[[torch.Tensor], torch.Tensor]
 
@@ -88,6 +88,8 @@ class Weighting(nn.Module):
     needs_losses_after_step: ClassVar[bool] = False
     """Whether the train step, after the optimizer's step, evaluates the batch again and passes its
     losses to `after_step`."""
+    per_task_parameters: ClassVar[tuple[str, ...]] = ()
+    """Config parameters that hold one value per task (a group's weighting takes its tasks' values)."""
 
     def __init__(self, num_tasks: int, reduce_mean: ReduceMean | None = None) -> None:
         super().__init__()
@@ -124,6 +126,15 @@ class Weighting(nn.Module):
         total.backward()
         self._reduce_parameter_grads()
         return total.detach()
+
+    def backward_batch(
+        self, model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, reduction: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`backward` on a batch's logits [m, T] and labels [m, T] (NaN = unknown) under the loss
+        `reduction`: the train step's entry. Returns the objective and the task terms [T], detached."""
+        terms = task_terms(logits, labels, reduction)
+        loss = self.backward(terms, known_tasks(labels), model, batch_losses(logits, labels))
+        return loss, terms.detach()
 
     def after_step(self, losses: BatchLosses, known: torch.Tensor) -> None:
         """With `needs_losses_after_step`: the batch's losses under the updated parameters; no-op by default."""

@@ -24,6 +24,7 @@ class Static(Weighting):
     """Fixed per-task weights from the config, one non-negative number per task."""
 
     name = "static"
+    per_task_parameters = ("weights",)
 
     def __init__(
         self, num_tasks: int, reduce_mean: ReduceMean | None = None, weights: Sequence[float] | None = None
