@@ -9,12 +9,14 @@ import torch
 import yaml
 from checkpoints import fresh_predict, own_probabilities
 
-from mtl_ray.data.images import encode_image
+from mtl_ray.data.images import decode_image, encode_image
 from mtl_ray.data.synth.dataset import synthesize
 from mtl_ray.model import checkpoint
-from mtl_ray.model.backbones import build
+from mtl_ray.model.partition import network
+from mtl_ray.registry.pyfunc import MultiTaskModel
 
 SIZE = 32
+GROUPS = "pedestrian,stop_sign|car,traffic_light"
 
 
 pytestmark = pytest.mark.slow
@@ -38,8 +40,9 @@ def _images(tmp_path, n=4, size=SIZE):
 
 
 def _checkpoint_model(directory: str) -> torch.nn.Module:
+    """The network a checkpoint holds, rebuilt by hand (one, or one per task group)."""
     state, meta = checkpoint.load(directory)
-    model = build(meta["backbone"], len(meta["tasks"]))
+    model = network(meta["backbone"], meta["tasks"], groups=meta.get("groups"))
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -123,7 +126,9 @@ def test_a_tracking_server_down_at_registration_keeps_the_best_checkpoint_for_a_
 
 def test_tune_resume_finishes_a_killed_search_and_registers_once(ray_session, small_scenes, cli, tmp_path, monkeypatch):
     """The tune driver (and its own local Ray) killed by pid once the first of two trials is done;
-    `--resume NAME` keeps that trial, runs the other, logs into the same parent run, registers once."""
+    `--resume NAME` keeps that trial, runs the other, logs into the same parent run, registers once.
+    The search is over task groups: one shared network, or one network per group, which the registered
+    model class loads from its checkpoint."""
     import os
     import signal
     import subprocess
@@ -138,8 +143,8 @@ def test_tune_resume_finishes_a_killed_search_and_registers_once(ray_session, sm
     config.write_text(
         yaml.safe_dump(
             {
-                "train": {"epochs": 1},
-                "search": {"backbone": ["xs", "s"]},
+                "train": {"epochs": 1, "backbone": "xs"},
+                "search": {"groups": [None, GROUPS]},
                 "scheduler": {"name": "fifo"},
                 "max_concurrent_trials": 1,
                 "registry": {"name": "resumed"},
@@ -171,6 +176,19 @@ def test_tune_resume_finishes_a_killed_search_and_registers_once(ray_session, sm
     out = again.json()
     assert out["name"] == "killed" and len(out["trials"]) == 2
     assert {t["status"] for t in out["trials"]} == {"completed"}, out["trials"]
+    assert sorted(str(t["config"]["groups"]) for t in out["trials"]) == ["None", GROUPS]
+    grouped = next(t for t in out["trials"] if t["config"]["groups"])
+    _, meta = checkpoint.load(grouped["checkpoint"])
+    assert meta["groups"] == [g.split(",") for g in GROUPS.split("|")] and 0.0 < meta["metrics"]["mean_auroc"] <= 1.0
+    encoded, _ = _images(tmp_path)
+    registered = MultiTaskModel()
+    registered.load(*checkpoint.load(grouped["checkpoint"]))
+    pixels = np.stack([decode_image(b, size=(SIZE, SIZE)) for b in encoded])
+    np.testing.assert_allclose(
+        registered.probabilities(pixels),
+        own_probabilities(_checkpoint_model(grouped["checkpoint"]), encoded),
+        atol=1e-5,
+    )
     assert out["registered"]["version"] == "1"
     client = MlflowClient(db)
     assert len(client.search_model_versions("name='resumed'")) == 1
