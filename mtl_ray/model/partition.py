@@ -102,5 +102,10 @@ def partition_of(groups: str | None, tasks: list[str], where: str = "groups") ->
     """The partition a `TrainConfig.groups` names over `tasks`; None for one network (unset, or one group)."""
     if groups is None:
         return None
+    if groups.strip() == "auto":
+        raise UserError(
+            f"{where} 'auto': a run trains a given partition (a,b|c); `mtl-ray advise --groups` recommends one, "
+            "and `compare --groups auto` trains it beside one network"
+        )
     found = parse(groups, tasks, where)
     return found if len(found) > 1 else None

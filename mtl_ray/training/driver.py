@@ -24,6 +24,7 @@ from mtl_ray.data.images import show_size
 from mtl_ray.errors import UserError
 from mtl_ray.model import checkpoint
 from mtl_ray.model.metrics import best_epoch
+from mtl_ray.model.partition import show
 from mtl_ray.progress import RunProgress
 from mtl_ray.result import Result, number, plural, table
 from mtl_ray.training import dataset, device_decode
@@ -71,6 +72,8 @@ class TrainResult(Result):
     history: list[dict] = field(default_factory=list)
     restarts: int = 0
     """Times this command's worker group was started again from a checkpoint (a lost worker or node)."""
+    groups: list[list[str]] | None = None
+    """The task groups, one network each (`TrainConfig.groups`); None for one shared network."""
 
     @property
     def best(self) -> dict:
@@ -92,7 +95,8 @@ class TrainResult(Result):
         return "\n".join(
             [
                 f"run {self.name}: epochs {self.first_epoch}-{self.epochs}, {len(self.tasks)} tasks, "
-                f"{self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s"
+                + (f"{len(self.groups)} networks ({show(self.groups)}), " if self.groups else "")
+                + f"{self.seconds:.0f} s, {self.train_images_per_s:,.0f} train images/s"
                 + (f"; worker group restarted {plural(self.restarts, 'time')}" if self.restarts else ""),
                 f"images {show_size(self.image['size'])} (HxW), {self.image['why']}, {self.image['resize']}",
                 *table(head, rows),
@@ -204,6 +208,7 @@ def result_from_checkpoint(
     return TrainResult(
         name=name,
         tasks=meta["tasks"],
+        groups=meta.get("groups"),
         params=params,
         epochs=meta["epoch"],
         first_epoch=meta["first_epoch"],

@@ -104,6 +104,7 @@ def test_a_partitioned_checkpoint_loads_into_the_network_its_meta_names(tmp_path
         ("a,b|c,x", "groups 'a,b|c,x': unknown task 'x'; tasks are a, b, c, d"),
         ("a,b|b,c,d", "task 'b' is in two groups"),
         ("a,b|c", "task 'd' is in no group"),
+        ("auto", "groups 'auto': a run trains a given partition"),
     ],
 )
 def test_a_bad_partition_names_the_task(groups, message):

@@ -136,6 +136,9 @@ def test_bad_weighting_is_named_before_training(cli, scenes, tmp_path):
     assert res.code == 2 and "weighting 'dwa': unknown parameter 'alpha'; valid: temperature" in res.err
     res = cli("train", "--data", scenes, "--backbone", "huge")
     assert res.code == 2 and "unknown backbone 'huge'" in res.err
+    res = cli("train", "--data", scenes, "--groups", "pedestrian,car|stop_sign,traffic_lights")
+    assert res.code == 2 and "unknown task 'traffic_lights'; tasks are pedestrian, car" in res.err
+    assert res.err.count("\n") == 1 and "Traceback" not in res.err
 
 
 def test_missing_storage_bucket_is_named(cli, s3, scenes):
