@@ -104,3 +104,11 @@ def test_compare_groups_auto_takes_the_recommended_partition(tmp_path):
     assert chosen["source"] == "auto" and chosen["steps"] == 10 and chosen["max_groups"] == 2
     assert 1 <= len(chosen["partition"]) <= 2 and sorted(t for g in chosen["partition"] for t in g) == sorted(TASKS)
     assert set(chosen["affinity"]) == set(TASKS)
+
+
+def test_compare_takes_its_partition_from_the_flag_not_the_config(tmp_path):
+    from mtl_ray.config import TrainConfig
+    from mtl_ray.studies.compare import compare
+
+    with pytest.raises(UserError, match=r"compare: the config sets groups 'a,b\|c'; .* pass the partition as --groups"):
+        compare(str(tmp_path), config=TrainConfig(groups="a,b|c"))
