@@ -192,6 +192,7 @@ def test_a_fresh_process_without_mtl_ray_loads_the_champion(cli, local_mlflow, t
     np.testing.assert_allclose(np.array(got["values"]), own_probabilities(model, encoded), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations_and_names_a_bad_row(cli, local_mlflow, tmp_path, images):
     """Over HTTP: good rows are scored, a row whose bytes are not an image gets NaN probabilities and its
     reason in the `error` column, and no stack trace comes back."""
