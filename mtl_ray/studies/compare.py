@@ -385,11 +385,11 @@ def compare(
                 "compare",
                 result.to_json(),
                 result.render(),
-                params={"data": data, "val": val, "seeds": seeds, "control": control, "focus": focus}
+                params=cfg.model_dump()  # its `groups` (always unset here) gives way to compare's partition
+                | {"data": data, "val": val, "seeds": seeds, "control": control, "focus": focus}
                 | ({"stl_tasks": ",".join(sampled)} if len(sampled) < len(tasks) else {})
                 | {"stl_epochs": stl_epochs, "stl_patience": stl_patience}
-                | ({"groups": show(chosen["partition"]), "groups_source": chosen["source"]} if chosen else {})
-                | cfg.model_dump(),
+                | ({"groups": show(chosen["partition"]), "groups_source": chosen["source"]} if chosen else {}),
                 artifacts=result.plots or result.write_plots(d),
             )
     return result

@@ -46,7 +46,7 @@ def get(
     once per group, each with its tasks' values of the per-task parameters.
     """
     if groups:
-        get(name, num_tasks, reduce_mean, **params)
+        get(name, num_tasks, reduce_mean, **params)  # name and parameters checked against all T tasks
         per_task = METHODS[name].per_task_parameters
 
         def make(size: int, group: list[int]) -> Weighting:
