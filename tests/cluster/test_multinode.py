@@ -223,8 +223,9 @@ for job in jobs.list_jobs():
 
 def test_an_elastic_run_that_loses_a_worker_node_mid_epoch_finishes_every_epoch(stack, tmp_path):
     """`--workers 1-3` puts one worker on each node, checkpointing every 5 steps; SIGKILL of a worker
-    node's processes in epoch 2 (its worker, its raylet, its object store) and the run goes on inside
-    the epoch from its last step checkpoint with two workers, says so, and exits 0 with all epochs.
+    node's processes once epoch 1 is reported (its worker, its raylet, its object store) and the run
+    goes on inside the epoch it was in (2, or 3 when the job's log reached the test late) from its last
+    step checkpoint with two workers, says so, and exits 0 with all epochs.
     The helper actors the run needs to finish (its inbox, Ray Train's controller and synchronization
     actor, Ray Data's split coordinator and dataset manager) sat on the driver's node, so no worker
     node's loss can take one. (Ray's preemption watcher restarts anywhere; Ray Data's usage-stats
@@ -249,7 +250,7 @@ def test_an_elastic_run_that_loses_a_worker_node_mid_epoch_finishes_every_epoch(
         stack.add_node()  # three nodes again for the tune jobs, whatever this test finds
     assert code == 0, run.text[-4000:]
     restarted = run.wait_for(
-        r"elastic: worker group restarted from the checkpoint after epoch 1, step \d+, 2 workers", 0
+        r"elastic: worker group restarted from the checkpoint after epoch [12], step \d+, 2 workers", 0
     )
     assert run.wait_for(r"elastic: epoch 3/3", 1) > restarted > killed
     result = json.loads(out.read_text())
